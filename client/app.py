@@ -1,0 +1,64 @@
+"""The fedaegis ClientApp, run at each hospital: trains and evaluates on local data only.
+
+Replies carry the updated model (train) and counts and sums over the site's data;
+:func:`~fedaegis.client.mods.protocol_guard` refuses any other reply.
+"""
+
+from __future__ import annotations
+
+import torch
+from flwr.app import ArrayRecord, Context, Message, MetricRecord, RecordDict
+from flwr.clientapp import ClientApp
+
+from ..shared.config import RunConfig
+from ..shared.models import build_model
+from ..shared.protocol import ARRAYS_KEY, METRICS_KEY
+from .mods import protocol_guard
+from .site import site_data
+from .training import evaluate_local, train_local
+
+ROUND_KEY = "server-round"
+
+
+def _setup(msg: Message, context: Context) -> tuple[RunConfig, torch.nn.Module, int]:
+    config = dict(msg.content["config"])
+    server_round = int(config.pop(ROUND_KEY, 0))  # type: ignore[arg-type]
+    cfg = RunConfig.from_flower(config)
+    model = build_model(
+        cfg.model, in_channels=cfg.in_channels, num_classes=cfg.num_classes,
+        spatial_dims=cfg.spatial_dims, norm=cfg.norm,
+    )
+    model.load_state_dict(msg.content[ARRAYS_KEY].to_torch_state_dict())
+    return cfg, model, server_round
+
+
+def _seed(cfg: RunConfig, server_round: int, context: Context) -> int:
+    return cfg.seed * 100_003 + server_round * 1_009 + int(context.node_config.get("partition-id", 0))
+
+
+app = ClientApp(mods=[protocol_guard])
+
+
+@app.train()
+def train(msg: Message, context: Context) -> Message:
+    cfg, model, server_round = _setup(msg, context)
+    data = site_data(cfg, context.node_config)
+    seed = _seed(cfg, server_round, context)
+    torch.manual_seed(seed)
+    metrics = train_local(
+        model, data.train, epochs=cfg.local_epochs, batch_size=cfg.batch_size,
+        lr=cfg.learning_rate, optimizer=cfg.optimizer, class_weighting=cfg.class_weighting,
+        num_classes=cfg.num_classes, seed=seed,
+    )
+    metrics["skipped"] = data.skipped
+    content = RecordDict({ARRAYS_KEY: ArrayRecord(model.state_dict()), METRICS_KEY: MetricRecord(metrics)})
+    return Message(content=content, reply_to=msg)
+
+
+@app.evaluate()
+def evaluate(msg: Message, context: Context) -> Message:
+    cfg, model, _ = _setup(msg, context)
+    data = site_data(cfg, context.node_config)
+    metrics = evaluate_local(model, data.test)
+    metrics["skipped"] = data.skipped
+    return Message(content=RecordDict({METRICS_KEY: MetricRecord(metrics)}), reply_to=msg)

@@ -1,0 +1,114 @@
+"""Which data a site holds: its own folder (a real hospital) or a simulated partition.
+
+A real SuperNode is started with ``--node-config "data-path='/data/xray' modality='DX,CR'
+body-part='CHEST'"``; a simulated one gets Flower's ``partition-id`` and
+``num-partitions`` and takes its share of the run's dataset. Loaded data is cached
+per process, so Ray actors read files once, not every round.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from functools import lru_cache
+
+import torch
+
+from ..shared.config import RunConfig
+from ..shared.data import DataValidationError, ImageSet, load_site_data, partition_indices
+
+
+@dataclass(frozen=True)
+class SiteData:
+    train: ImageSet
+    test: ImageSet
+
+    @property
+    def skipped(self) -> int:
+        """Files this site could not use (counted once, whichever split they were meant for)."""
+        return len(set(self.train.skipped) | set(self.test.skipped))
+
+
+def _codes(value: object) -> frozenset[str] | None:
+    if value is None or value == "":
+        return None
+    return frozenset(v.strip().upper() for v in str(value).split(",") if v.strip())
+
+
+@lru_cache(maxsize=8)
+def _load(
+    source: str,
+    split: str,
+    image_size: int,
+    num_classes: int,
+    seed: int,
+    modality: frozenset[str] | None,
+    body_part: frozenset[str] | None,
+) -> ImageSet:
+    return load_site_data(
+        source,
+        split=split,
+        image_size=(image_size, image_size),
+        num_classes=num_classes,
+        expected_modality=set(modality) if modality else None,
+        expected_body_part=set(body_part) if body_part else None,
+        seed=seed,
+    )
+
+
+@lru_cache(maxsize=8)
+def _partitions(
+    source: str, split: str, cfg_key: tuple, num_partitions: int, scheme: str, alpha: float, seed: int
+) -> list:
+    data = _load(source, split, *cfg_key)
+    return partition_indices(
+        data.labels.numpy(), num_partitions, scheme, alpha=alpha, seed=seed
+    )
+
+
+def site_data(cfg: RunConfig, node_config: Mapping[str, object]) -> SiteData:
+    """Load (once) and validate this site's train and test splits."""
+    if node_config.get("data-path"):
+        source = str(node_config["data-path"])
+        key = (cfg.image_size, cfg.num_classes, cfg.seed,
+               _codes(node_config.get("modality")), _codes(node_config.get("body-part")))
+        data = SiteData(_load(source, "train", *key), _load(source, "test", *key))
+    else:
+        if "partition-id" not in node_config or "num-partitions" not in node_config:
+            raise DataValidationError(
+                "node config", "needs 'data-path' (a real site) or 'partition-id' and "
+                "'num-partitions' (a simulated site)",
+            )
+        pid, n = int(node_config["partition-id"]), int(node_config["num-partitions"])  # type: ignore[arg-type]
+        key = (cfg.image_size, cfg.num_classes, cfg.seed, None, None)
+        splits = []
+        for split in ("train", "test"):
+            parts = _partitions(cfg.dataset, split, key, n, cfg.partitioning, cfg.dirichlet_alpha, cfg.seed)
+            splits.append(_load(cfg.dataset, split, *key).subset(torch.as_tensor(parts[pid])))
+        data = SiteData(*splits)
+    for split in (data.train, data.test):
+        check_against_config(split, cfg)
+    return data
+
+
+def check_against_config(data: ImageSet, cfg: RunConfig) -> None:
+    """The site's data must fit the federation's model; name the config field that disagrees."""
+    if len(data) == 0:
+        raise DataValidationError(data.source, "the site has no samples in this split")
+    if data.spatial_dims != cfg.spatial_dims:
+        raise DataValidationError(
+            data.source, f"images are {data.spatial_dims}D but run config 'spatial-dims' is {cfg.spatial_dims}"
+        )
+    if data.in_channels != cfg.in_channels:
+        raise DataValidationError(
+            data.source, f"images have {data.in_channels} channels but run config 'in-channels' is {cfg.in_channels}"
+        )
+    if any(s != cfg.image_size for s in data.images.shape[2:]):
+        raise DataValidationError(
+            data.source, f"images are {tuple(data.images.shape[2:])} but run config 'image-size' is {cfg.image_size}"
+        )
+    if int(data.labels.max()) >= cfg.num_classes or int(data.labels.min()) < 0:
+        raise DataValidationError(
+            data.source, f"labels span {int(data.labels.min())}..{int(data.labels.max())} but run config "
+            f"'num-classes' is {cfg.num_classes}",
+        )

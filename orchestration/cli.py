@@ -1,0 +1,222 @@
+"""The ``fedaegis`` command line: run simulations and read stored runs."""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+from typing import Annotated, Any
+
+import typer
+from rich.console import Console
+from rich.logging import RichHandler
+from rich.table import Table
+
+from ..shared.config import ConfigError, RunConfig, default_db_url
+from ..shared.store import RunNotFoundError, RunStore
+
+app = typer.Typer(
+    help="Federated robustness evaluation of medical imaging models.",
+    no_args_is_help=True,
+    add_completion=False,
+)
+console = Console(stderr=True)
+out = Console()
+
+DbOption = Annotated[
+    str | None, typer.Option("--db-url", help="SQLAlchemy URL of the results database.")
+]
+
+
+def _setup_logging(verbose: bool) -> None:
+    """fedaegis progress through Rich; Flower's own log only with ``--verbose``."""
+    from flwr.supercore.logger import update_console_handler
+
+    ours = logging.getLogger("fedaegis")
+    ours.handlers = [RichHandler(console=console, show_path=False, markup=False)]
+    ours.setLevel(logging.INFO)
+    ours.propagate = False
+    logging.getLogger("flwr").propagate = False
+    update_console_handler(level=logging.INFO if verbose else logging.WARNING)
+
+
+def _parse_overrides(items: list[str]) -> dict[str, Any]:
+    """``KEY=VALUE`` pairs; values are parsed as TOML scalars, like ``flwr run --run-config``."""
+    import tomllib
+
+    result: dict[str, Any] = {}
+    for item in items:
+        key, sep, raw = item.partition("=")
+        if not sep:
+            raise typer.BadParameter(f"{item!r} is not KEY=VALUE", param_hint="--config")
+        try:
+            result[key.strip()] = tomllib.loads(f"v = {raw}")["v"]
+        except tomllib.TOMLDecodeError:
+            result[key.strip()] = raw
+    return result
+
+
+def _fail(message: str) -> None:
+    console.print(f"[bold red]error:[/] {message}")
+    raise typer.Exit(code=2)
+
+
+@app.command()
+def simulate(
+    sites: Annotated[int, typer.Option(help="Number of simulated hospitals.")] = 5,
+    rounds: Annotated[int, typer.Option(help="Federated rounds.")] = 3,
+    dataset: Annotated[str, typer.Option(help="A MedMNIST .npz, an image/DICOM folder, or embedded:pneumoniamnist.")] = "embedded:pneumoniamnist",
+    model: Annotated[str, typer.Option(help="cnn, densenet121, resnet10, resnet18, resnet34.")] = "cnn",
+    norm: Annotated[str, typer.Option(help="group (default; DP-SGD ready) or batch.")] = "group",
+    partitioning: Annotated[str, typer.Option(help="iid, dirichlet (label skew) or quantity (size skew).")] = "iid",
+    alpha: Annotated[float, typer.Option(help="Dirichlet concentration for non-IID partitioning.")] = 0.5,
+    seed: Annotated[int, typer.Option(help="Seed for partitioning, initialisation and training.")] = 0,
+    local_epochs: Annotated[int, typer.Option(help="Local epochs per round at each site.")] = 5,
+    name: Annotated[str, typer.Option(help="A name stored with the run.")] = "",
+    db_url: DbOption = None,
+    ray_address: Annotated[str | None, typer.Option(help="Join an existing Ray cluster (e.g. ray://host:10001 or auto).")] = None,
+    num_cpus: Annotated[int | None, typer.Option(help="CPUs of the local Ray instance.")] = None,
+    client_cpus: Annotated[float, typer.Option(help="CPUs reserved per simulated site.")] = 1.0,
+    config: Annotated[list[str] | None, typer.Option("--config", "-c", help="Any run-config KEY=VALUE (repeatable).")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the stored run as JSON.")] = False,
+    verbose: Annotated[bool, typer.Option(help="Show Flower's own logs.")] = False,
+) -> None:
+    """Run a federated training and evaluation of simulated hospitals on Ray, and store it."""
+    from ..orchestration.datainfo import data_config
+    from ..orchestration.simulation import SimulationResources, simulate as run_sim
+
+    _setup_logging(verbose)
+    overrides: dict[str, Any] = {
+        "num-server-rounds": rounds, "dataset": dataset, "model": model, "norm": norm,
+        "partitioning": partitioning, "dirichlet-alpha": alpha, "seed": seed,
+        "local-epochs": local_epochs, "run-name": name, "db-url": db_url or default_db_url(),
+        "min-sites": min(2, sites),
+    }
+    overrides.update(_parse_overrides(config or []))
+    try:
+        for key, value in data_config(str(overrides["dataset"])).items():
+            overrides.setdefault(key, value)
+        RunConfig.from_flower(overrides)
+    except (ConfigError, ValueError) as exc:
+        _fail(str(exc))
+    console.print(
+        f"[bold]fedaegis[/]: {sites} simulated sites, {rounds} rounds, model {model}, "
+        f"data {dataset} ({partitioning})"
+    )
+    resources = SimulationResources(ray_address=ray_address, num_cpus=num_cpus, client_cpus=client_cpus)
+    try:
+        run_uuid = run_sim(overrides, sites, resources, verbose=verbose)
+    except (ConfigError, ValueError) as exc:
+        _fail(str(exc))
+    store = RunStore(str(overrides["db-url"]))
+    run = store.get_run(run_uuid)
+    if as_json:
+        out.print_json(json.dumps(run))
+    else:
+        _print_run(run)
+    evaluated = [r for r in run["rounds"] if r["evaluate_replies"]]
+    if run["status"] != "completed" or not evaluated:
+        _fail(f"run {run['id']} ended {run['status']} with no evaluated round; see the log above")
+
+
+@app.command("runs")
+def list_runs(
+    db_url: DbOption = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Machine-readable output.")] = False,
+) -> None:
+    """List stored runs."""
+    store = RunStore(db_url or default_db_url())
+    runs = store.list_runs()
+    if as_json:
+        full = [store.get_run(r["id"]) for r in runs]
+        out.print_json(json.dumps([_run_json(r) for r in full]))
+        return
+    table = Table(title=f"runs in {store.engine.url.render_as_string(hide_password=True)}")
+    for col in ("id", "name", "status", "rounds", "created", "accuracy"):
+        table.add_column(col)
+    for summary in runs:
+        detail = store.get_run(summary["id"])
+        last = detail["rounds"][-1]["metrics"] if detail["rounds"] else {}
+        acc = last.get("evaluate.accuracy")
+        table.add_row(
+            str(summary["id"]), summary["name"], summary["status"],
+            f"{summary['rounds_completed']}/{summary['num_rounds']}", summary["created_at"][:19],
+            f"{acc:.4f}" if acc is not None else "-",
+        )
+    out.print(table)
+
+
+@app.command()
+def show(
+    run: Annotated[str, typer.Argument(help="Run id or uuid.")],
+    db_url: DbOption = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Machine-readable output.")] = False,
+) -> None:
+    """Show a stored run: its configuration and per-round metrics."""
+    store = RunStore(db_url or default_db_url())
+    try:
+        detail = store.get_run(run)
+    except RunNotFoundError as exc:
+        _fail(str(exc))
+    if as_json:
+        out.print_json(json.dumps(_run_json(detail)))
+    else:
+        _print_run(detail, with_config=True)
+
+
+def _run_json(run: dict[str, Any]) -> dict[str, Any]:
+    """The stable script-facing form: id, config and global metrics per round."""
+    keep = ("id", "uuid", "name", "status", "num_rounds", "created_at", "finished_at",
+            "checkpoint_path", "config")
+    result = {k: run[k] for k in keep}
+    result["rounds"] = [
+        {
+            "round": r["number"],
+            "accuracy": r["metrics"].get("evaluate.accuracy"),
+            "loss": r["metrics"].get("evaluate.loss"),
+            "train_accuracy": r["metrics"].get("train.train-accuracy"),
+            "train_loss": r["metrics"].get("train.train-loss"),
+            "num_examples": r["metrics"].get("evaluate.num-examples"),
+            "sites": r["evaluate_replies"],
+            "failures": r["failures"],
+            "metrics": r["metrics"],
+        }
+        for r in run["rounds"]
+    ]
+    return result
+
+
+def _fmt(value: float | None, spec: str = ".4f") -> str:
+    return "-" if value is None else format(value, spec)
+
+
+def _print_run(run: dict[str, Any], with_config: bool = False) -> None:
+    if with_config:
+        cfg = Table(title="configuration", show_header=False)
+        for key, value in run["config"].items():
+            cfg.add_row(key, str(value))
+        out.print(cfg)
+    table = Table(title=f"run {run['id']} {run['name']} [{run['status']}]")
+    for col in ("round", "train loss", "train acc", "test loss", "test acc", "test n", "sites", "failures"):
+        table.add_column(col, justify="right")
+    for r in run["rounds"]:
+        m = r["metrics"]
+        table.add_row(
+            str(r["number"]), _fmt(m.get("train.train-loss")), _fmt(m.get("train.train-accuracy")),
+            _fmt(m.get("evaluate.loss")), _fmt(m.get("evaluate.accuracy")),
+            _fmt(m.get("evaluate.num-examples"), ".0f"), str(r["evaluate_replies"]), str(r["failures"]),
+        )
+    out.print(table)
+    skipped = run["rounds"][-1]["metrics"].get("evaluate.skipped") if run["rounds"] else None
+    out.print(f"run id {run['id']} (uuid {run['uuid']}), status {run['status']}")
+    if skipped:
+        out.print(f"files skipped by the sites (unreadable or rejected): {int(skipped)}")
+    if run["checkpoint_path"]:
+        out.print(f"final global model: {run['checkpoint_path']}")
+
+
+def main() -> None:
+    try:
+        app()
+    except KeyboardInterrupt:
+        sys.exit(130)

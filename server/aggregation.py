@@ -1,0 +1,39 @@
+"""Combine the sites' counts and sums into federation-wide metrics.
+
+Sites report sums (correct, loss-sum) and counts (num-examples); adding them and
+dividing once gives exactly the n-weighted mean, with no per-site ratio ever needed.
+"""
+
+from __future__ import annotations
+
+from flwr.app import MetricRecord, RecordDict
+
+from ..shared.protocol import METRICS_KEY
+
+# derived ratio -> (numerator, denominator); added when both are present.
+RATIOS = {
+    "accuracy": ("correct", "num-examples"),
+    "loss": ("loss-sum", "num-examples"),
+    "train-accuracy": ("train-correct", "num-examples"),
+    "train-loss": ("train-loss-sum", "num-examples"),
+}
+
+
+def sum_metric_records(records: list[RecordDict], weighted_by_key: str) -> MetricRecord:
+    """Totals of every count/sum over the replies, plus the derived ratios.
+
+    Matches Flower's ``*_metrics_aggr_fn`` signature, so any Flower strategy can use it.
+    """
+    totals: dict[str, float] = {}
+    for content in records:
+        for name, value in content[METRICS_KEY].items():
+            totals[name] = totals.get(name, 0) + value  # type: ignore[operator]
+    return MetricRecord({**totals, **derived_ratios(totals)})
+
+
+def derived_ratios(totals: dict[str, float]) -> dict[str, float]:
+    out = {}
+    for name, (num, den) in RATIOS.items():
+        if num in totals and totals.get(den, 0) > 0:
+            out[name] = float(totals[num]) / float(totals[den])
+    return out

@@ -1,0 +1,140 @@
+"""The fedaegis ServerApp: FedAvg rounds, federated evaluation, and every round stored."""
+
+from __future__ import annotations
+
+import logging
+import uuid as uuidlib
+from collections.abc import Callable
+from typing import Any
+
+from flwr.app import ArrayRecord, ConfigRecord, Context
+from flwr.serverapp import Grid, ServerApp
+from flwr.serverapp.strategy import FedAvg
+
+from ..shared.checkpoint import save_checkpoint
+from ..shared.config import RunConfig, fedaegis_home
+from ..shared.models import build_model
+from ..shared.store import MetricValue, RoundRecord, RunStore
+from ..shared.store.repository import checkpoint_dir
+from .aggregation import derived_ratios, sum_metric_records
+from .recording import RecordingStrategy, RoundOutcome
+
+log = logging.getLogger("fedaegis")
+
+# Keys that configure the server only; db-url may hold credentials and never goes to sites.
+SERVER_ONLY_KEYS = ("db-url", "run-name", "run-uuid")
+
+
+def client_config(cfg: RunConfig) -> ConfigRecord:
+    """The part of the run config that sites need, sent with every request."""
+    return ConfigRecord({k: v for k, v in cfg.to_flower().items() if k not in SERVER_ONLY_KEYS})
+
+
+def model_meta(cfg: RunConfig) -> dict[str, Any]:
+    return {
+        "model": cfg.model,
+        "norm": cfg.norm,
+        "in_channels": cfg.in_channels,
+        "num_classes": cfg.num_classes,
+        "spatial_dims": cfg.spatial_dims,
+        "image_size": cfg.image_size,
+    }
+
+
+class RunRecorder:
+    """Writes one round per transaction and keeps the latest global model on disk."""
+
+    def __init__(self, store: RunStore, run_id: int, run_uuid: str, cfg: RunConfig) -> None:
+        self.store, self.run_id, self.cfg = store, run_id, cfg
+        self.checkpoint = checkpoint_dir(fedaegis_home()) / f"{run_uuid}.pt"
+
+    def __call__(self, outcome: RoundOutcome) -> None:
+        record = RoundRecord(
+            number=outcome.number,
+            started_at=outcome.started_at,
+            train_replies=outcome.train_replies,
+            evaluate_replies=outcome.evaluate_replies,
+            failures=outcome.failures,
+        )
+        for phase, metrics in (("train", outcome.train_metrics), ("evaluate", outcome.evaluate_metrics)):
+            if metrics is not None:
+                record.metrics += [MetricValue(phase, k, float(v)) for k, v in metrics.items()]  # type: ignore[arg-type]
+        for phase, sites in (("train", outcome.site_train), ("evaluate", outcome.site_evaluate)):
+            for node, values in sites.items():
+                values = {**values, **derived_ratios(values)}
+                record.site_metrics.setdefault(node, []).extend(
+                    MetricValue(phase, k, v) for k, v in values.items()
+                )
+        save_checkpoint(self.checkpoint, outcome.arrays.to_torch_state_dict(), model_meta(self.cfg))
+        self.store.record_round(self.run_id, record)
+        self.store.set_checkpoint(self.run_id, self.checkpoint)
+        ev = outcome.evaluate_metrics or {}
+        log.info(
+            "round %d/%d: accuracy %.4f, loss %.4f over %d test samples at %d sites (%d failures)",
+            outcome.number, self.cfg.num_server_rounds, ev.get("accuracy", float("nan")),
+            ev.get("loss", float("nan")), int(ev.get("num-examples", 0)),
+            outcome.evaluate_replies, outcome.failures,
+        )
+
+
+def run_federation(grid: Grid, cfg: RunConfig, flwr_run_id: int | str = "") -> int:
+    """Run ``cfg.num_server_rounds`` of FedAvg with federated evaluation; returns the run id."""
+    store = RunStore(cfg.resolved_db_url)
+    run_uuid = cfg.run_uuid or uuidlib.uuid4().hex
+    run_id = store.create_run(
+        uuid=run_uuid,
+        name=cfg.run_name,
+        config={k: v for k, v in cfg.to_flower().items() if k != "db-url"},
+        num_rounds=cfg.num_server_rounds,
+        flwr_run_id=str(flwr_run_id),
+    )
+    log.info("fedaegis run %d (%s) stored in %s", run_id, run_uuid, store.engine.url.render_as_string(hide_password=True))
+    model = build_model(
+        cfg.model, in_channels=cfg.in_channels, num_classes=cfg.num_classes,
+        spatial_dims=cfg.spatial_dims, norm=cfg.norm,
+    )
+    strategy = FedAvg(
+        fraction_train=cfg.fraction_train,
+        fraction_evaluate=cfg.fraction_evaluate,
+        min_train_nodes=cfg.min_sites,
+        min_evaluate_nodes=cfg.min_sites,
+        min_available_nodes=cfg.min_sites,
+        train_metrics_aggr_fn=sum_metric_records,
+        evaluate_metrics_aggr_fn=sum_metric_records,
+    )
+    recorder = RunRecorder(store, run_id, run_uuid, cfg)
+    try:
+        RecordingStrategy(strategy, recorder).start(
+            grid=grid,
+            initial_arrays=ArrayRecord(model.state_dict()),
+            num_rounds=cfg.num_server_rounds,
+            timeout=cfg.round_timeout,
+            train_config=client_config(cfg),
+            evaluate_config=client_config(cfg),
+        )
+    except BaseException as exc:
+        store.finish_run(run_id, status="failed", error=f"{type(exc).__name__}: {exc}")
+        raise
+    store.finish_run(run_id, status="completed")
+    return run_id
+
+
+def make_server_app(
+    overrides: dict[str, Any] | None = None, wrap_grid: Callable[[Grid], Grid] | None = None
+) -> ServerApp:
+    """A ServerApp whose run config is Flower's, updated with ``overrides`` (used by the CLI).
+
+    ``wrap_grid`` lets an audit see every message, e.g. with
+    :class:`~fedaegis.server.audit.AuditingGrid`.
+    """
+    app = ServerApp()
+
+    @app.main()
+    def main(grid: Grid, context: Context) -> None:
+        cfg = RunConfig.from_flower({**dict(context.run_config), **(overrides or {})})
+        run_federation(wrap_grid(grid) if wrap_grid else grid, cfg, flwr_run_id=context.run_id)
+
+    return app
+
+
+app = make_server_app()

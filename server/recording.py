@@ -1,0 +1,103 @@
+"""A strategy wrapper that hands each finished round to a callback (to store it).
+
+It wraps any Flower strategy, the way Flower's DP wrappers do, so robust
+aggregation or DP strategies plug in without touching the recording logic.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from datetime import datetime
+
+from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord
+from flwr.serverapp import Grid
+from flwr.serverapp.strategy import Strategy
+
+from ..shared.protocol import METRICS_KEY
+from ..shared.store.schema import utcnow
+
+
+@dataclass
+class RoundOutcome:
+    """What the server learnt in one round: global aggregates and each site's aggregates."""
+
+    number: int
+    started_at: datetime
+    arrays: ArrayRecord
+    train_metrics: MetricRecord | None = None
+    evaluate_metrics: MetricRecord | None = None
+    train_replies: int = 0
+    evaluate_replies: int = 0
+    failures: int = 0
+    site_train: dict[str, dict[str, float]] = field(default_factory=dict)
+    site_evaluate: dict[str, dict[str, float]] = field(default_factory=dict)
+    errors: list[str] = field(default_factory=list)
+
+
+class RecordingStrategy(Strategy):
+    """Delegate to ``inner`` and call ``on_round_end`` once per completed round."""
+
+    def __init__(self, inner: Strategy, on_round_end: Callable[[RoundOutcome], None]) -> None:
+        self.inner = inner
+        self.on_round_end = on_round_end
+        self._outcome: RoundOutcome | None = None
+
+    def summary(self) -> None:
+        self.inner.summary()
+
+    def configure_train(
+        self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
+    ) -> Iterable[Message]:
+        self._outcome = RoundOutcome(number=server_round, started_at=utcnow(), arrays=arrays)
+        return self.inner.configure_train(server_round, arrays, config, grid)
+
+    def aggregate_train(
+        self, server_round: int, replies: Iterable[Message]
+    ) -> tuple[ArrayRecord | None, MetricRecord | None]:
+        replies = list(replies)
+        outcome = self._current(server_round)
+        outcome.train_replies = self._collect(replies, outcome.site_train, outcome)
+        arrays, metrics = self.inner.aggregate_train(server_round, replies)
+        if arrays is not None:
+            outcome.arrays = arrays
+        outcome.train_metrics = metrics
+        return arrays, metrics
+
+    def configure_evaluate(
+        self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
+    ) -> Iterable[Message]:
+        return self.inner.configure_evaluate(server_round, arrays, config, grid)
+
+    def aggregate_evaluate(
+        self, server_round: int, replies: Iterable[Message]
+    ) -> MetricRecord | None:
+        replies = list(replies)
+        outcome = self._current(server_round)
+        outcome.evaluate_replies = self._collect(replies, outcome.site_evaluate, outcome)
+        metrics = self.inner.aggregate_evaluate(server_round, replies)
+        outcome.evaluate_metrics = metrics
+        self.on_round_end(outcome)
+        return metrics
+
+    def _current(self, server_round: int) -> RoundOutcome:
+        if self._outcome is None or self._outcome.number != server_round:
+            raise RuntimeError(f"round {server_round} was not configured through this wrapper")
+        return self._outcome
+
+    @staticmethod
+    def _collect(
+        replies: list[Message], per_site: dict[str, dict[str, float]], outcome: RoundOutcome
+    ) -> int:
+        """Keep each replying site's aggregates; count failed replies. Returns the successes."""
+        ok = 0
+        for msg in replies:
+            node = str(msg.metadata.src_node_id)
+            if msg.has_error():
+                outcome.failures += 1
+                outcome.errors.append(f"node {node}: {msg.error.reason}")
+                continue
+            ok += 1
+            if METRICS_KEY in msg.content:
+                per_site[node] = {k: float(v) for k, v in msg.content[METRICS_KEY].items()}  # type: ignore[arg-type]
+        return ok

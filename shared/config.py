@@ -1,0 +1,131 @@
+"""The run configuration: one typed, validated view of Flower's run config.
+
+Flower passes ``[tool.flwr.app.config]`` (plus ``--run-config`` overrides) as a flat
+dict with kebab-case keys. Both apps read it through :class:`RunConfig`, so a bad
+value fails at start-up with the name of the field, not deep inside a round.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from dataclasses import dataclass, fields
+from pathlib import Path
+from typing import Any
+
+PARTITIONINGS = ("iid", "dirichlet", "quantity")
+OPTIMIZERS = ("adam", "sgd")
+CLASS_WEIGHTINGS = ("balanced", "none")
+NORMS = ("batch", "group", "none")
+
+
+class ConfigError(ValueError):
+    """A run-config value is missing or invalid; the message names the field."""
+
+
+def fedaegis_home() -> Path:
+    """Where runs, checkpoints and the default database live (``FEDAEGIS_HOME``)."""
+    return Path(os.environ.get("FEDAEGIS_HOME", Path.home() / ".fedaegis")).expanduser()
+
+
+def default_db_url() -> str:
+    return os.environ.get("FEDAEGIS_DB_URL") or f"sqlite:///{fedaegis_home() / 'fedaegis.db'}"
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    """Settings of one federated run. Field ``foo_bar`` is run-config key ``foo-bar``."""
+
+    num_server_rounds: int = 3
+    dataset: str = "embedded:pneumoniamnist"
+    in_channels: int = 1
+    num_classes: int = 2
+    spatial_dims: int = 2
+    image_size: int = 28
+    model: str = "cnn"
+    norm: str = "group"
+    partitioning: str = "iid"
+    dirichlet_alpha: float = 0.5
+    seed: int = 0
+    local_epochs: int = 5
+    batch_size: int = 32
+    learning_rate: float = 1e-3
+    optimizer: str = "adam"
+    class_weighting: str = "balanced"
+    fraction_train: float = 1.0
+    fraction_evaluate: float = 1.0
+    min_sites: int = 2
+    round_timeout: float = 3600.0
+    db_url: str = ""
+    run_name: str = ""
+    run_uuid: str = ""
+
+    def __post_init__(self) -> None:
+        checks: list[tuple[str, bool, str]] = [
+            ("num-server-rounds", self.num_server_rounds >= 1, "must be >= 1"),
+            ("dataset", bool(self.dataset), "must name a dataset path or embedded:NAME"),
+            ("in-channels", self.in_channels >= 1, "must be >= 1"),
+            ("num-classes", self.num_classes >= 2, "must be >= 2"),
+            ("spatial-dims", self.spatial_dims in (2, 3), "must be 2 or 3"),
+            ("image-size", self.image_size >= 8, "must be >= 8"),
+            ("norm", self.norm in NORMS, f"must be one of {NORMS}"),
+            ("partitioning", self.partitioning in PARTITIONINGS, f"must be one of {PARTITIONINGS}"),
+            ("dirichlet-alpha", self.dirichlet_alpha > 0, "must be > 0"),
+            ("local-epochs", self.local_epochs >= 1, "must be >= 1"),
+            ("batch-size", self.batch_size >= 1, "must be >= 1"),
+            ("learning-rate", self.learning_rate > 0, "must be > 0"),
+            ("optimizer", self.optimizer in OPTIMIZERS, f"must be one of {OPTIMIZERS}"),
+            ("class-weighting", self.class_weighting in CLASS_WEIGHTINGS, f"must be one of {CLASS_WEIGHTINGS}"),
+            ("fraction-train", 0 < self.fraction_train <= 1, "must be in (0, 1]"),
+            ("fraction-evaluate", 0 < self.fraction_evaluate <= 1, "must be in (0, 1]"),
+            ("min-sites", self.min_sites >= 1, "must be >= 1"),
+            ("round-timeout", self.round_timeout > 0, "must be > 0"),
+        ]
+        for key, ok, why in checks:
+            if not ok:
+                raise ConfigError(f"run config '{key}' = {getattr(self, _attr(key))!r}: {why}")
+
+    @classmethod
+    def from_flower(cls, run_config: dict[str, Any]) -> RunConfig:
+        """Build from Flower's run config; unknown keys are errors (typos must not pass)."""
+        known = {f.name: f for f in fields(cls)}
+        values: dict[str, Any] = {}
+        for key, value in run_config.items():
+            attr = _attr(key)
+            if attr not in known:
+                raise ConfigError(
+                    f"run config '{key}': unknown key; known keys are "
+                    f"{sorted(_key(n) for n in known)}"
+                )
+            values[attr] = _coerce(key, value, known[attr].type)
+        return cls(**values)
+
+    def to_flower(self) -> dict[str, bool | int | float | str]:
+        """The kebab-case dict Flower's records and ``--run-config`` use."""
+        return {_key(k): v for k, v in dataclasses.asdict(self).items()}
+
+    @property
+    def resolved_db_url(self) -> str:
+        return self.db_url or default_db_url()
+
+
+def _attr(key: str) -> str:
+    return key.replace("-", "_")
+
+
+def _key(attr: str) -> str:
+    return attr.replace("_", "-")
+
+
+def _coerce(key: str, value: Any, type_name: Any) -> Any:
+    """Accept what TOML and ``--run-config`` produce, reject the rest with the key named."""
+    kind = {"int": int, "float": float, "str": str, "bool": bool}[str(type_name)]
+    if kind is float and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    if kind is int and isinstance(value, float) and value.is_integer():
+        return int(value)
+    if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
+        raise ConfigError(
+            f"run config '{key}' = {value!r}: expected {kind.__name__}, got {type(value).__name__}"
+        )
+    return value

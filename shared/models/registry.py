@@ -1,0 +1,106 @@
+"""Build a classifier by the name given in the run configuration."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+import torch.nn.functional as F
+from monai.networks import nets
+from opacus.validators import ModuleValidator
+from torch import nn
+
+from .cnn import SmallCNN, _norm
+
+
+def _monai_norm(norm: str) -> str:
+    """MONAI nets are built with BatchNorm; ``group`` swaps it afterwards (see build_model)."""
+    if norm in ("batch", "group"):
+        return "batch"
+    raise ValueError(f"norm: {norm!r} is not supported by MONAI networks (use 'batch' or 'group')")
+
+
+class MinSize(nn.Module):
+    """Upsample inputs smaller than ``size`` so deep pooling stacks keep at least one pixel.
+
+    It is part of the model, so gradients (and attacks) flow through it unchanged.
+    """
+
+    def __init__(self, size: int, spatial_dims: int) -> None:
+        super().__init__()
+        self.size = size
+        self.mode = "bilinear" if spatial_dims == 2 else "trilinear"
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if min(x.shape[2:]) >= self.size:
+            return x
+        scale = self.size / min(x.shape[2:])
+        return F.interpolate(x, scale_factor=scale, mode=self.mode, align_corners=False)
+
+
+def _densenet121(spatial_dims: int, in_channels: int, num_classes: int, norm: str) -> nn.Module:
+    # DenseNet121 halves the resolution five times: 28x28 inputs are lifted to 32x32.
+    net = nets.DenseNet121(
+        spatial_dims=spatial_dims,
+        in_channels=in_channels,
+        out_channels=num_classes,
+        norm=_monai_norm(norm),
+    )
+    return nn.Sequential(MinSize(32, spatial_dims), net)
+
+
+def _resnet(depth: int) -> Callable[[int, int, int, str], nn.Module]:
+    layers = {10: [1, 1, 1, 1], 18: [2, 2, 2, 2], 34: [3, 4, 6, 3]}[depth]
+
+    def build(spatial_dims: int, in_channels: int, num_classes: int, norm: str) -> nn.Module:
+        return nets.ResNet(
+            block="basic",
+            layers=layers,
+            block_inplanes=[64, 128, 256, 512],
+            spatial_dims=spatial_dims,
+            n_input_channels=in_channels,
+            conv1_t_size=3,
+            conv1_t_stride=1,
+            no_max_pool=True,
+            num_classes=num_classes,
+            norm=_monai_norm(norm),
+        )
+
+    return build
+
+
+def _cnn(spatial_dims: int, in_channels: int, num_classes: int, norm: str) -> nn.Module:
+    return SmallCNN(in_channels, num_classes, spatial_dims, norm)
+
+
+MODELS: dict[str, Callable[[int, int, int, str], nn.Module]] = {
+    "cnn": _cnn,
+    "densenet121": _densenet121,
+    "resnet10": _resnet(10),
+    "resnet18": _resnet(18),
+    "resnet34": _resnet(34),
+}
+
+
+def build_model(
+    name: str,
+    *,
+    in_channels: int,
+    num_classes: int,
+    spatial_dims: int = 2,
+    norm: str = "batch",
+) -> nn.Module:
+    """Instantiate model ``name``; ``norm='group'`` gives a variant Opacus can train."""
+    if name not in MODELS:
+        raise ValueError(f"model: unknown model {name!r}; choose one of {sorted(MODELS)}")
+    if spatial_dims not in (2, 3):
+        raise ValueError(f"spatial_dims: must be 2 or 3, got {spatial_dims}")
+    if num_classes < 2:
+        raise ValueError(f"num_classes: a classifier needs at least 2 classes, got {num_classes}")
+    _norm(norm, 8, spatial_dims) if name == "cnn" else _monai_norm(norm)  # validate early
+    model = MODELS[name](spatial_dims, in_channels, num_classes, norm)
+    if norm == "group" and name != "cnn":
+        # MONAI's ResNet blocks ignore ``norm``: Opacus' own fixer swaps every BatchNorm
+        # for GroupNorm, which is what DP-SGD needs.
+        model = ModuleValidator.fix(model)
+    return model

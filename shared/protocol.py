@@ -1,0 +1,72 @@
+"""What a site may send: the privacy protocol every client reply is checked against.
+
+A reply may hold (a) the model's arrays, only in answer to a training request and
+only with the global model's own keys and shapes, and (b) a MetricRecord of scalar
+counts and sums over the site's data. Lists, per-sample values, config records and
+unknown names never leave a site. The client enforces this with
+:func:`fedaegis.client.mods.protocol_guard`; tests and audits use :func:`check_reply`.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from collections.abc import Mapping
+
+from flwr.app import ArrayRecord, MetricRecord, RecordDict
+
+ARRAYS_KEY = "arrays"
+METRICS_KEY = "metrics"
+
+# The last dotted segment of every metric name must be an aggregate over a site's data.
+_AGGREGATE_NAMES = {"num-examples", "correct", "skipped", "queries", "successes", "failures"}
+_AGGREGATE_SUFFIXES = ("-sum", "-count", "-correct")
+_NAME_RE = re.compile(r"^[a-z0-9][a-z0-9_.=+\-]*$")
+
+
+def is_aggregate_name(name: str) -> bool:
+    last = name.rsplit(".", 1)[-1]
+    return bool(_NAME_RE.match(name)) and (
+        last in _AGGREGATE_NAMES or last.endswith(_AGGREGATE_SUFFIXES)
+    )
+
+
+def check_metrics(metrics: Mapping[str, object]) -> list[str]:
+    """Violations in a metric mapping: non-scalars, non-finite values, non-aggregate names."""
+    problems = []
+    if "num-examples" not in metrics:
+        problems.append("metrics lack 'num-examples'")
+    for name, value in metrics.items():
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            problems.append(f"metric {name!r} is {type(value).__name__}, not a scalar")
+            continue
+        if not math.isfinite(value):
+            problems.append(f"metric {name!r} is not finite")
+        if not is_aggregate_name(name):
+            problems.append(f"metric {name!r} is not a count or sum")
+        elif isinstance(value, int) and value < 0:
+            problems.append(f"count {name!r} is negative")
+    return problems
+
+
+def check_reply(
+    content: RecordDict,
+    *,
+    is_train: bool,
+    expected_arrays: Mapping[str, tuple[int, ...]] | None = None,
+) -> list[str]:
+    """All protocol violations of one reply's content (an empty list means it may be sent)."""
+    problems: list[str] = []
+    for key, record in content.items():
+        if key == METRICS_KEY and isinstance(record, MetricRecord):
+            problems += check_metrics(record)
+        elif key == ARRAYS_KEY and isinstance(record, ArrayRecord) and is_train:
+            if expected_arrays is not None:
+                got = {k: tuple(a.shape) for k, a in record.items()}
+                if got != dict(expected_arrays):
+                    problems.append("arrays differ from the global model's keys or shapes")
+        else:
+            problems.append(f"record {key!r} ({type(record).__name__}) may not leave the site")
+    if METRICS_KEY not in content:
+        problems.append("reply has no metrics record")
+    return problems

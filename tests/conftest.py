@@ -1,0 +1,33 @@
+"""Test-wide settings: state stays in a temporary folder, never in the user's home."""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+
+import pytest
+
+_STATE = Path(tempfile.mkdtemp(prefix="fedaegis-tests-"))
+os.environ["FEDAEGIS_HOME"] = str(_STATE / "home")
+os.environ["FLWR_HOME"] = str(_STATE / "flwr")
+os.environ.setdefault("RAY_TMPDIR", "/tmp/fedaegis-ray-tests")
+os.environ["FLWR_TELEMETRY_ENABLED"] = "0"
+os.environ["RAY_USAGE_STATS_ENABLED"] = "0"
+os.environ["FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION"] = "1"
+os.environ.pop("FEDAEGIS_DB_URL", None)
+
+SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
+
+
+@pytest.fixture(scope="session")
+def shared_data() -> Path:
+    """The real medical data beside the checkout (../shared/data)."""
+    if not SHARED_DATA.is_dir():
+        pytest.skip("../shared/data is not present")
+    return SHARED_DATA
+
+
+@pytest.fixture
+def db_url(tmp_path: Path) -> str:
+    return f"sqlite:///{tmp_path / 'runs.db'}"

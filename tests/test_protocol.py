@@ -1,0 +1,47 @@
+from flwr.app import ArrayRecord, ConfigRecord, MetricRecord, RecordDict
+
+from fedaegis.server.aggregation import sum_metric_records
+from fedaegis.shared.protocol import check_reply, is_aggregate_name
+
+
+def test_aggregate_reply_passes():
+    content = RecordDict({"metrics": MetricRecord({"num-examples": 10, "correct": 7, "loss-sum": 3.2, "skipped": 0})})
+    assert check_reply(content, is_train=False) == []
+
+
+def test_per_sample_values_are_refused():
+    leaky = RecordDict({"metrics": MetricRecord({"num-examples": 3, "predictions": [0, 1, 1]})})
+    problems = check_reply(leaky, is_train=False)
+    assert any("predictions" in p for p in problems)
+    named = RecordDict({"metrics": MetricRecord({"num-examples": 3, "patient-7-prob": 0.9})})
+    assert any("not a count or sum" in p for p in check_reply(named, is_train=False))
+    config = RecordDict({"metrics": MetricRecord({"num-examples": 1}), "labels": ConfigRecord({"y": [1, 0]})})
+    assert any("labels" in p for p in check_reply(config, is_train=False))
+
+
+def test_arrays_only_in_train_replies_with_model_shapes():
+    import numpy as np
+
+    arrays = ArrayRecord([np.zeros((2, 3))])
+    shapes = {k: tuple(a.shape) for k, a in arrays.items()}
+    ok = RecordDict({"arrays": arrays, "metrics": MetricRecord({"num-examples": 4})})
+    assert check_reply(ok, is_train=True, expected_arrays=shapes) == []
+    assert check_reply(ok, is_train=False) != []  # evaluate replies carry no arrays
+    images = ArrayRecord([np.zeros((4, 1, 28, 28))])
+    smuggled = RecordDict({"arrays": images, "metrics": MetricRecord({"num-examples": 4})})
+    assert check_reply(smuggled, is_train=True, expected_arrays=shapes) != []
+
+
+def test_names():
+    assert is_aggregate_name("attack.pgd.eps=0.0039.robust-correct")
+    assert not is_aggregate_name("accuracy")
+
+
+def test_sum_aggregation_is_n_weighted():
+    replies = [
+        RecordDict({"metrics": MetricRecord({"num-examples": 10, "correct": 9, "loss-sum": 1.0})}),
+        RecordDict({"metrics": MetricRecord({"num-examples": 30, "correct": 15, "loss-sum": 9.0})}),
+    ]
+    agg = sum_metric_records(replies, "num-examples")
+    assert agg["num-examples"] == 40 and agg["correct"] == 24
+    assert agg["accuracy"] == 24 / 40 and agg["loss"] == 10 / 40
