@@ -85,6 +85,8 @@ def site_data(cfg: RunConfig, node_config: Mapping[str, object]) -> SiteData:
         for split in ("train", "test"):
             parts = _partitions(cfg.dataset, split, key, n, cfg.partitioning, cfg.dirichlet_alpha, cfg.seed)
             splits.append(_load(cfg.dataset, split, *key).subset(torch.as_tensor(parts[pid])))
+        if pid != 0:  # the shared dataset's unreadable files are reported once, not by every site
+            splits = [ImageSet(s.images, s.labels, s.num_classes, s.source) for s in splits]
         data = SiteData(*splits)
     for split in (data.train, data.test):
         check_against_config(split, cfg)

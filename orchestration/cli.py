@@ -111,7 +111,7 @@ def simulate(
     store = RunStore(str(overrides["db-url"]))
     run = store.get_run(run_uuid)
     if as_json:
-        out.print_json(json.dumps(run))
+        out.print_json(json.dumps(_run_json(run)))
     else:
         _print_run(run)
     evaluated = [r for r in run["rounds"] if r["evaluate_replies"]]

@@ -38,6 +38,7 @@ def _quiet_environment() -> None:
     os.environ.setdefault("FLWR_TELEMETRY_ENABLED", "0")
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
     os.environ.setdefault("RAY_DEDUP_LOGS", "0")
+    os.environ.setdefault("RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO", "0")
     home = fedaegis_home()
     os.environ.setdefault("FLWR_HOME", str(home / "flwr"))
     # Ray's unix socket paths must stay short (107 bytes): use /tmp unless told otherwise.

@@ -1,0 +1,62 @@
+"""The fedaegis CLI on a real database: runs/show tables and JSON, and refusal of bad input."""
+
+from __future__ import annotations
+
+import json
+
+from typer.testing import CliRunner
+
+from fedaegis.orchestration.cli import app
+from fedaegis.shared.store import MetricValue, RoundRecord, RunStore
+
+runner = CliRunner()
+
+
+def _stored_run(db_url: str) -> int:
+    store = RunStore(db_url)
+    run_id = store.create_run(uuid="abc", name="demo", config={"model": "cnn", "num-server-rounds": 2}, num_rounds=2)
+    for n, acc in ((1, 0.81), (2, 0.86)):
+        store.record_round(run_id, RoundRecord(
+            number=n, train_replies=2, evaluate_replies=2,
+            metrics=[MetricValue("evaluate", "accuracy", acc), MetricValue("evaluate", "loss", 0.4),
+                     MetricValue("evaluate", "num-examples", 100), MetricValue("train", "train-accuracy", 0.9)],
+        ))
+    store.finish_run(run_id)
+    return run_id
+
+
+def test_runs_and_show_json(db_url):
+    run_id = _stored_run(db_url)
+    res = runner.invoke(app, ["runs", "--db-url", db_url, "--json"])
+    assert res.exit_code == 0, res.output
+    runs = json.loads(res.stdout)
+    assert [r["id"] for r in runs] == [run_id]
+    assert runs[0]["config"]["model"] == "cnn"
+    res = runner.invoke(app, ["show", str(run_id), "--db-url", db_url, "--json"])
+    assert res.exit_code == 0, res.output
+    shown = json.loads(res.stdout)
+    assert shown["id"] == run_id and shown["config"]["num-server-rounds"] == 2
+    assert [(r["round"], r["accuracy"], r["loss"]) for r in shown["rounds"]] == [(1, 0.81, 0.4), (2, 0.86, 0.4)]
+
+
+def test_tables(db_url):
+    run_id = _stored_run(db_url)
+    res = runner.invoke(app, ["runs", "--db-url", db_url])
+    assert res.exit_code == 0 and "demo" in res.stdout and "0.8600" in res.stdout
+    res = runner.invoke(app, ["show", "abc", "--db-url", db_url])
+    assert res.exit_code == 0 and "0.8100" in res.stdout and "num-server-rounds" in res.stdout
+
+
+def test_unknown_run_is_a_clear_error(db_url):
+    res = runner.invoke(app, ["show", "42", "--db-url", db_url])
+    assert res.exit_code == 2 and "no run '42'" in res.output
+
+
+def test_bad_config_is_refused_before_starting(db_url):
+    res = runner.invoke(app, ["simulate", "--db-url", db_url, "-c", "learning-rate=-1"])
+    assert res.exit_code == 2 and "learning-rate" in res.output
+    res = runner.invoke(app, ["simulate", "--db-url", db_url, "--partitioning", "random"])
+    assert res.exit_code == 2 and "partitioning" in res.output
+    res = runner.invoke(app, ["simulate", "--db-url", db_url, "--dataset", "/nonexistent/data.npz"])
+    assert res.exit_code == 2 and "/nonexistent/data.npz" in res.output
+    assert RunStore(db_url).list_runs() == []

@@ -1,0 +1,42 @@
+"""End to end through the CLI on a folder site: PNGs plus real DICOMs, some unreadable."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import numpy as np
+import pytest
+from PIL import Image
+from typer.testing import CliRunner
+
+from fedaegis.orchestration.cli import app
+from fedaegis.shared.data.sources import embedded_path
+
+pytestmark = pytest.mark.slow
+
+
+def test_folder_dataset_skips_unreadable_files_and_reports_the_count(tmp_path, db_url, shared_data):
+    root = tmp_path / "site"
+    data = np.load(embedded_path("pneumoniamnist"))
+    images, labels = data["train_images"], data["train_labels"].ravel()
+    for cls in (0, 1):
+        folder = root / str(cls)
+        folder.mkdir(parents=True)
+        for i in np.flatnonzero(labels == cls)[:60]:
+            Image.fromarray(images[i]).save(folder / f"{i}.png")
+    for name in ("test1.dcm", "test2.dcm"):  # real chest X-ray DICOMs, read and resized to 28x28
+        shutil.copy(shared_data / "dicom" / "nih_cxr" / name, root / "1" / name)
+    (root / "0" / "corrupt.dcm").write_bytes((shared_data / "dicom" / "nih_cxr" / "test3.dcm").read_bytes()[:600])
+    (root / "1" / "notes.txt").write_text("not an image")
+
+    res = CliRunner().invoke(app, [
+        "simulate", "--dataset", str(root), "--sites", "2", "--rounds", "1", "--local-epochs", "1",
+        "--db-url", db_url, "--json", "--num-cpus", "2",
+    ])
+    assert res.exit_code == 0, res.output
+    run = json.loads(res.stdout[res.stdout.index("{"):])
+    (rnd,) = run["rounds"]
+    assert rnd["sites"] == 2 and rnd["failures"] == 0
+    assert rnd["metrics"]["evaluate.skipped"] == 2  # corrupt.dcm and notes.txt, counted once
+    assert rnd["metrics"]["evaluate.num-examples"] == pytest.approx(0.2 * 122, abs=2)
