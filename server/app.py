@@ -9,15 +9,15 @@ from typing import Any
 
 from flwr.app import ArrayRecord, ConfigRecord, Context
 from flwr.serverapp import Grid, ServerApp
-from flwr.serverapp.strategy import FedAvg
 
 from ..shared.checkpoint import save_checkpoint
 from ..shared.config import RunConfig, fedaegis_home
 from ..shared.models import build_model
 from ..shared.store import MetricValue, RoundRecord, RunStore
 from ..shared.store.repository import checkpoint_dir
-from .aggregation import derived_ratios, sum_metric_records
+from .aggregation import derived_ratios
 from .recording import RecordingStrategy, RoundOutcome
+from .strategies import build_strategy
 
 log = logging.getLogger("fedaegis")
 
@@ -93,15 +93,7 @@ def run_federation(grid: Grid, cfg: RunConfig, flwr_run_id: int | str = "") -> i
         cfg.model, in_channels=cfg.in_channels, num_classes=cfg.num_classes,
         spatial_dims=cfg.spatial_dims, norm=cfg.norm,
     )
-    strategy = FedAvg(
-        fraction_train=cfg.fraction_train,
-        fraction_evaluate=cfg.fraction_evaluate,
-        min_train_nodes=cfg.min_sites,
-        min_evaluate_nodes=cfg.min_sites,
-        min_available_nodes=cfg.min_sites,
-        train_metrics_aggr_fn=sum_metric_records,
-        evaluate_metrics_aggr_fn=sum_metric_records,
-    )
+    strategy = build_strategy(cfg)
     recorder = RunRecorder(store, run_id, run_uuid, cfg)
     try:
         RecordingStrategy(strategy, recorder).start(

@@ -13,6 +13,7 @@ from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
 
+TASKS = ("classification", "segmentation")
 PARTITIONINGS = ("iid", "dirichlet", "quantity")
 OPTIMIZERS = ("adam", "sgd")
 CLASS_WEIGHTINGS = ("balanced", "none")
@@ -37,6 +38,7 @@ class RunConfig:
     """Settings of one federated run. Field ``foo_bar`` is run-config key ``foo-bar``."""
 
     num_server_rounds: int = 3
+    task: str = "classification"
     dataset: str = "embedded:pneumoniamnist"
     in_channels: int = 1
     num_classes: int = 2
@@ -52,6 +54,9 @@ class RunConfig:
     learning_rate: float = 1e-3
     optimizer: str = "adam"
     class_weighting: str = "balanced"
+    attacks: str = ""
+    epsilons: str = "1/255,2/255,4/255,8/255"
+    attack_samples: int = 256
     fraction_train: float = 1.0
     fraction_evaluate: float = 1.0
     min_sites: int = 2
@@ -63,6 +68,8 @@ class RunConfig:
     def __post_init__(self) -> None:
         checks: list[tuple[str, bool, str]] = [
             ("num-server-rounds", self.num_server_rounds >= 1, "must be >= 1"),
+            ("task", self.task in TASKS, f"must be one of {TASKS}"),
+            ("attack-samples", self.attack_samples >= 0, "must be >= 0 (0: the whole test split)"),
             ("dataset", bool(self.dataset), "must name a dataset path or embedded:NAME"),
             ("in-channels", self.in_channels >= 1, "must be >= 1"),
             ("num-classes", self.num_classes >= 2, "must be >= 2"),
@@ -84,6 +91,33 @@ class RunConfig:
         for key, ok, why in checks:
             if not ok:
                 raise ConfigError(f"run config '{key}' = {getattr(self, _attr(key))!r}: {why}")
+        self.epsilon_values  # noqa: B018 - parse now so a bad list fails at start-up
+        self.attack_names  # noqa: B018
+
+    @property
+    def attack_names(self) -> tuple[str, ...]:
+        """The attack suite run at every site each round (``attacks``, comma-separated)."""
+        names = tuple(a.strip().lower() for a in self.attacks.split(",") if a.strip())
+        if len(set(names)) != len(names):
+            raise ConfigError(f"run config 'attacks' = {self.attacks!r}: an attack is listed twice")
+        return names
+
+    @property
+    def epsilon_values(self) -> tuple[float, ...]:
+        """``epsilons`` parsed: decimals or fractions such as ``2/255``, each in (0, 1]."""
+        values = []
+        for item in (e.strip() for e in self.epsilons.split(",") if e.strip()):
+            try:
+                num, _, den = item.partition("/")
+                value = float(num) / float(den) if den else float(num)
+            except (ValueError, ZeroDivisionError):
+                raise ConfigError(f"run config 'epsilons': {item!r} is not a number or fraction") from None
+            if not 0 < value <= 1:
+                raise ConfigError(f"run config 'epsilons': {item!r} is outside (0, 1]")
+            values.append(value)
+        if not values:
+            raise ConfigError("run config 'epsilons': needs at least one budget")
+        return tuple(values)
 
     @classmethod
     def from_flower(cls, run_config: dict[str, Any]) -> RunConfig:
