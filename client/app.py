@@ -14,6 +14,7 @@ from ..shared.config import RunConfig
 from ..shared.models import build_model
 from ..shared.protocol import ARRAYS_KEY, METRICS_KEY
 from .mods import protocol_guard
+from .robustness import evaluate_robustness
 from .site import site_data
 from .training import evaluate_local, train_local
 
@@ -57,8 +58,9 @@ def train(msg: Message, context: Context) -> Message:
 
 @app.evaluate()
 def evaluate(msg: Message, context: Context) -> Message:
-    cfg, model, _ = _setup(msg, context)
+    cfg, model, server_round = _setup(msg, context)
     data = site_data(cfg, context.node_config)
     metrics = evaluate_local(model, data.test)
+    metrics.update(evaluate_robustness(model, data.test, cfg, _seed(cfg, server_round, context)))
     metrics["skipped"] = data.skipped
     return Message(content=RecordDict({METRICS_KEY: MetricRecord(metrics)}), reply_to=msg)

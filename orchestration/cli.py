@@ -72,6 +72,9 @@ def simulate(
     alpha: Annotated[float, typer.Option(help="Dirichlet concentration for non-IID partitioning.")] = 0.5,
     seed: Annotated[int, typer.Option(help="Seed for partitioning, initialisation and training.")] = 0,
     local_epochs: Annotated[int, typer.Option(help="Local epochs per round at each site.")] = 5,
+    attacks: Annotated[str, typer.Option(help="Attack suite evaluated at every site each round, e.g. fgsm,pgd,autoattack.")] = "",
+    epsilons: Annotated[str, typer.Option(help="Budgets for the attack suite (fractions allowed).")] = "1/255,2/255,4/255,8/255",
+    attack_samples: Annotated[int, typer.Option(help="Test samples attacked per site (0: all).")] = 256,
     name: Annotated[str, typer.Option(help="A name stored with the run.")] = "",
     db_url: DbOption = None,
     ray_address: Annotated[str | None, typer.Option(help="Join an existing Ray cluster (e.g. ray://host:10001 or auto).")] = None,
@@ -89,7 +92,8 @@ def simulate(
     overrides: dict[str, Any] = {
         "num-server-rounds": rounds, "dataset": dataset, "model": model, "norm": norm,
         "partitioning": partitioning, "dirichlet-alpha": alpha, "seed": seed,
-        "local-epochs": local_epochs, "run-name": name, "db-url": db_url or default_db_url(),
+        "local-epochs": local_epochs, "attacks": attacks, "epsilons": epsilons,
+        "attack-samples": attack_samples, "run-name": name, "db-url": db_url or default_db_url(),
         "min-sites": min(2, sites),
     }
     overrides.update(_parse_overrides(config or []))
@@ -164,6 +168,62 @@ def show(
         _print_run(detail, with_config=True)
 
 
+@app.command()
+def evaluate(
+    run: Annotated[str, typer.Argument(help="Run id or uuid whose final global model is attacked.")],
+    dataset: Annotated[str, typer.Option(help="Local data: a MedMNIST .npz, an image/DICOM folder, or embedded:NAME.")] = "embedded:pneumoniamnist",
+    split: Annotated[str, typer.Option(help="Split of the dataset to attack.")] = "test",
+    attacks: Annotated[str, typer.Option(help="Comma-separated attack suite.")] = "fgsm,pgd",
+    epsilons: Annotated[str, typer.Option(help="Budgets, e.g. 1/255,2/255,4/255,8/255.")] = "1/255,2/255,4/255,8/255",
+    samples: Annotated[int, typer.Option(help="Samples attacked (0: all).")] = 256,
+    seed: Annotated[int, typer.Option(help="Seed for sampling and random starts.")] = 0,
+    db_url: DbOption = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Machine-readable output.")] = False,
+) -> None:
+    """Attack a stored run's global model on a local dataset (one site, no federation)."""
+    import torch
+
+    from ..client.robustness import attack_subset
+    from ..shared.attacks import evaluate_attacks
+    from ..shared.checkpoint import load_checkpoint
+    from ..shared.data import DataValidationError, load_site_data
+    from ..shared.robustness import derive, encode, decode
+
+    store = RunStore(db_url or default_db_url())
+    try:
+        cfg = RunConfig.from_flower({"attacks": attacks, "epsilons": epsilons, "attack-samples": samples})
+        model, meta = load_checkpoint(store.checkpoint_path(run))
+        data = load_site_data(
+            dataset, split=split, image_size=(meta["image_size"],) * meta["spatial_dims"],
+            channels=meta["in_channels"], num_classes=meta["num_classes"], seed=seed,
+        )
+    except (ConfigError, RunNotFoundError, FileNotFoundError, DataValidationError, ValueError) as exc:
+        _fail(str(exc))
+    subset = attack_subset(data, samples, seed)
+    torch.manual_seed(seed)
+    results = evaluate_attacks(model, (subset.images, subset.labels), list(cfg.attack_names), cfg.epsilon_values)
+    cells = [
+        {"attack": a, "epsilon": e, **{k.replace("-", "_"): v for k, v in {**t, **derive(t)}.items()}}
+        for (a, e), t in sorted(decode(encode(results)).items())
+    ]
+    if as_json:
+        out.print_json(json.dumps({"run": run, "dataset": dataset, "split": split, "samples": len(subset),
+                                   "skipped": data.num_skipped, "results": cells}))
+        return
+    table = Table(title=f"run {run} on {dataset} ({split}, {len(subset)} samples)")
+    for col in ("attack", "eps", "clean", "robust", "success", "Linf", "L2", "queries"):
+        table.add_column(col, justify="right")
+    for c in cells:
+        table.add_row(
+            c["attack"], _eps(c["epsilon"]), _fmt(c.get("clean_accuracy"), ".3f"),
+            _fmt(c.get("robust_accuracy"), ".3f"), _fmt(c.get("success_rate"), ".3f"),
+            _fmt(c.get("mean_linf"), ".4f"), _fmt(c.get("mean_l2"), ".3f"), _fmt(c.get("mean_queries"), ".1f"),
+        )
+    out.print(table)
+    if data.num_skipped:
+        out.print(f"files skipped (unreadable or rejected): {data.num_skipped}")
+
+
 def _run_json(run: dict[str, Any]) -> dict[str, Any]:
     """The stable script-facing form: id, config and global metrics per round."""
     keep = ("id", "uuid", "name", "status", "num_rounds", "created_at", "finished_at",
@@ -180,10 +240,25 @@ def _run_json(run: dict[str, Any]) -> dict[str, Any]:
             "sites": r["evaluate_replies"],
             "failures": r["failures"],
             "metrics": r["metrics"],
+            "robustness": _robustness(r),
         }
         for r in run["rounds"]
     ]
     return result
+
+
+def _robustness(rnd: dict[str, Any]) -> list[dict[str, Any]]:
+    """Federation-wide attack results of one round, one entry per (attack, epsilon)."""
+    cells: dict[tuple[str, float], dict[str, Any]] = {}
+    for row in rnd["metric_rows"]:
+        if row["phase"] == "attack":
+            cell = cells.setdefault((row["attack"], row["epsilon"]), {"attack": row["attack"], "epsilon": row["epsilon"]})
+            cell[row["name"].replace("-", "_")] = row["value"]
+    return [cells[k] for k in sorted(cells)]
+
+
+def _eps(eps: float) -> str:
+    return f"{eps * 255:.3g}/255"
 
 
 def _fmt(value: float | None, spec: str = ".4f") -> str:
@@ -207,6 +282,19 @@ def _print_run(run: dict[str, Any], with_config: bool = False) -> None:
             _fmt(m.get("evaluate.num-examples"), ".0f"), str(r["evaluate_replies"]), str(r["failures"]),
         )
     out.print(table)
+    attack_rows = [(r["number"], cell) for r in run["rounds"] for cell in _robustness(r)]
+    if attack_rows:
+        rob = Table(title="robustness (all sites)")
+        for col in ("round", "attack", "eps", "clean", "robust", "success", "Linf", "L2", "queries"):
+            rob.add_column(col, justify="right")
+        for number, c in attack_rows:
+            rob.add_row(
+                str(number), c["attack"], _eps(c["epsilon"]),
+                _fmt(c.get("clean_accuracy"), ".3f"), _fmt(c.get("robust_accuracy"), ".3f"),
+                _fmt(c.get("success_rate"), ".3f"), _fmt(c.get("mean_linf"), ".4f"),
+                _fmt(c.get("mean_l2"), ".3f"), _fmt(c.get("mean_queries"), ".1f"),
+            )
+        out.print(rob)
     skipped = run["rounds"][-1]["metrics"].get("evaluate.skipped") if run["rounds"] else None
     out.print(f"run id {run['id']} (uuid {run['uuid']}), status {run['status']}")
     if skipped:

@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import logging
 import uuid as uuidlib
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any
 
 from flwr.app import ArrayRecord, ConfigRecord, Context
 from flwr.serverapp import Grid, ServerApp
 
+from ..shared import robustness
 from ..shared.checkpoint import save_checkpoint
 from ..shared.config import RunConfig, fedaegis_home
 from ..shared.models import build_model
@@ -41,6 +42,17 @@ def model_meta(cfg: RunConfig) -> dict[str, Any]:
     }
 
 
+def metric_rows(phase: str, metrics: Mapping[str, float]) -> list[MetricValue]:
+    """Database rows for one phase: plain metrics, and attack cells with their derived ratios."""
+    rows = [MetricValue(phase, k, float(v)) for k, v in metrics.items() if not k.startswith("attack.")]
+    for (attack, eps), totals in robustness.decode(metrics).items():
+        rows += [
+            MetricValue("attack", name, value, attack=attack, epsilon=eps)
+            for name, value in {**totals, **robustness.derive(totals)}.items()
+        ]
+    return rows
+
+
 class RunRecorder:
     """Writes one round per transaction and keeps the latest global model on disk."""
 
@@ -58,12 +70,11 @@ class RunRecorder:
         )
         for phase, metrics in (("train", outcome.train_metrics), ("evaluate", outcome.evaluate_metrics)):
             if metrics is not None:
-                record.metrics += [MetricValue(phase, k, float(v)) for k, v in metrics.items()]  # type: ignore[arg-type]
+                record.metrics += metric_rows(phase, metrics)  # type: ignore[arg-type]
         for phase, sites in (("train", outcome.site_train), ("evaluate", outcome.site_evaluate)):
             for node, values in sites.items():
-                values = {**values, **derived_ratios(values)}
                 record.site_metrics.setdefault(node, []).extend(
-                    MetricValue(phase, k, v) for k, v in values.items()
+                    metric_rows(phase, {**values, **derived_ratios(values)})
                 )
         save_checkpoint(self.checkpoint, outcome.arrays.to_torch_state_dict(), model_meta(self.cfg))
         self.store.record_round(self.run_id, record)

@@ -98,8 +98,17 @@ class RunConfig:
     def attack_names(self) -> tuple[str, ...]:
         """The attack suite run at every site each round (``attacks``, comma-separated)."""
         names = tuple(a.strip().lower() for a in self.attacks.split(",") if a.strip())
+        if not names:
+            return ()
+        from .attacks import ATTACKS  # torch-heavy: imported only when attacks are named
+
         if len(set(names)) != len(names):
             raise ConfigError(f"run config 'attacks' = {self.attacks!r}: an attack is listed twice")
+        unknown = [n for n in names if n not in ATTACKS]
+        if unknown:
+            raise ConfigError(
+                f"run config 'attacks': unknown attack {unknown[0]!r}; choose from {sorted(ATTACKS)}"
+            )
         return names
 
     @property

@@ -23,16 +23,17 @@ def federated_run(tmp_path_factory):
         return grids[-1]
 
     run_uuid = simulate(
-        {"num-server-rounds": 2, "db-url": db, "run-name": "test-3x2", "local-epochs": 1},
+        {"num-server-rounds": 2, "db-url": db, "run-name": "test-3x2", "local-epochs": 1,
+         "attacks": "fgsm,pgd", "epsilons": "2/255,8/255", "attack-samples": 32},
         num_sites=3,
         resources=SimulationResources(num_cpus=2),
         wrap_grid=wrap,
     )
-    return RunStore(db), run_uuid, grids[0]
+    return RunStore(db), run_uuid, grids[0], db
 
 
 def test_run_is_stored_round_by_round(federated_run):
-    store, run_uuid, _ = federated_run
+    store, run_uuid, *_ = federated_run
     run = store.get_run(run_uuid)
     assert run["status"] == "completed" and run["name"] == "test-3x2"
     assert [r["number"] for r in run["rounds"]] == [1, 2]
@@ -52,13 +53,13 @@ def test_run_is_stored_round_by_round(federated_run):
 def test_final_model_checkpoint_loads(federated_run):
     from fedaegis.shared.checkpoint import load_checkpoint
 
-    store, run_uuid, _ = federated_run
+    store, run_uuid, *_ = federated_run
     model, meta = load_checkpoint(store.checkpoint_path(run_uuid))
     assert meta["model"] == "cnn" and meta["num_classes"] == 2
 
 
 def test_every_reply_holds_only_aggregates(federated_run):
-    _, _, grid = federated_run
+    _, _, grid, _ = federated_run
     assert len(grid.replies) == 2 * (3 + 3)  # 2 rounds x (3 train + 3 evaluate replies)
     assert grid.violations == []
     for reply in grid.replies:
@@ -76,3 +77,36 @@ def test_every_reply_holds_only_aggregates(federated_run):
             assert isinstance(arrays, ArrayRecord)
             # only model parameters: no array has a leading dimension the size of a batch of images
             assert all(tuple(a.shape[-2:]) != (28, 28) for a in arrays.values())
+
+
+def test_robust_accuracy_per_attack_eps_and_round(federated_run):
+    from fedaegis.orchestration.cli import _robustness
+
+    store, run_uuid, *_ = federated_run
+    for rnd in store.get_run(run_uuid)["rounds"]:
+        cells = {(c["attack"], round(c["epsilon"] * 255)): c for c in _robustness(rnd)}
+        assert set(cells) == {("fgsm", 2), ("fgsm", 8), ("pgd", 2), ("pgd", 8)}
+        for cell in cells.values():
+            assert cell["n_count"] == 3 * 32  # every site attacked 32 of its test images
+            assert cell["robust_accuracy"] <= cell["clean_accuracy"]
+            assert cell["mean_linf"] <= cell["epsilon"] + 1e-6
+        assert cells[("pgd", 8)]["robust_accuracy"] < cells[("pgd", 8)]["clean_accuracy"]
+        assert cells[("pgd", 8)]["robust_accuracy"] <= cells[("pgd", 2)]["robust_accuracy"]
+
+
+def test_evaluate_command_attacks_the_stored_model(federated_run):
+    import json
+
+    from typer.testing import CliRunner
+
+    from fedaegis.orchestration.cli import app
+
+    _, run_uuid, _, db = federated_run
+    res = CliRunner().invoke(app, ["evaluate", run_uuid, "--db-url", db, "--attacks", "fgsm,pgd",
+                                   "--epsilons", "8/255", "--samples", "64", "--json"])
+    assert res.exit_code == 0, res.output
+    out = json.loads(res.stdout)
+    assert out["samples"] == 64
+    by_attack = {c["attack"]: c for c in out["results"]}
+    assert by_attack["pgd"]["robust_accuracy"] < by_attack["pgd"]["clean_accuracy"]
+    assert by_attack["pgd"]["robust_accuracy"] <= by_attack["fgsm"]["robust_accuracy"] + 1 / 64

@@ -1,0 +1,29 @@
+"""The site's local attack evaluation: the configured suite on (part of) its test split."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from ..shared.attacks import evaluate_attacks
+from ..shared.config import RunConfig
+from ..shared.data import ImageSet
+from ..shared.robustness import encode
+
+
+def attack_subset(data: ImageSet, max_samples: int, seed: int) -> ImageSet:
+    """A seeded sample of at most ``max_samples`` test images (0: all), to bound attack cost."""
+    if max_samples == 0 or len(data) <= max_samples:
+        return data
+    idx = torch.randperm(len(data), generator=torch.Generator().manual_seed(seed))[:max_samples]
+    return data.subset(idx.sort().values)
+
+
+def evaluate_robustness(model: nn.Module, data: ImageSet, cfg: RunConfig, seed: int) -> dict[str, int | float]:
+    """Counts and sums per (attack, epsilon), in the wire format of :mod:`fedaegis.shared.robustness`."""
+    if not cfg.attack_names:
+        return {}
+    torch.manual_seed(seed)
+    subset = attack_subset(data, cfg.attack_samples, seed)
+    results = evaluate_attacks(model, (subset.images, subset.labels), list(cfg.attack_names), cfg.epsilon_values)
+    return encode(results)

@@ -1,0 +1,106 @@
+"""Carlini & Wagner L2 attack (2017): minimum-norm adversarials via a tanh-box and Adam.
+
+Minimises ``||x' - x||^2 + c * max(margin, -kappa)`` with ``x' = (tanh(w) + 1) / 2``
+so the box constraint holds by construction, and binary-searches ``c`` per sample.
+Under a finite ``eps`` a sample is finished as soon as an adversarial within
+``eps`` is found (its robust/non-robust status cannot change any more).
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from .base import Attack, Run, ThreatModel, non_negative, positive_int
+from .losses import goal_reached, margin
+
+BETA1, BETA2, ADAM_EPS = 0.9, 0.999, 1e-8
+
+
+class CW(Attack):
+    """C&W-L2 with ``binary_steps`` rounds of ``steps`` Adam iterations each."""
+
+    name = "cw"
+    default_threat = ThreatModel(norm="l2", eps=0.5)
+    norms = ("l2",)
+    needs_finite_eps = False
+
+    def __init__(self, threat: ThreatModel | None = None, *, binary_steps: int = 5, steps: int = 100,
+                 lr: float = 0.01, c_init: float = 1.0, kappa: float = 0.0,
+                 abort_early: bool = True, seed: int = 0) -> None:
+        super().__init__(threat, seed=seed)
+        self.binary_steps = positive_int("binary_steps", binary_steps)
+        self.steps = positive_int("steps", steps)
+        self.lr = non_negative("lr", lr)
+        self.c_init = non_negative("c_init", c_init)
+        self.kappa = non_negative("kappa", kappa)
+        self.abort_early = bool(abort_early)
+
+    def _run(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor,
+             target: torch.Tensor | None, logits: torch.Tensor, gen: torch.Generator) -> Run:
+        n = x.shape[0]
+        dev, dt = x.device, x.dtype
+        eps = self.threat.eps
+        w0 = torch.atanh((2 * x - 1).clamp(-1 + 1e-6, 1 - 1e-6))
+        c = torch.full((n,), self.c_init, device=dev, dtype=dt)
+        lo = torch.zeros(n, device=dev, dtype=dt)
+        hi = torch.full((n,), float("inf"), device=dev, dtype=dt)
+        best_norm = torch.full((n,), float("inf"), device=dev, dtype=dt)
+        best_adv = x.clone()
+        queries = 0
+        check_every = max(self.steps // 10, 1)
+
+        for _ in range(self.binary_steps):
+            todo = best_norm > eps  # samples whose status is still open
+            ridx = todo.nonzero().squeeze(1)
+            if ridx.numel() == 0:
+                break
+            succeeded = torch.zeros(n, dtype=torch.bool, device=dev)
+            w = w0[ridx].clone()
+            m1 = torch.zeros_like(w)
+            m2 = torch.zeros_like(w)
+            xr, yr, cr = x[ridx], y[ridx], c[ridx]
+            tr = target[ridx] if target is not None else None
+            prev = torch.full((ridx.numel(),), float("inf"), device=dev, dtype=dt)
+            for t in range(1, self.steps + 1):
+                wg = w.detach().requires_grad_(True)
+                xa = (torch.tanh(wg) + 1) / 2
+                z = model(xa)
+                dist = (xa - xr).flatten(1).pow(2).sum(1)
+                f = margin(z, yr) if tr is None else -margin(z, tr)
+                loss = dist + cr * f.clamp(min=-self.kappa)
+                (g,) = torch.autograd.grad(loss.sum(), wg)
+                queries += ridx.numel()
+                with torch.no_grad():
+                    adv = goal_reached(z.argmax(1), yr, tr)
+                    if self.kappa > 0:
+                        adv &= f <= -self.kappa
+                    l2 = dist.sqrt()
+                    better = adv & (l2 < best_norm[ridx])
+                    j = ridx[better]
+                    best_norm[j] = l2[better]
+                    best_adv[j] = xa[better]
+                    succeeded[ridx[adv]] = True
+                    # Adam step in w-space
+                    m1.mul_(BETA1).add_(g, alpha=1 - BETA1)
+                    m2.mul_(BETA2).addcmul_(g, g, value=1 - BETA2)
+                    step = self.lr * (m1 / (1 - BETA1 ** t)) / ((m2 / (1 - BETA2 ** t)).sqrt() + ADAM_EPS)
+                    w = w - step
+                    stop = best_norm[ridx] <= eps
+                    if self.abort_early and t % check_every == 0:
+                        stop |= loss > prev * 0.9999
+                        prev = loss
+                    if stop.any():
+                        keep = ~stop
+                        ridx, w, m1, m2, xr, yr, cr, prev = (
+                            ridx[keep], w[keep], m1[keep], m2[keep], xr[keep], yr[keep], cr[keep], prev[keep])
+                        tr = tr[keep] if tr is not None else None
+                        if ridx.numel() == 0:
+                            break
+            # binary search on c for the samples of this round
+            s = todo & succeeded
+            f_ = todo & ~succeeded
+            hi = torch.where(s, torch.minimum(hi, c), hi)
+            lo = torch.where(f_, torch.maximum(lo, c), lo)
+            c = torch.where(todo, torch.where(torch.isfinite(hi), (lo + hi) / 2, c * 10), c)
+        return Run(best_adv, None, queries)
