@@ -7,7 +7,9 @@ import logging
 from flwr.app import Context, Error, Message, MessageType
 from flwr.clientapp.typing import ClientAppCallable
 
-from ..shared.protocol import ARRAYS_KEY, check_reply
+from flwr.app import MetricRecord
+
+from ..shared.protocol import ARRAYS_KEY, METRICS_KEY, check_reply, suppress_small_cells
 
 log = logging.getLogger("fedaegis")
 
@@ -35,3 +37,19 @@ def protocol_guard(msg: Message, context: Context, call_next: ClientAppCallable)
         Error(code=PROTOCOL_VIOLATION, reason="privacy protocol: " + "; ".join(problems)),
         reply_to=msg,
     )
+
+
+def cell_suppression(msg: Message, context: Context, call_next: ClientAppCallable) -> Message:
+    """Withhold every count computed on fewer than ``min-cell-size`` samples (run config).
+
+    Small cells (a site with 4 test images, an attack run on 3) identify patients
+    as surely as per-sample values do; they are zeroed and marked suppressed.
+    """
+    reply = call_next(msg, context)
+    if reply.has_error() or METRICS_KEY not in reply.content:
+        return reply
+    k = int(msg.content["config"].get("min-cell-size", 0)) if "config" in msg.content else 0  # type: ignore[arg-type]
+    keep = ("num-examples",) if msg.metadata.message_type == MessageType.TRAIN else ()
+    metrics = suppress_small_cells(dict(reply.content[METRICS_KEY]), k, keep=keep)  # type: ignore[arg-type]
+    reply.content[METRICS_KEY] = MetricRecord(metrics)
+    return reply

@@ -57,6 +57,7 @@ class RunConfig:
     attacks: str = ""
     epsilons: str = "1/255,2/255,4/255,8/255"
     attack_samples: int = 256
+    min_cell_size: int = 10
     fraction_train: float = 1.0
     fraction_evaluate: float = 1.0
     min_sites: int = 2
@@ -70,6 +71,7 @@ class RunConfig:
             ("num-server-rounds", self.num_server_rounds >= 1, "must be >= 1"),
             ("task", self.task in TASKS, f"must be one of {TASKS}"),
             ("attack-samples", self.attack_samples >= 0, "must be >= 0 (0: the whole test split)"),
+            ("min-cell-size", self.min_cell_size >= 0, "must be >= 0 (0: no suppression)"),
             ("dataset", bool(self.dataset), "must name a dataset path or embedded:NAME"),
             ("in-channels", self.in_channels >= 1, "must be >= 1"),
             ("num-classes", self.num_classes >= 2, "must be >= 2"),

@@ -31,6 +31,56 @@ def is_aggregate_name(name: str) -> bool:
     )
 
 
+SIZE_KEYS = ("num-examples", "n-count")
+SUPPRESSED = "suppressed-count"
+
+
+def _group(name: str) -> str:
+    return name.rsplit(".", 1)[0] if "." in name else ""
+
+
+def _key(group: str, leaf: str) -> str:
+    return f"{group}.{leaf}" if group else leaf
+
+
+def group_sizes(metrics: Mapping[str, float]) -> dict[str, float]:
+    """Each metric group (name up to its last dot) and the number of samples it was computed on.
+
+    A group's size is its own ``num-examples`` or ``n-count``; groups without one
+    (e.g. a site's top-level train/evaluate metrics) use the top-level ``num-examples``.
+    """
+    top = float(metrics.get("num-examples", 0))
+    sizes: dict[str, float] = {}
+    for name in metrics:
+        group = _group(name)
+        if group not in sizes:
+            own = [metrics[_key(group, k)] for k in SIZE_KEYS if _key(group, k) in metrics]
+            sizes[group] = float(own[0]) if own else top
+    return sizes
+
+
+def suppress_small_cells(
+    metrics: Mapping[str, int | float], k: int, *, keep: tuple[str, ...] = ()
+) -> dict[str, int | float]:
+    """Zero every group computed on fewer than ``k`` samples and mark it ``suppressed-count = 1``.
+
+    Keys never disappear (so every site sends the same names, as secure
+    aggregation needs); a suppressed group reports zeros and adds nothing to the
+    federation's totals. ``keep`` names values that stay as they are (the FedAvg
+    weight of a training reply).
+    """
+    if k <= 0:
+        return dict(metrics)
+    out = dict(metrics)
+    for group, size in group_sizes(metrics).items():
+        small = size < k
+        for name in metrics:
+            if small and _group(name) == group and name not in keep:
+                out[name] = 0 if isinstance(metrics[name], int) else 0.0
+        out[_key(group, SUPPRESSED)] = int(small)
+    return out
+
+
 def check_metrics(metrics: Mapping[str, object]) -> list[str]:
     """Violations in a metric mapping: non-scalars, non-finite values, non-aggregate names."""
     problems = []

@@ -45,3 +45,18 @@ def test_sum_aggregation_is_n_weighted():
     agg = sum_metric_records(replies, "num-examples")
     assert agg["num-examples"] == 40 and agg["correct"] == 24
     assert agg["accuracy"] == 24 / 40 and agg["loss"] == 10 / 40
+
+
+def test_small_cells_are_zeroed_and_marked():
+    from fedaegis.shared.protocol import check_metrics, suppress_small_cells
+
+    metrics = {"num-examples": 40, "correct": 30, "loss-sum": 9.5,
+               "attack.pgd.eps=0.0314.n-count": 6, "attack.pgd.eps=0.0314.robust-correct": 2}
+    out = suppress_small_cells(metrics, 10)
+    assert out["correct"] == 30 and out["suppressed-count"] == 0
+    assert out["attack.pgd.eps=0.0314.robust-correct"] == 0 and out["attack.pgd.eps=0.0314.n-count"] == 0
+    assert out["attack.pgd.eps=0.0314.suppressed-count"] == 1
+    assert check_metrics(out) == []
+    small = suppress_small_cells({"num-examples": 7, "train-correct": 5}, 10, keep=("num-examples",))
+    assert small == {"num-examples": 7, "train-correct": 0, "suppressed-count": 1}
+    assert suppress_small_cells(metrics, 0) == metrics

@@ -1,4 +1,5 @@
-"""End to end through the CLI on a folder site: PNGs plus real DICOMs, some unreadable."""
+"""End to end through the CLI on a folder site: PNGs plus real DICOMs, some unreadable;
+small attack cells suppressed."""
 
 from __future__ import annotations
 
@@ -33,6 +34,7 @@ def test_folder_dataset_skips_unreadable_files_and_reports_the_count(tmp_path, d
     res = CliRunner().invoke(app, [
         "simulate", "--dataset", str(root), "--sites", "2", "--rounds", "1", "--local-epochs", "1",
         "--db-url", db_url, "--json", "--num-cpus", "2",
+        "--attacks", "fgsm", "--epsilons", "8/255", "--attack-samples", "5",
     ])
     assert res.exit_code == 0, res.output
     run = json.loads(res.stdout[res.stdout.index("{"):])
@@ -40,3 +42,7 @@ def test_folder_dataset_skips_unreadable_files_and_reports_the_count(tmp_path, d
     assert rnd["sites"] == 2 and rnd["failures"] == 0
     assert rnd["metrics"]["evaluate.skipped"] == 2  # corrupt.dcm and notes.txt, counted once
     assert rnd["metrics"]["evaluate.num-examples"] == pytest.approx(0.2 * 122, abs=2)
+    assert rnd["metrics"]["evaluate.suppressed-count"] == 0  # about 12 test images per site >= 10
+    # 5 attacked images per site is below the minimum cell size (10): suppressed, marked, zero
+    (cell,) = rnd["robustness"]
+    assert cell["suppressed_count"] == 2 and cell["n_count"] == 0 and "robust_accuracy" not in cell
