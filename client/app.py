@@ -13,7 +13,7 @@ from flwr.clientapp import ClientApp
 from ..shared.config import RunConfig
 from ..shared.models import build_model
 from ..shared.protocol import ARRAYS_KEY, METRICS_KEY
-from .mods import cell_suppression, protocol_guard
+from .mods import cell_suppression, metric_dp, protocol_guard
 from .robustness import evaluate_robustness
 from .site import site_data
 from .training import evaluate_local, train_local
@@ -37,8 +37,9 @@ def _seed(cfg: RunConfig, server_round: int, context: Context) -> int:
     return cfg.seed * 100_003 + server_round * 1_009 + int(context.node_config.get("partition-id", 0))
 
 
-# protocol_guard is outermost: it checks the reply exactly as it will be sent.
-app = ClientApp(mods=[protocol_guard, cell_suppression])
+# Outermost first: the guard checks the reply exactly as sent, after DP noise,
+# which is added to counts that small-cell suppression has already screened.
+app = ClientApp(mods=[protocol_guard, metric_dp, cell_suppression])
 
 
 @app.train()

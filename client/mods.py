@@ -7,7 +7,10 @@ import logging
 from flwr.app import Context, Error, Message, MessageType
 from flwr.clientapp.typing import ClientAppCallable
 
+import numpy as np
 from flwr.app import MetricRecord
+
+from ..shared.metric_dp import CountMechanism, privatize
 
 from ..shared.protocol import ARRAYS_KEY, METRICS_KEY, check_reply, suppress_small_cells
 
@@ -52,4 +55,39 @@ def cell_suppression(msg: Message, context: Context, call_next: ClientAppCallabl
     keep = ("num-examples",) if msg.metadata.message_type == MessageType.TRAIN else ()
     metrics = suppress_small_cells(dict(reply.content[METRICS_KEY]), k, keep=keep)  # type: ignore[arg-type]
     reply.content[METRICS_KEY] = MetricRecord(metrics)
+    return reply
+
+
+DP_STATE = "fedaegis.metric-dp"
+
+
+def metric_dp(msg: Message, context: Context, call_next: ClientAppCallable) -> Message:
+    """Add calibrated noise to the reply's counts and charge the site's epsilon budget.
+
+    Configured by the run config (``metric-dp``, ``metric-epsilon``, ``metric-delta``,
+    ``metric-epsilon-budget``); the budget spent so far lives in the node's
+    Context state, so it accumulates over the rounds of a run. Noise comes from the
+    OS entropy pool: it must not be predictable from anything the server knows.
+    """
+    reply = call_next(msg, context)
+    if reply.has_error() or METRICS_KEY not in reply.content or "config" not in msg.content:
+        return reply
+    cfg = msg.content["config"]
+    kind = str(cfg.get("metric-dp", "none"))
+    if kind == "none":
+        return reply
+    mech = CountMechanism(kind, float(cfg["metric-epsilon"]), float(cfg.get("metric-delta", 1e-5)))  # type: ignore[arg-type]
+    state = context.state.get(DP_STATE, MetricRecord({"epsilon-spent": 0.0}))
+    keep = ("num-examples",) if msg.metadata.message_type == MessageType.TRAIN else ()
+    released, spent = privatize(
+        dict(reply.content[METRICS_KEY]),  # type: ignore[arg-type]
+        mech,
+        spent=float(state["epsilon-spent"]),  # type: ignore[arg-type]
+        budget=float(cfg["metric-epsilon-budget"]),  # type: ignore[arg-type]
+        rng=np.random.default_rng(),
+        keep=keep,
+    )
+    context.state[DP_STATE] = MetricRecord({"epsilon-spent": spent})
+    released["dp.epsilon-sum"] = spent
+    reply.content[METRICS_KEY] = MetricRecord(released)
     return reply

@@ -17,6 +17,7 @@ from ..shared.models import build_model
 from ..shared.store import MetricValue, RoundRecord, RunStore
 from ..shared.store.repository import checkpoint_dir
 from .aggregation import derived_ratios
+from .dp_rows import dp_rows
 from .recording import RecordingStrategy, RoundOutcome
 from .strategies import build_strategy
 
@@ -71,6 +72,8 @@ class RunRecorder:
         for phase, metrics in (("train", outcome.train_metrics), ("evaluate", outcome.evaluate_metrics)):
             if metrics is not None:
                 record.metrics += metric_rows(phase, metrics)  # type: ignore[arg-type]
+        if outcome.evaluate_metrics is not None:
+            record.metrics += dp_rows(self.cfg, outcome.evaluate_metrics, outcome.site_evaluate)  # type: ignore[arg-type]
         for phase, sites in (("train", outcome.site_train), ("evaluate", outcome.site_evaluate)):
             for node, values in sites.items():
                 record.site_metrics.setdefault(node, []).extend(

@@ -58,6 +58,10 @@ class RunConfig:
     epsilons: str = "1/255,2/255,4/255,8/255"
     attack_samples: int = 256
     min_cell_size: int = 10
+    metric_dp: str = "none"
+    metric_epsilon: float = 1.0
+    metric_delta: float = 1e-5
+    metric_epsilon_budget: float = 10.0
     fraction_train: float = 1.0
     fraction_evaluate: float = 1.0
     min_sites: int = 2
@@ -72,6 +76,10 @@ class RunConfig:
             ("task", self.task in TASKS, f"must be one of {TASKS}"),
             ("attack-samples", self.attack_samples >= 0, "must be >= 0 (0: the whole test split)"),
             ("min-cell-size", self.min_cell_size >= 0, "must be >= 0 (0: no suppression)"),
+            ("metric-dp", self.metric_dp in ("none", "laplace", "gaussian"), "must be none, laplace or gaussian"),
+            ("metric-epsilon", self.metric_epsilon > 0, "must be > 0"),
+            ("metric-delta", 0 < self.metric_delta < 1, "must be in (0, 1)"),
+            ("metric-epsilon-budget", self.metric_epsilon_budget >= self.metric_epsilon, "must be >= metric-epsilon"),
             ("dataset", bool(self.dataset), "must name a dataset path or embedded:NAME"),
             ("in-channels", self.in_channels >= 1, "must be >= 1"),
             ("num-classes", self.num_classes >= 2, "must be >= 2"),
