@@ -14,6 +14,7 @@ from ..shared.config import RunConfig
 from ..shared.models import build_model
 from ..shared.protocol import ARRAYS_KEY, METRICS_KEY
 from .mods import cell_suppression, metric_dp, protocol_guard
+from .secure_aggregation import answer_query, secure_aggregation
 from .robustness import evaluate_robustness
 from .site import site_data
 from .training import evaluate_local, train_local
@@ -24,7 +25,8 @@ ROUND_KEY = "server-round"
 def _setup(msg: Message, context: Context) -> tuple[RunConfig, torch.nn.Module, int]:
     config = dict(msg.content["config"])
     server_round = int(config.pop(ROUND_KEY, 0))  # type: ignore[arg-type]
-    cfg = RunConfig.from_flower(config)
+    # secagg-* entries steer the secure_aggregation mod, not the run
+    cfg = RunConfig.from_flower({k: v for k, v in config.items() if not k.startswith("secagg-")})
     model = build_model(
         cfg.model, in_channels=cfg.in_channels, num_classes=cfg.num_classes,
         spatial_dims=cfg.spatial_dims, norm=cfg.norm,
@@ -37,9 +39,9 @@ def _seed(cfg: RunConfig, server_round: int, context: Context) -> int:
     return cfg.seed * 100_003 + server_round * 1_009 + int(context.node_config.get("partition-id", 0))
 
 
-# Outermost first: the guard checks the reply exactly as sent, after DP noise,
-# which is added to counts that small-cell suppression has already screened.
-app = ClientApp(mods=[protocol_guard, metric_dp, cell_suppression])
+# Outermost first: the guard checks the reply exactly as sent (masked, if secure
+# aggregation is on), after DP noise on counts that suppression has screened.
+app = ClientApp(mods=[protocol_guard, secure_aggregation, metric_dp, cell_suppression])
 
 
 @app.train()
@@ -66,3 +68,9 @@ def evaluate(msg: Message, context: Context) -> Message:
     metrics.update(evaluate_robustness(model, data.test, cfg, _seed(cfg, server_round, context)))
     metrics["skipped"] = data.skipped
     return Message(content=RecordDict({METRICS_KEY: MetricRecord(metrics)}), reply_to=msg)
+
+
+@app.query()
+def query(msg: Message, context: Context) -> Message:
+    """Secure-aggregation key exchange and dropout unmasking (no data involved)."""
+    return answer_query(msg, context)

@@ -91,3 +91,4 @@ def metric_dp(msg: Message, context: Context, call_next: ClientAppCallable) -> M
     released["dp.epsilon-sum"] = spent
     reply.content[METRICS_KEY] = MetricRecord(released)
     return reply
+

@@ -7,6 +7,7 @@ import uuid as uuidlib
 from collections.abc import Callable, Mapping
 from typing import Any
 
+import torch
 from flwr.app import ArrayRecord, ConfigRecord, Context
 from flwr.serverapp import Grid, ServerApp
 
@@ -19,6 +20,7 @@ from ..shared.store.repository import checkpoint_dir
 from .aggregation import derived_ratios
 from .dp_rows import dp_rows
 from .recording import RecordingStrategy, RoundOutcome
+from .secure_evaluation import SecureEvaluation
 from .strategies import build_strategy
 
 log = logging.getLogger("fedaegis")
@@ -103,11 +105,14 @@ def run_federation(grid: Grid, cfg: RunConfig, flwr_run_id: int | str = "") -> i
         flwr_run_id=str(flwr_run_id),
     )
     log.info("fedaegis run %d (%s) stored in %s", run_id, run_uuid, store.engine.url.render_as_string(hide_password=True))
+    torch.manual_seed(cfg.seed)  # the initial global model is part of what a seed reproduces
     model = build_model(
         cfg.model, in_channels=cfg.in_channels, num_classes=cfg.num_classes,
         spatial_dims=cfg.spatial_dims, norm=cfg.norm,
     )
     strategy = build_strategy(cfg)
+    if cfg.secure_aggregation:
+        strategy = SecureEvaluation(strategy, timeout=cfg.round_timeout)
     recorder = RunRecorder(store, run_id, run_uuid, cfg)
     try:
         RecordingStrategy(strategy, recorder).start(

@@ -99,5 +99,9 @@ class RecordingStrategy(Strategy):
                 continue
             ok += 1
             if METRICS_KEY in msg.content:
-                per_site[node] = {k: float(v) for k, v in msg.content[METRICS_KEY].items()}  # type: ignore[arg-type]
+                # masked values (secure aggregation) mean nothing alone and are not kept
+                values = {k: float(v) for k, v in msg.content[METRICS_KEY].items()  # type: ignore[arg-type]
+                          if not k.startswith("secagg.")}
+                if values:
+                    per_site[node] = values
         return ok

@@ -62,6 +62,7 @@ class RunConfig:
     metric_epsilon: float = 1.0
     metric_delta: float = 1e-5
     metric_epsilon_budget: float = 10.0
+    secure_aggregation: bool = False
     fraction_train: float = 1.0
     fraction_evaluate: float = 1.0
     min_sites: int = 2

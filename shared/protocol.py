@@ -13,10 +13,11 @@ import math
 import re
 from collections.abc import Mapping
 
-from flwr.app import ArrayRecord, MetricRecord, RecordDict
+from flwr.app import ArrayRecord, ConfigRecord, MetricRecord, RecordDict
 
 ARRAYS_KEY = "arrays"
 METRICS_KEY = "metrics"
+SECAGG_KEY = "secagg"  # a site's public key for secure aggregation, and nothing else
 
 # The last dotted segment of every metric name must be an aggregate over a site's data.
 _AGGREGATE_NAMES = {"num-examples", "correct", "skipped", "queries", "successes", "failures"}
@@ -84,7 +85,7 @@ def suppress_small_cells(
 def check_metrics(metrics: Mapping[str, object]) -> list[str]:
     """Violations in a metric mapping: non-scalars, non-finite values, non-aggregate names."""
     problems = []
-    if "num-examples" not in metrics:
+    if "num-examples" not in metrics and "secagg.num-examples" not in metrics:
         problems.append("metrics lack 'num-examples'")
     for name, value in metrics.items():
         if isinstance(value, bool) or not isinstance(value, int | float):
@@ -115,8 +116,12 @@ def check_reply(
                 got = {k: tuple(a.shape) for k, a in record.items()}
                 if got != dict(expected_arrays):
                     problems.append("arrays differ from the global model's keys or shapes")
+        elif key == SECAGG_KEY and isinstance(record, ConfigRecord) and not is_train:
+            value = record.get("public-key")
+            if set(record.keys()) != {"public-key"} or not isinstance(value, bytes) or len(value) != 32:
+                problems.append("the secagg record may hold one 32-byte public key only")
         else:
             problems.append(f"record {key!r} ({type(record).__name__}) may not leave the site")
-    if METRICS_KEY not in content:
+    if METRICS_KEY not in content and SECAGG_KEY not in content:
         problems.append("reply has no metrics record")
     return problems

@@ -1,0 +1,48 @@
+"""End to end: evaluation under secure aggregation gives the same totals, and no per-site value."""
+
+from __future__ import annotations
+
+import pytest
+from flwr.app import MessageType
+
+from fedaegis.orchestration.simulation import SimulationResources, simulate
+from fedaegis.server.audit import AuditingGrid
+from fedaegis.shared.store import RunStore
+
+pytestmark = pytest.mark.slow
+
+CONFIG = {"num-server-rounds": 1, "local-epochs": 1, "attacks": "fgsm", "epsilons": "8/255", "attack-samples": 16}
+
+
+def _run(db_url: str, secure: bool) -> tuple[dict, AuditingGrid]:
+    grids: list[AuditingGrid] = []
+    run_uuid = simulate(
+        {**CONFIG, "db-url": db_url, "secure-aggregation": secure}, num_sites=3,
+        resources=SimulationResources(num_cpus=2), wrap_grid=lambda g: grids.append(AuditingGrid(g)) or grids[-1],
+    )
+    return RunStore(db_url).get_run(run_uuid), grids[0]
+
+
+def test_secure_aggregation_reveals_only_the_sum(db_url):
+    plain, _ = _run(db_url, secure=False)
+    secure, grid = _run(db_url, secure=True)
+    (p,), (s,) = plain["rounds"], secure["rounds"]
+    # the same federation-wide totals (training is seeded, so both runs evaluate the same model)
+    for key in ("evaluate.num-examples", "evaluate.correct"):
+        assert s["metrics"][key] == p["metrics"][key]
+    assert s["metrics"]["evaluate.accuracy"] == pytest.approx(p["metrics"]["evaluate.accuracy"])
+    assert s["metrics"]["evaluate.loss-sum"] == pytest.approx(p["metrics"]["evaluate.loss-sum"], abs=1e-4)
+    plain_cells = {r["name"]: r["value"] for r in p["metric_rows"] if r["phase"] == "attack"}
+    secure_cells = {r["name"]: r["value"] for r in s["metric_rows"] if r["phase"] == "attack"}
+    assert secure_cells["robust-correct"] == plain_cells["robust-correct"]
+    # the server stored no per-site evaluation value (the plain run has one per site)
+    evaluated = lambda rnd: {n for n, rows in rnd["sites"].items() if any(r["phase"] == "evaluate" for r in rows)}  # noqa: E731
+    assert len(evaluated(p)) == 3 and evaluated(s) == set()
+    # and no evaluation reply carried a plain value: only masked integers and a public key
+    assert grid.violations == []
+    evaluate_replies = [r for r in grid.replies if r.metadata.message_type == MessageType.EVALUATE]
+    assert len(evaluate_replies) == 3
+    for reply in evaluate_replies:
+        assert all(name.startswith("secagg.") for name in reply.content["metrics"])
+    key_replies = [r for r in grid.replies if r.metadata.message_type == MessageType.QUERY]
+    assert len(key_replies) == 3 and all(set(r.content) == {"secagg"} for r in key_replies)
