@@ -303,6 +303,16 @@ def _print_run(run: dict[str, Any], with_config: bool = False) -> None:
         out.print(f"final global model: {run['checkpoint_path']}")
 
 
+def _register_commands() -> None:
+    from . import audit, report
+
+    report.register(app)
+    audit.register(app)
+
+
+_register_commands()
+
+
 def main() -> None:
     try:
         app()

@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Any
 from ..shared.config import RunConfig, fedaegis_home
 
 if TYPE_CHECKING:
+    from flwr.clientapp import ClientApp
     from flwr.serverapp import Grid
 
 log = logging.getLogger("fedaegis")
@@ -75,10 +76,13 @@ def simulate(
     *,
     verbose: bool = False,
     wrap_grid: Callable[[Grid], Grid] | None = None,
+    client_app: ClientApp | None = None,
 ) -> str:
     """Run a simulated federation; returns the run's uuid (its key in the database).
 
     ``overrides`` are run-config keys (kebab-case) on top of :class:`RunConfig` defaults.
+    ``client_app`` replaces fedaegis' own ClientApp at every site (``fedaegis audit`` uses it
+    to check another site implementation against the protocol).
     """
     if num_sites < 1:
         raise ValueError(f"num_sites: need at least one site, got {num_sites}")
@@ -91,8 +95,10 @@ def simulate(
 
     from flwr.simulation import run_simulation
 
-    from ..client.app import app as client_app
     from ..server.app import make_server_app
+
+    if client_app is None:
+        from ..client.app import app as client_app
 
     client_resources: dict[str, Any] = {"num_cpus": resources.client_cpus, "num_gpus": 0.0}
     if resources.client_memory_mb:

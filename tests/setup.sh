@@ -1,0 +1,14 @@
+#!/usr/bin/env bash
+# Set up everything the test suite needs: .venv with torch 2.13.0 (CPU) first, the project with
+# its dev extras, torchattacks (an oracle; its torchvision requirement is not needed), and, where
+# this runs as root with apt, Debian's chromium for the report rendering test.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+python3.11 -m venv .venv
+.venv/bin/pip install -q torch==2.13.0
+.venv/bin/pip install -q -c constraints.txt -e ".[dev]"
+.venv/bin/pip install -q --no-deps torchattacks==3.5.1
+if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null && [ ! -x /usr/bin/chromium ]; then
+    apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends chromium fonts-dejavu-core
+fi
