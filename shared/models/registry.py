@@ -6,8 +6,6 @@ from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
-from monai.networks import nets
-from opacus.validators import ModuleValidator
 from torch import nn
 
 from .cnn import SmallCNN, _norm
@@ -39,6 +37,8 @@ class MinSize(nn.Module):
 
 
 def _densenet121(spatial_dims: int, in_channels: int, num_classes: int, norm: str) -> nn.Module:
+    from monai.networks import nets  # imported on use: it costs seconds in every ClientApp process
+
     # DenseNet121 halves the resolution five times: 28x28 inputs are lifted to 32x32.
     net = nets.DenseNet121(
         spatial_dims=spatial_dims,
@@ -53,6 +53,8 @@ def _resnet(depth: int) -> Callable[[int, int, int, str], nn.Module]:
     layers = {10: [1, 1, 1, 1], 18: [2, 2, 2, 2], 34: [3, 4, 6, 3]}[depth]
 
     def build(spatial_dims: int, in_channels: int, num_classes: int, norm: str) -> nn.Module:
+        from monai.networks import nets
+
         return nets.ResNet(
             block="basic",
             layers=layers,
@@ -102,5 +104,7 @@ def build_model(
     if norm == "group" and name != "cnn":
         # MONAI's ResNet blocks ignore ``norm``: Opacus' own fixer swaps every BatchNorm
         # for GroupNorm, which is what DP-SGD needs.
+        from opacus.validators import ModuleValidator
+
         model = ModuleValidator.fix(model)
     return model

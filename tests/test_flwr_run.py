@@ -1,0 +1,176 @@
+"""End to end through Flower's own CLI: ``flwr run .`` on the managed local SuperLink.
+
+``flwr run`` (Flower 1.41) starts a local SuperLink in simulation mode in the background and
+leaves it running. The test gives it its own ports and ``FLWR_HOME``, waits for the run with
+``--stream``, reads the run back from the database, and always stops that SuperLink (and
+everything it started) by PID.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import tomllib
+from pathlib import Path
+
+import pytest
+
+from fedaegis.shared.store import RunStore
+
+pytestmark = pytest.mark.slow
+
+ROOT = Path(__file__).resolve().parents[1]
+BIN = Path(sys.executable).parent  # the venv's bin: flwr, flower-superlink, ...
+RUN_TIMEOUT_S = 240
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _parents() -> dict[int, int]:
+    """pid -> ppid of every live (non-zombie) process, from /proc."""
+    out = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except (OSError, IndexError):
+            continue
+        if fields[0] != "Z":
+            out[int(stat.parent.name)] = int(fields[1])
+    return out
+
+
+def process_tree(pid: int) -> list[int]:
+    """``pid`` and all its live descendants (SuperExec, ServerApp, Ray, ...)."""
+    parents = _parents()
+    tree, todo = [], [pid]
+    while todo:
+        p = todo.pop()
+        if p in parents and p not in tree:
+            tree.append(p)
+            todo += [c for c, pp in parents.items() if pp == p]
+    return tree
+
+
+def stop_tree(pid: int, grace_s: float = 15.0) -> None:
+    """SIGTERM ``pid`` and its descendants (collected first), SIGKILL what is left."""
+    pids = process_tree(pid)
+    for sig in (signal.SIGTERM, signal.SIGKILL):
+        for p in pids:
+            try:
+                os.kill(p, sig)
+            except ProcessLookupError:
+                pass
+        deadline = time.monotonic() + grace_s
+        while time.monotonic() < deadline and any(p in _parents() for p in pids):
+            time.sleep(0.2)
+        pids = [p for p in pids if p in _parents()]
+        if not pids:
+            return
+
+
+def pids_with_args(program: str, marker: str) -> list[int]:
+    """PIDs whose command line runs ``program`` with an argument containing ``marker``."""
+    found = []
+    for cmdline in Path("/proc").glob("[0-9]*/cmdline"):
+        try:
+            argv = cmdline.read_bytes().decode(errors="replace").split("\0")
+        except OSError:
+            continue
+        if any(Path(a).name == program for a in argv[:2]) and any(marker in a for a in argv):
+            found.append(int(cmdline.parent.name))
+    return found
+
+
+def assert_no_legacy_federations() -> None:
+    """`flwr run` 1.41 would "migrate" [tool.flwr.federations] by rewriting pyproject.toml."""
+    flwr_cfg = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["flwr"]
+    assert "federations" not in flwr_cfg, (
+        "pyproject.toml has [tool.flwr.federations]: Flower 1.41 keeps SuperLink connections in "
+        "$FLWR_HOME/config.toml, and `flwr run` would rewrite pyproject.toml (see deploy/README.md)"
+    )
+
+
+def flower_env(state: Path, ray_tmp: Path) -> dict[str, str]:
+    env = {
+        **os.environ,
+        "PATH": f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}",
+        "FLWR_HOME": str(state / "flwr"),
+        "FEDAEGIS_HOME": str(state / "home"),
+        "RAY_TMPDIR": str(ray_tmp),
+        "FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION": "1",
+        "FLWR_TELEMETRY_ENABLED": "0",
+        "FLWR_DISABLE_UPDATE_CHECK": "1",
+        "RAY_USAGE_STATS_ENABLED": "0",
+        "PYTHONUNBUFFERED": "1",
+    }
+    env.pop("FEDAEGIS_DB_URL", None)
+    return env
+
+
+def test_flwr_run_local_simulation(tmp_path):
+    assert_no_legacy_federations()
+    db_url = f"sqlite:///{tmp_path / 'runs.db'}"
+    ray_tmp = Path(tempfile.mkdtemp(prefix="fa-ray-", dir="/tmp"))  # Ray's socket paths must be short
+    env = flower_env(tmp_path, ray_tmp)
+    # The managed local SuperLink listens on fixed ports by default (39091/39093): give it free
+    # ones, so it can neither clash with nor submit to another SuperLink on this machine.
+    env["FLWR_LOCAL_SUPERLINK_HTTP_API_PORT"] = str(free_port())
+    env["FLWR_LOCAL_CONTROL_API_PORT"] = str(free_port())
+    log = tmp_path / "flwr-run.log"
+    cmd = [
+        str(BIN / "flwr"), "run", ".", "local",  # "local" (address ":local:") is in the default config.toml
+        "--run-config", f"num-server-rounds=2 local-epochs=1 db-url='{db_url}'",
+        "--federation-config", "num-supernodes=2 client-resources-num-cpus=1",
+        "--stream",
+    ]
+    started = time.monotonic()
+    proc = None
+    try:
+        with log.open("w") as out:
+            proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT,
+                                    start_new_session=True)
+            try:
+                rc = proc.wait(timeout=RUN_TIMEOUT_S)
+            except subprocess.TimeoutExpired:
+                pytest.fail(f"flwr run did not finish in {RUN_TIMEOUT_S}s:\n{log.read_text()[-4000:]}")
+        text = log.read_text()
+        assert rc == 0, text[-4000:]
+        assert "Successfully started run" in text, text[-4000:]
+    finally:
+        if proc is not None and proc.poll() is None:
+            stop_tree(proc.pid)
+            proc.wait()
+        superlinks = pids_with_args("flower-superlink", str(tmp_path / "flwr"))
+        for pid in superlinks:
+            stop_tree(pid)
+        shutil.rmtree(ray_tmp, ignore_errors=True)
+    print(f"flwr run took {time.monotonic() - started:.1f}s")
+    assert superlinks, "flwr run should have started a local SuperLink under our FLWR_HOME"
+    assert not pids_with_args("flower-superlink", str(tmp_path / "flwr"))
+    # The ServerApp did not fall back to $FEDAEGIS_HOME's default database.
+    assert not (tmp_path / "home" / "fedaegis.db").exists()
+
+    store = RunStore(db_url)
+    (summary,) = store.list_runs()
+    assert summary["status"] == "completed", summary
+    assert summary["flwr_run_id"] and summary["flwr_run_id"] in text
+    run = store.get_run(summary["uuid"])
+    assert [r["number"] for r in run["rounds"]] == [1, 2]
+    for rnd in run["rounds"]:
+        assert rnd["train_replies"] == 2 and rnd["evaluate_replies"] == 2 and rnd["failures"] == 0
+        m = rnd["metrics"]
+        assert m["evaluate.num-examples"] == 624  # the whole PneumoniaMNIST test split
+        assert 0.0 <= m["evaluate.accuracy"] <= 1.0
+        assert m["evaluate.accuracy"] == pytest.approx(m["evaluate.correct"] / 624)
+    assert run["config"]["num-server-rounds"] == 2 and run["config"]["local-epochs"] == 1
+    assert run["rounds"][-1]["metrics"]["evaluate.accuracy"] > 0.6
