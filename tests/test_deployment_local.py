@@ -8,15 +8,10 @@ The commands are the ones in deploy/README.md.
 
 from __future__ import annotations
 
-import os
 import shutil
-import signal
-import socket
 import subprocess
-import sys
 import tempfile
 import time
-import tomllib
 import urllib.request
 from pathlib import Path
 
@@ -25,10 +20,10 @@ import pytest
 
 from fedaegis.shared.store import RunStore
 
+from flower_processes import BIN, ROOT, assert_no_legacy_federations, flower_env, free_port, stop
+
 pytestmark = pytest.mark.slow
 
-ROOT = Path(__file__).resolve().parents[1]
-BIN = Path(sys.executable).parent  # the venv's bin: flwr, flower-superlink, flower-supernode
 EMBEDDED = ROOT / "shared" / "data" / "embedded" / "pneumoniamnist.npz"
 RUN_TIMEOUT_S = 240
 
@@ -37,56 +32,6 @@ SITES = {
     "site-a": (slice(0, 400), slice(0, 50), slice(0, 300)),
     "site-b": (slice(400, 800), slice(50, 100), slice(300, 624)),
 }
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _parents() -> dict[int, int]:
-    """pid -> ppid of every live (non-zombie) process, from /proc."""
-    out = {}
-    for stat in Path("/proc").glob("[0-9]*/stat"):
-        try:
-            fields = stat.read_text().rsplit(")", 1)[1].split()
-        except (OSError, IndexError):
-            continue
-        if fields[0] != "Z":
-            out[int(stat.parent.name)] = int(fields[1])
-    return out
-
-
-def process_tree(pid: int) -> list[int]:
-    """``pid`` and all its live descendants (SuperExec, ServerApp, ClientApps)."""
-    parents = _parents()
-    tree, todo = [], [pid]
-    while todo:
-        p = todo.pop()
-        if p in parents and p not in tree:
-            tree.append(p)
-            todo += [c for c, pp in parents.items() if pp == p]
-    return tree
-
-
-def stop(proc: subprocess.Popen, grace_s: float = 15.0) -> None:
-    """SIGTERM the process and its descendants (collected first), SIGKILL what is left."""
-    pids = process_tree(proc.pid)
-    for sig in (signal.SIGTERM, signal.SIGKILL):
-        for p in pids:
-            try:
-                os.kill(p, sig)
-            except ProcessLookupError:
-                pass
-        deadline = time.monotonic() + grace_s
-        while time.monotonic() < deadline and any(p in _parents() for p in pids):
-            proc.poll()  # reap our own child so it does not linger as a zombie
-            time.sleep(0.2)
-        pids = [p for p in pids if p in _parents()]
-        if not pids:
-            break
-    proc.wait(timeout=5)
 
 
 def write_site(path: Path, train: slice, val: slice, test: slice) -> int:
@@ -112,34 +57,13 @@ def wait_healthy(url: str, proc: subprocess.Popen, log: Path, timeout_s: float =
     pytest.fail(f"SuperLink not healthy after {timeout_s}s:\n{log.read_text()[-3000:]}")
 
 
-def assert_no_legacy_federations() -> None:
-    """`flwr run` 1.41 would "migrate" [tool.flwr.federations] by rewriting pyproject.toml."""
-    flwr_cfg = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["flwr"]
-    assert "federations" not in flwr_cfg, (
-        "pyproject.toml has [tool.flwr.federations]: Flower 1.41 keeps SuperLink connections in "
-        "$FLWR_HOME/config.toml, and `flwr run` would rewrite pyproject.toml (see deploy/README.md)"
-    )
-
-
 def test_superlink_two_supernodes_flwr_run(tmp_path):
     assert_no_legacy_federations()
     db_url = f"sqlite:///{tmp_path / 'runs.db'}"
     ray_tmp = Path(tempfile.mkdtemp(prefix="fa-ray-", dir="/tmp"))
-    env = {
-        **os.environ,
-        "PATH": f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}",
-        "FLWR_HOME": str(tmp_path / "flwr"),
-        "FEDAEGIS_HOME": str(tmp_path / "home"),
-        "RAY_TMPDIR": str(ray_tmp),
-        "FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION": "1",
-        "FLWR_TELEMETRY_ENABLED": "0",
-        "FLWR_DISABLE_UPDATE_CHECK": "1",
-        "RAY_USAGE_STATS_ENABLED": "0",
-        "PYTHONUNBUFFERED": "1",
-        # Two sites share 2 cores here: one torch thread per ClientApp process avoids oversubscription.
-        "OMP_NUM_THREADS": "1",
-    }
-    env.pop("FEDAEGIS_DB_URL", None)
+    env = flower_env(tmp_path, ray_tmp)
+    # Two sites share 2 cores here: one torch thread per ClientApp process avoids oversubscription.
+    env["OMP_NUM_THREADS"] = "1"
 
     test_counts = {}
     for name, cuts in SITES.items():

@@ -8,113 +8,23 @@ everything it started) by PID.
 
 from __future__ import annotations
 
-import os
 import shutil
-import signal
-import socket
 import subprocess
-import sys
 import tempfile
 import time
-import tomllib
 from pathlib import Path
 
 import pytest
 
 from fedaegis.shared.store import RunStore
 
+from flower_processes import (
+    BIN, ROOT, assert_no_legacy_federations, flower_env, free_port, pids_with_args, stop_tree,
+)
+
 pytestmark = pytest.mark.slow
 
-ROOT = Path(__file__).resolve().parents[1]
-BIN = Path(sys.executable).parent  # the venv's bin: flwr, flower-superlink, ...
 RUN_TIMEOUT_S = 240
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _parents() -> dict[int, int]:
-    """pid -> ppid of every live (non-zombie) process, from /proc."""
-    out = {}
-    for stat in Path("/proc").glob("[0-9]*/stat"):
-        try:
-            fields = stat.read_text().rsplit(")", 1)[1].split()
-        except (OSError, IndexError):
-            continue
-        if fields[0] != "Z":
-            out[int(stat.parent.name)] = int(fields[1])
-    return out
-
-
-def process_tree(pid: int) -> list[int]:
-    """``pid`` and all its live descendants (SuperExec, ServerApp, Ray, ...)."""
-    parents = _parents()
-    tree, todo = [], [pid]
-    while todo:
-        p = todo.pop()
-        if p in parents and p not in tree:
-            tree.append(p)
-            todo += [c for c, pp in parents.items() if pp == p]
-    return tree
-
-
-def stop_tree(pid: int, grace_s: float = 15.0) -> None:
-    """SIGTERM ``pid`` and its descendants (collected first), SIGKILL what is left."""
-    pids = process_tree(pid)
-    for sig in (signal.SIGTERM, signal.SIGKILL):
-        for p in pids:
-            try:
-                os.kill(p, sig)
-            except ProcessLookupError:
-                pass
-        deadline = time.monotonic() + grace_s
-        while time.monotonic() < deadline and any(p in _parents() for p in pids):
-            time.sleep(0.2)
-        pids = [p for p in pids if p in _parents()]
-        if not pids:
-            return
-
-
-def pids_with_args(program: str, marker: str) -> list[int]:
-    """PIDs whose command line runs ``program`` with an argument containing ``marker``."""
-    found = []
-    for cmdline in Path("/proc").glob("[0-9]*/cmdline"):
-        try:
-            argv = cmdline.read_bytes().decode(errors="replace").split("\0")
-        except OSError:
-            continue
-        if any(Path(a).name == program for a in argv[:2]) and any(marker in a for a in argv):
-            found.append(int(cmdline.parent.name))
-    return found
-
-
-def assert_no_legacy_federations() -> None:
-    """`flwr run` 1.41 would "migrate" [tool.flwr.federations] by rewriting pyproject.toml."""
-    flwr_cfg = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["flwr"]
-    assert "federations" not in flwr_cfg, (
-        "pyproject.toml has [tool.flwr.federations]: Flower 1.41 keeps SuperLink connections in "
-        "$FLWR_HOME/config.toml, and `flwr run` would rewrite pyproject.toml (see deploy/README.md)"
-    )
-
-
-def flower_env(state: Path, ray_tmp: Path) -> dict[str, str]:
-    env = {
-        **os.environ,
-        "PATH": f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}",
-        "FLWR_HOME": str(state / "flwr"),
-        "FEDAEGIS_HOME": str(state / "home"),
-        "RAY_TMPDIR": str(ray_tmp),
-        "FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION": "1",
-        "FLWR_TELEMETRY_ENABLED": "0",
-        "FLWR_DISABLE_UPDATE_CHECK": "1",
-        "RAY_USAGE_STATS_ENABLED": "0",
-        "PYTHONUNBUFFERED": "1",
-    }
-    env.pop("FEDAEGIS_DB_URL", None)
-    return env
 
 
 def test_flwr_run_local_simulation(tmp_path):
