@@ -11,7 +11,7 @@ from flwr.app import ArrayRecord, Context, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
 
 from ..shared.config import RunConfig
-from ..shared.models import build_model
+from ..shared.tasks import build_task_model, model_meta
 from ..shared.protocol import ARRAYS_KEY, METRICS_KEY
 from .mods import cell_suppression, metric_dp, protocol_guard
 from .secure_aggregation import answer_query, secure_aggregation
@@ -27,10 +27,7 @@ def _setup(msg: Message, context: Context) -> tuple[RunConfig, torch.nn.Module, 
     server_round = int(config.pop(ROUND_KEY, 0))  # type: ignore[arg-type]
     # secagg-* entries steer the secure_aggregation mod, not the run
     cfg = RunConfig.from_flower({k: v for k, v in config.items() if not k.startswith("secagg-")})
-    model = build_model(
-        cfg.model, in_channels=cfg.in_channels, num_classes=cfg.num_classes,
-        spatial_dims=cfg.spatial_dims, norm=cfg.norm,
-    )
+    model = build_task_model(model_meta(cfg))
     model.load_state_dict(msg.content[ARRAYS_KEY].to_torch_state_dict())
     return cfg, model, server_round
 
@@ -47,27 +44,43 @@ app = ClientApp(mods=[protocol_guard, secure_aggregation, metric_dp, cell_suppre
 @app.train()
 def train(msg: Message, context: Context) -> Message:
     cfg, model, server_round = _setup(msg, context)
-    data = site_data(cfg, context.node_config)
     seed = _seed(cfg, server_round, context)
     torch.manual_seed(seed)
+    if cfg.task == "segmentation":
+        from .segmentation_site import train_segmentation  # MONAI-heavy: only where needed
+
+        metrics = train_segmentation(model, cfg, context.node_config, seed)
+        return _reply(msg, metrics, model)
+    data = site_data(cfg, context.node_config)
     metrics = train_local(
         model, data.train, epochs=cfg.local_epochs, batch_size=cfg.batch_size,
         lr=cfg.learning_rate, optimizer=cfg.optimizer, class_weighting=cfg.class_weighting,
         num_classes=cfg.num_classes, seed=seed,
     )
     metrics["skipped"] = data.skipped
-    content = RecordDict({ARRAYS_KEY: ArrayRecord(model.state_dict()), METRICS_KEY: MetricRecord(metrics)})
+    return _reply(msg, metrics, model)
+
+
+def _reply(msg: Message, metrics: dict, model: torch.nn.Module | None = None) -> Message:
+    content = RecordDict({METRICS_KEY: MetricRecord(metrics)})
+    if model is not None:
+        content[ARRAYS_KEY] = ArrayRecord(model.state_dict())
     return Message(content=content, reply_to=msg)
 
 
 @app.evaluate()
 def evaluate(msg: Message, context: Context) -> Message:
     cfg, model, server_round = _setup(msg, context)
+    seed = _seed(cfg, server_round, context)
+    if cfg.task == "segmentation":
+        from .segmentation_site import evaluate_segmentation_site
+
+        return _reply(msg, evaluate_segmentation_site(model, cfg, context.node_config, seed))
     data = site_data(cfg, context.node_config)
     metrics = evaluate_local(model, data.test)
-    metrics.update(evaluate_robustness(model, data.test, cfg, _seed(cfg, server_round, context)))
+    metrics.update(evaluate_robustness(model, data.test, cfg, seed))
     metrics["skipped"] = data.skipped
-    return Message(content=RecordDict({METRICS_KEY: MetricRecord(metrics)}), reply_to=msg)
+    return _reply(msg, metrics)
 
 
 @app.query()

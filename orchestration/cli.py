@@ -65,6 +65,7 @@ def _fail(message: str) -> None:
 def simulate(
     sites: Annotated[int, typer.Option(help="Number of simulated hospitals.")] = 5,
     rounds: Annotated[int, typer.Option(help="Federated rounds.")] = 3,
+    task: Annotated[str, typer.Option(help="classification, or segmentation (a Decathlon-style imagesTr/labelsTr folder as --dataset).")] = "classification",
     dataset: Annotated[str, typer.Option(help="A MedMNIST .npz, an image/DICOM folder, or embedded:pneumoniamnist.")] = "embedded:pneumoniamnist",
     model: Annotated[str, typer.Option(help="cnn, densenet121, resnet10, resnet18, resnet34.")] = "cnn",
     norm: Annotated[str, typer.Option(help="group (default; DP-SGD ready) or batch.")] = "group",
@@ -90,7 +91,7 @@ def simulate(
 
     _setup_logging(verbose)
     overrides: dict[str, Any] = {
-        "num-server-rounds": rounds, "dataset": dataset, "model": model, "norm": norm,
+        "num-server-rounds": rounds, "task": task, "dataset": dataset, "model": model, "norm": norm,
         "partitioning": partitioning, "dirichlet-alpha": alpha, "seed": seed,
         "local-epochs": local_epochs, "attacks": attacks, "epsilons": epsilons,
         "attack-samples": attack_samples, "run-name": name, "db-url": db_url or default_db_url(),
@@ -98,8 +99,9 @@ def simulate(
     }
     overrides.update(_parse_overrides(config or []))
     try:
-        for key, value in data_config(str(overrides["dataset"])).items():
-            overrides.setdefault(key, value)
+        if overrides["task"] == "classification":
+            for key, value in data_config(str(overrides["dataset"])).items():
+                overrides.setdefault(key, value)
         RunConfig.from_flower(overrides)
     except (ConfigError, ValueError) as exc:
         _fail(str(exc))

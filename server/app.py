@@ -14,7 +14,7 @@ from flwr.serverapp import Grid, ServerApp
 from ..shared import robustness
 from ..shared.checkpoint import save_checkpoint
 from ..shared.config import RunConfig, fedaegis_home
-from ..shared.models import build_model
+from ..shared.tasks import build_task_model, model_meta
 from ..shared.store import MetricValue, RoundRecord, RunStore
 from ..shared.store.repository import checkpoint_dir
 from .aggregation import derived_ratios
@@ -34,20 +34,13 @@ def client_config(cfg: RunConfig) -> ConfigRecord:
     return ConfigRecord({k: v for k, v in cfg.to_flower().items() if k not in SERVER_ONLY_KEYS})
 
 
-def model_meta(cfg: RunConfig) -> dict[str, Any]:
-    return {
-        "model": cfg.model,
-        "norm": cfg.norm,
-        "in_channels": cfg.in_channels,
-        "num_classes": cfg.num_classes,
-        "spatial_dims": cfg.spatial_dims,
-        "image_size": cfg.image_size,
-    }
-
-
 def metric_rows(phase: str, metrics: Mapping[str, float]) -> list[MetricValue]:
     """Database rows for one phase: plain metrics, and attack cells with their derived ratios."""
     rows = [MetricValue(phase, k, float(v)) for k, v in metrics.items() if not k.startswith("attack.")]
+    if any(k.startswith("seg.") for k in metrics):
+        from ..shared.segmentation import segmentation_summary
+
+        rows += [MetricValue("segmentation", k, v) for k, v in segmentation_summary(metrics).items()]
     for (attack, eps), totals in robustness.decode(metrics).items():
         rows += [
             MetricValue("attack", name, value, attack=attack, epsilon=eps)
@@ -106,10 +99,7 @@ def run_federation(grid: Grid, cfg: RunConfig, flwr_run_id: int | str = "") -> i
     )
     log.info("fedaegis run %d (%s) stored in %s", run_id, run_uuid, store.engine.url.render_as_string(hide_password=True))
     torch.manual_seed(cfg.seed)  # the initial global model is part of what a seed reproduces
-    model = build_model(
-        cfg.model, in_channels=cfg.in_channels, num_classes=cfg.num_classes,
-        spatial_dims=cfg.spatial_dims, norm=cfg.norm,
-    )
+    model = build_task_model(model_meta(cfg))
     strategy = build_strategy(cfg)
     if cfg.secure_aggregation:
         strategy = SecureEvaluation(strategy, timeout=cfg.round_timeout)

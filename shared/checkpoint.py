@@ -10,7 +10,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from .models import build_model
+from .tasks import build_task_model
 from .store.repository import atomic_write
 
 MODEL_KEYS = ("model", "norm", "in_channels", "num_classes", "spatial_dims")
@@ -32,12 +32,6 @@ def load_checkpoint(path: Path) -> tuple[nn.Module, dict[str, Any]]:
     """Rebuild the model stored at ``path`` and return it (eval mode) with its meta."""
     blob = torch.load(path, map_location="cpu", weights_only=True)
     meta = blob["meta"]
-    model = build_model(
-        meta["model"],
-        in_channels=meta["in_channels"],
-        num_classes=meta["num_classes"],
-        spatial_dims=meta["spatial_dims"],
-        norm=meta["norm"],
-    )
+    model = build_task_model(meta)
     model.load_state_dict(blob["state_dict"])
     return model.eval(), meta

@@ -63,6 +63,14 @@ class RunConfig:
     metric_delta: float = 1e-5
     metric_epsilon_budget: float = 10.0
     secure_aggregation: bool = False
+    seg_model: str = "unet"
+    seg_attacks: str = "pgd,dag,multiscale,asma"
+    seg_attack_steps: int = 10
+    seg_target: str = "shift:3"
+    seg_max_volumes: int = 0
+    seg_adversarial_training: bool = False
+    seg_adv_eps: float = 4 / 255
+    seg_adv_steps: int = 3
     fraction_train: float = 1.0
     fraction_evaluate: float = 1.0
     min_sites: int = 2
@@ -77,6 +85,11 @@ class RunConfig:
             ("task", self.task in TASKS, f"must be one of {TASKS}"),
             ("attack-samples", self.attack_samples >= 0, "must be >= 0 (0: the whole test split)"),
             ("min-cell-size", self.min_cell_size >= 0, "must be >= 0 (0: no suppression)"),
+            ("seg-model", self.seg_model in ("unet", "segresnet"), "must be unet or segresnet"),
+            ("seg-attack-steps", self.seg_attack_steps >= 1, "must be >= 1"),
+            ("seg-max-volumes", self.seg_max_volumes >= 0, "must be >= 0 (0: all)"),
+            ("seg-adv-eps", 0 < self.seg_adv_eps <= 1, "must be in (0, 1]"),
+            ("seg-adv-steps", self.seg_adv_steps >= 1, "must be >= 1"),
             ("metric-dp", self.metric_dp in ("none", "laplace", "gaussian"), "must be none, laplace or gaussian"),
             ("metric-epsilon", self.metric_epsilon > 0, "must be > 0"),
             ("metric-delta", 0 < self.metric_delta < 1, "must be in (0, 1)"),
