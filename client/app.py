@@ -17,7 +17,8 @@ from .mods import cell_suppression, metric_dp, protocol_guard
 from .secure_aggregation import answer_query, secure_aggregation
 from .robustness import evaluate_robustness
 from .site import site_data
-from .training import evaluate_local, train_local
+from .training import evaluate_local
+from .classification_round import backdoor_metrics, train_classifier_round
 
 ROUND_KEY = "server-round"
 
@@ -52,11 +53,8 @@ def train(msg: Message, context: Context) -> Message:
         metrics = train_segmentation(model, cfg, context.node_config, seed)
         return _reply(msg, metrics, model)
     data = site_data(cfg, context.node_config)
-    metrics = train_local(
-        model, data.train, epochs=cfg.local_epochs, batch_size=cfg.batch_size,
-        lr=cfg.learning_rate, optimizer=cfg.optimizer, class_weighting=cfg.class_weighting,
-        num_classes=cfg.num_classes, seed=seed,
-    )
+    state, metrics = train_classifier_round(model, cfg, data.train, context.node_config, seed, server_round)
+    model.load_state_dict(state)
     metrics["skipped"] = data.skipped
     return _reply(msg, metrics, model)
 
@@ -79,6 +77,7 @@ def evaluate(msg: Message, context: Context) -> Message:
     data = site_data(cfg, context.node_config)
     metrics = evaluate_local(model, data.test)
     metrics.update(evaluate_robustness(model, data.test, cfg, seed))
+    metrics.update(backdoor_metrics(model, cfg, data.test))
     metrics["skipped"] = data.skipped
     return _reply(msg, metrics)
 

@@ -16,6 +16,9 @@ RATIOS = {
     "loss": ("loss-sum", "num-examples"),
     "train-accuracy": ("train-correct", "num-examples"),
     "train-loss": ("train-loss-sum", "num-examples"),
+    "backdoor-success": ("backdoor.hit-count", "backdoor.num-examples"),
+    "inversion-psnr": ("inversion.psnr-sum", "inversion.images-count"),
+    "inversion-ssim": ("inversion.ssim-sum", "inversion.images-count"),
 }
 
 

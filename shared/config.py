@@ -14,6 +14,8 @@ from pathlib import Path
 from typing import Any
 
 TASKS = ("classification", "segmentation")
+AGGREGATIONS = ("fedavg", "krum", "multikrum", "bulyan", "fedmedian", "fedtrimmedavg")
+THREATS = ("none", "backdoor", "label-flip")
 PARTITIONINGS = ("iid", "dirichlet", "quantity")
 OPTIMIZERS = ("adam", "sgd")
 CLASS_WEIGHTINGS = ("balanced", "none")
@@ -63,6 +65,24 @@ class RunConfig:
     metric_delta: float = 1e-5
     metric_epsilon_budget: float = 10.0
     secure_aggregation: bool = False
+    aggregation: str = "fedavg"
+    num_malicious: int = 0
+    krum_select: int = 0
+    trim_beta: float = 0.2
+    clip_norm: float = 0.0
+    noise_multiplier: float = 0.0
+    threat: str = "none"
+    target_class: int = 0
+    poison_fraction: float = 0.1
+    trigger_size: int = 3
+    boost: float = 1.0
+    dp_epsilon: float = 0.0
+    dp_delta: float = 1e-5
+    dp_max_grad_norm: float = 1.0
+    prune_fraction: float = 0.0
+    inversion_audit: str = ""
+    inversion_images: int = 1
+    inversion_iterations: int = 200
     seg_model: str = "unet"
     seg_attacks: str = "pgd,dag,multiscale,asma"
     seg_attack_steps: int = 10
@@ -85,6 +105,26 @@ class RunConfig:
             ("task", self.task in TASKS, f"must be one of {TASKS}"),
             ("attack-samples", self.attack_samples >= 0, "must be >= 0 (0: the whole test split)"),
             ("min-cell-size", self.min_cell_size >= 0, "must be >= 0 (0: no suppression)"),
+            ("aggregation", self.aggregation in AGGREGATIONS, f"must be one of {AGGREGATIONS}"),
+            ("num-malicious", self.num_malicious >= 0, "must be >= 0"),
+            ("krum-select", self.krum_select >= 0, "must be >= 0 (0: min-sites - num-malicious)"),
+            ("trim-beta", 0 <= self.trim_beta < 0.5, "must be in [0, 0.5)"),
+            ("clip-norm", self.clip_norm >= 0, "must be >= 0 (0: off)"),
+            ("noise-multiplier", self.noise_multiplier >= 0 and (self.noise_multiplier == 0 or self.clip_norm > 0),
+             "must be >= 0, and > 0 only with clip-norm > 0"),
+            ("threat", self.threat in THREATS, f"must be one of {THREATS}"),
+            ("target-class", 0 <= self.target_class < self.num_classes, "must be a class index below num-classes"),
+            ("poison-fraction", 0 <= self.poison_fraction <= 1, "must be in [0, 1]"),
+            ("trigger-size", 1 <= self.trigger_size <= self.image_size - 2, "must be in [1, image-size - 2]"),
+            ("boost", self.boost > 0, "must be > 0"),
+            ("dp-epsilon", self.dp_epsilon >= 0 and (self.dp_epsilon == 0 or self.norm != "batch"),
+             "must be >= 0 (0: off); DP-SGD needs norm 'group'"),
+            ("dp-delta", 0 < self.dp_delta < 1, "must be in (0, 1)"),
+            ("dp-max-grad-norm", self.dp_max_grad_norm > 0, "must be > 0"),
+            ("prune-fraction", 0 <= self.prune_fraction < 1, "must be in [0, 1)"),
+            ("inversion-audit", self.inversion_audit in ("", "dlg", "idlg", "ig"), "must be '', dlg, idlg or ig"),
+            ("inversion-images", self.inversion_images >= 1, "must be >= 1"),
+            ("inversion-iterations", self.inversion_iterations >= 1, "must be >= 1"),
             ("seg-model", self.seg_model in ("unet", "segresnet"), "must be unet or segresnet"),
             ("seg-attack-steps", self.seg_attack_steps >= 1, "must be >= 1"),
             ("seg-max-volumes", self.seg_max_volumes >= 0, "must be >= 0 (0: all)"),

@@ -1,0 +1,91 @@
+"""One training round of a classification site: threats it may play, audits, defences, training.
+
+In simulation the first ``num-malicious`` partitions are the compromised sites; no
+other site and not the server is told which. A malicious site poisons its own
+training data (BadNets backdoor or label flipping) and may boost its update
+(model replacement). Every site can audit its own update for gradient inversion
+before sending it, and defend it with DP-SGD (Opacus) or update pruning.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+import torch
+from torch import nn
+
+from ..shared.config import RunConfig
+from ..shared.data import ImageSet
+from .training import train_local
+
+
+def is_malicious(cfg: RunConfig, node_config: Mapping[str, object]) -> bool:
+    return cfg.threat != "none" and int(node_config.get("partition-id", -1)) < cfg.num_malicious  # type: ignore[arg-type]
+
+
+def _poisoned(cfg: RunConfig, data: ImageSet, seed: int) -> ImageSet:
+    from ..shared.threats import Trigger, flip_imageset, poison_imageset
+
+    if cfg.threat == "backdoor":
+        return poison_imageset(data, target_class=cfg.target_class, poison_fraction=cfg.poison_fraction,
+                               trigger=Trigger(size=cfg.trigger_size), seed=seed)
+    return flip_imageset(data, fraction=cfg.poison_fraction, seed=seed)
+
+
+def _audit(model: nn.Module, cfg: RunConfig, data: ImageSet, seed: int) -> dict[str, float | int]:
+    """Gradient-inversion audit of the site's own update, under the site's own defence."""
+    from ..shared.privacy import dp_sgd_step_gradients, inversion_audit, prune_smallest
+
+    x, y = data.images[: cfg.inversion_images], data.labels[: cfg.inversion_images]
+    kw = {"method": cfg.inversion_audit, "iterations": cfg.inversion_iterations, "seed": seed}
+    if cfg.dp_epsilon > 0:
+        grads, _ = dp_sgd_step_gradients(model, x, y, target_epsilon=cfg.dp_epsilon, target_delta=cfg.dp_delta,
+                                         max_grad_norm=cfg.dp_max_grad_norm, seed=seed)
+        return inversion_audit(model, x, y, gradients=grads, **kw)
+    defence = (lambda g: prune_smallest(g, cfg.prune_fraction)) if cfg.prune_fraction else None
+    return inversion_audit(model, x, y, defence=defence, **kw)
+
+
+def train_classifier_round(
+    model: nn.Module, cfg: RunConfig, data: ImageSet, node_config: Mapping[str, object], seed: int, server_round: int
+) -> tuple[dict[str, torch.Tensor], dict[str, float | int]]:
+    """Train in place; return the state to send and the reply's counts and sums."""
+    global_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
+    malicious = is_malicious(cfg, node_config)
+    train_set = _poisoned(cfg, data, seed) if malicious else data
+    metrics: dict[str, float | int] = {}
+    if cfg.inversion_audit and server_round == 1:  # the first update is the most revealing
+        metrics.update(_audit(model, cfg, data, seed))
+    if cfg.dp_epsilon > 0:
+        from ..shared.privacy import dp_sgd_train
+
+        run = dp_sgd_train(model, train_set.images, train_set.labels, epochs=cfg.local_epochs,
+                           batch_size=cfg.batch_size, lr=cfg.learning_rate, target_epsilon=cfg.dp_epsilon,
+                           target_delta=cfg.dp_delta, max_grad_norm=cfg.dp_max_grad_norm,
+                           optimizer=cfg.optimizer, seed=seed)
+        metrics.update(run.metrics)
+        metrics["dpsgd.epsilon-sum"] = run.epsilon
+    else:
+        metrics.update(train_local(model, train_set, epochs=cfg.local_epochs, batch_size=cfg.batch_size,
+                                   lr=cfg.learning_rate, optimizer=cfg.optimizer,
+                                   class_weighting=cfg.class_weighting, num_classes=cfg.num_classes, seed=seed))
+    state = model.state_dict()
+    if cfg.prune_fraction:
+        from ..shared.privacy import prune_update
+
+        state = prune_update(global_state, state, cfg.prune_fraction)
+    if malicious and cfg.boost != 1:
+        from ..shared.threats import boost_update
+
+        state = boost_update(global_state, state, cfg.boost)
+    return state, metrics
+
+
+def backdoor_metrics(model: nn.Module, cfg: RunConfig, data: ImageSet) -> dict[str, float | int]:
+    """Share of triggered non-target test images classified as the target (counts)."""
+    if cfg.threat != "backdoor":
+        return {}
+    from ..shared.threats import Trigger, backdoor_counts
+
+    return backdoor_counts(model, data.images, data.labels, target_class=cfg.target_class,
+                           trigger=Trigger(size=cfg.trigger_size))
