@@ -297,6 +297,16 @@ def _print_run(run: dict[str, Any], with_config: bool = False) -> None:
                 _fmt(c.get("mean_l2"), ".3f"), _fmt(c.get("mean_queries"), ".1f"),
             )
         out.print(rob)
+    extra = [(r["number"], row) for r in run["rounds"] for row in r["metric_rows"]
+             if row["phase"] in ("backdoor", "inversion", "privacy", "segmentation")]
+    if extra:
+        more = Table(title="threats, privacy and segmentation (all sites)")
+        for col in ("round", "phase", "metric", "qualifier", "value"):
+            more.add_column(col, justify="right" if col in ("round", "value") else "left")
+        for number, row in extra:
+            qual = row["attack"] + (f" {_eps(row['epsilon'])}" if row["epsilon"] is not None else "")
+            more.add_row(str(number), row["phase"], row["name"], qual, _fmt(row["value"]))
+        out.print(more)
     skipped = run["rounds"][-1]["metrics"].get("evaluate.skipped") if run["rounds"] else None
     out.print(f"run id {run['id']} (uuid {run['uuid']}), status {run['status']}")
     if skipped:

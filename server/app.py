@@ -49,6 +49,23 @@ def metric_rows(phase: str, metrics: Mapping[str, float]) -> list[MetricValue]:
     return rows
 
 
+def threat_rows(
+    cfg: RunConfig, train: Mapping[str, float], evaluate: Mapping[str, float], train_sites: int
+) -> list[MetricValue]:
+    """Backdoor and inversion-audit results in the rows the report and ``show`` read."""
+    rows = []
+    if "backdoor-success" in evaluate:
+        rows += [MetricValue("backdoor", "attack-success-rate", evaluate["backdoor-success"]),
+                 MetricValue("backdoor", "main-accuracy", evaluate.get("accuracy", float("nan")))]
+    if "inversion-psnr" in train:
+        defence = "dp-sgd" if cfg.dp_epsilon > 0 else "pruning" if cfg.prune_fraction else "none"
+        rows += [MetricValue("inversion", "psnr", train["inversion-psnr"], attack=defence),
+                 MetricValue("inversion", "ssim", train.get("inversion-ssim", float("nan")), attack=defence)]
+    if "dpsgd.epsilon-sum" in train and train_sites:
+        rows.append(MetricValue("privacy", "dp-sgd-epsilon", train["dpsgd.epsilon-sum"] / train_sites))
+    return rows
+
+
 class RunRecorder:
     """Writes one round per transaction and keeps the latest global model on disk."""
 
@@ -67,6 +84,8 @@ class RunRecorder:
         for phase, metrics in (("train", outcome.train_metrics), ("evaluate", outcome.evaluate_metrics)):
             if metrics is not None:
                 record.metrics += metric_rows(phase, metrics)  # type: ignore[arg-type]
+        record.metrics += threat_rows(self.cfg, outcome.train_metrics or {}, outcome.evaluate_metrics or {},  # type: ignore[arg-type]
+                                      outcome.train_replies)
         if outcome.evaluate_metrics is not None:
             record.metrics += dp_rows(self.cfg, outcome.evaluate_metrics, outcome.site_evaluate)  # type: ignore[arg-type]
         for phase, sites in (("train", outcome.site_train), ("evaluate", outcome.site_evaluate)):
