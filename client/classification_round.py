@@ -4,7 +4,8 @@ In simulation the first ``num-malicious`` partitions are the compromised sites; 
 other site and not the server is told which. A malicious site poisons its own
 training data (BadNets backdoor or label flipping) and may boost its update
 (model replacement). Every site can audit its own update for gradient inversion
-before sending it, and defend it with DP-SGD (Opacus) or update pruning.
+before sending it, and defend it with DP-SGD (Opacus) or update pruning; ``hardening``
+trains adversarially (PGD-AT, TRADES, fast FGSM, MART) instead of plainly.
 """
 
 from __future__ import annotations
@@ -65,6 +66,14 @@ def train_classifier_round(
                            optimizer=cfg.optimizer, seed=seed)
         metrics.update(run.metrics)
         metrics["dpsgd.epsilon-sum"] = run.epsilon
+    elif cfg.hardening != "none":
+        from ..shared.hardening import build_hardening, train_adversarial
+
+        method = build_hardening(cfg.hardening, eps=cfg.hardening_eps, steps=cfg.hardening_steps) \
+            if cfg.hardening != "fast-fgsm" else build_hardening(cfg.hardening, eps=cfg.hardening_eps)
+        metrics.update(train_adversarial(model, train_set, method, epochs=cfg.local_epochs,
+                                         batch_size=cfg.batch_size, lr=cfg.learning_rate,
+                                         optimizer=cfg.optimizer, seed=seed))
     else:
         metrics.update(train_local(model, train_set, epochs=cfg.local_epochs, batch_size=cfg.batch_size,
                                    lr=cfg.learning_rate, optimizer=cfg.optimizer,

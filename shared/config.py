@@ -16,6 +16,7 @@ from typing import Any
 TASKS = ("classification", "segmentation")
 AGGREGATIONS = ("fedavg", "krum", "multikrum", "bulyan", "fedmedian", "fedtrimmedavg")
 THREATS = ("none", "backdoor", "label-flip")
+HARDENINGS = ("none", "pgd-at", "trades", "fast-fgsm", "mart")
 PARTITIONINGS = ("iid", "dirichlet", "quantity")
 OPTIMIZERS = ("adam", "sgd")
 CLASS_WEIGHTINGS = ("balanced", "none")
@@ -83,6 +84,9 @@ class RunConfig:
     inversion_audit: str = ""
     inversion_images: int = 1
     inversion_iterations: int = 200
+    hardening: str = "none"
+    hardening_eps: float = 8 / 255
+    hardening_steps: int = 3
     seg_model: str = "unet"
     seg_attacks: str = "pgd,dag,multiscale,asma"
     seg_attack_steps: int = 10
@@ -125,6 +129,9 @@ class RunConfig:
             ("inversion-audit", self.inversion_audit in ("", "dlg", "idlg", "ig"), "must be '', dlg, idlg or ig"),
             ("inversion-images", self.inversion_images >= 1, "must be >= 1"),
             ("inversion-iterations", self.inversion_iterations >= 1, "must be >= 1"),
+            ("hardening", self.hardening in HARDENINGS, f"must be one of {HARDENINGS}"),
+            ("hardening-eps", 0 < self.hardening_eps <= 1, "must be in (0, 1]"),
+            ("hardening-steps", self.hardening_steps >= 1, "must be >= 1"),
             ("seg-model", self.seg_model in ("unet", "segresnet"), "must be unet or segresnet"),
             ("seg-attack-steps", self.seg_attack_steps >= 1, "must be >= 1"),
             ("seg-max-volumes", self.seg_max_volumes >= 0, "must be >= 0 (0: all)"),

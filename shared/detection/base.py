@@ -1,0 +1,40 @@
+"""What every detector shares: a score per input, higher meaning "more likely adversarial".
+
+Detectors are ``nn.Module``s whose forward pass is differentiable where the
+method allows, so an adaptive attacker can optimise through them (and through a
+router that uses them), and they are fitted on one site's own data only.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+from torch import nn
+
+from ..attacks.base import attack_mode
+
+FeatureFn = Callable[[torch.Tensor], torch.Tensor]
+
+
+def feature_fn(model: nn.Module, features: FeatureFn | None = None) -> FeatureFn:
+    """The penultimate-feature map of ``model``: ``features`` if given, else ``model.features``."""
+    if features is not None:
+        return features
+    if not callable(getattr(model, "features", None)):
+        raise ValueError("features: the model has no .features(x); pass a feature function")
+    return model.features
+
+
+def batched(fn: Callable[[torch.Tensor], torch.Tensor], model: nn.Module, x: torch.Tensor,
+            batch_size: int = 256) -> torch.Tensor:
+    """``fn`` over ``x`` in batches, with ``model`` in eval mode (restored afterwards)."""
+    with attack_mode(model), torch.no_grad():
+        return torch.cat([fn(xb) for xb in x.split(batch_size)]) if len(x) else fn(x[:0])
+
+
+def threshold_at_fpr(scores: torch.Tensor, fpr: float) -> float:
+    """The score above which a fraction ``fpr`` of these (clean) scores lie: a site-local cut."""
+    if not 0.0 <= fpr <= 1.0:
+        raise ValueError(f"fpr: must lie in [0, 1], got {fpr!r}")
+    return float(torch.quantile(scores.double(), 1.0 - fpr))

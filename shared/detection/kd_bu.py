@@ -1,0 +1,115 @@
+"""Kernel density + Bayesian uncertainty detector (Feinman et al., 2017).
+
+Adversarial inputs sit in low-density regions of the predicted class's feature
+manifold (low KD) and where the model is uncertain (high MC-dropout variance, BU).
+Neither alone separates well, so a logistic regression on the two z-scored
+features combines them, fitted on the site's clean and adversarial examples.
+SmallCNN has no dropout layer, so BU applies dropout to the penultimate features
+before the head (last-layer MC dropout), which needs no change to the model.
+The logistic regression is fitted with torch (L-BFGS), so sites need no sklearn.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ..data import ImageSet
+from .base import FeatureFn, batched, feature_fn
+
+
+class KDBUDetector(nn.Module):
+    """``score(x) = w . z([log KD(x), BU(x)]) + b``; positive means "adversarial".
+
+    ``bandwidth`` is the Gaussian kernel width in feature space (default: the median
+    distance between training features of one class, a site-local heuristic);
+    ``max_per_class`` caps the stored training features, which bounds memory and time.
+    BU is stochastic (dropout masks from torch's global generator), so are its scores.
+    """
+
+    def __init__(self, model: nn.Module, *, features: FeatureFn | None = None,
+                 head: nn.Module | None = None, bandwidth: float | None = None,
+                 dropout: float = 0.5, mc_samples: int = 20, max_per_class: int = 300,
+                 seed: int = 0) -> None:
+        super().__init__()
+        self.model = model
+        self._features = feature_fn(model, features)
+        self._head = head if head is not None else getattr(model, "head", None)
+        if self._head is None:
+            raise ValueError("head: the model has no .head; pass the layer that maps features to logits")
+        self.bandwidth = bandwidth
+        self.dropout, self.mc_samples = float(dropout), int(mc_samples)
+        self.max_per_class, self.seed = int(max_per_class), int(seed)
+        self.register_buffer("train_features", torch.empty(0))
+        self.register_buffer("train_labels", torch.empty(0, dtype=torch.long))
+        self.register_buffer("z_mean", torch.zeros(2))
+        self.register_buffer("z_std", torch.ones(2))
+        self.register_buffer("weight", torch.tensor([-1.0, 1.0]))
+        self.register_buffer("bias", torch.zeros(()))
+
+    def fit(self, data: ImageSet | tuple[torch.Tensor, torch.Tensor], *, batch_size: int = 256) -> KDBUDetector:
+        """Keep (up to ``max_per_class``) clean training features per class for the density."""
+        x, y = (data.images, data.labels) if isinstance(data, ImageSet) else data
+        gen = torch.Generator().manual_seed(self.seed)
+        keep = torch.cat([idx[torch.randperm(len(idx), generator=gen)[: self.max_per_class]]
+                          for idx in (torch.nonzero(y == c).squeeze(1) for c in torch.unique(y))])
+        self.train_features = batched(self._features, self.model, x[keep], batch_size)
+        self.train_labels = y[keep].clone()
+        if self.bandwidth is None:
+            dists = [torch.pdist(self.train_features[self.train_labels == c])
+                     for c in torch.unique(self.train_labels)]
+            self.bandwidth = float(torch.cat(dists).median())
+        return self
+
+    def raw(self, x: torch.Tensor) -> torch.Tensor:
+        """Per input: [log kernel density under the predicted class, MC-dropout uncertainty], (N, 2)."""
+        if self.train_features.numel() == 0:
+            raise RuntimeError("KDBUDetector: call fit() first")
+        f = self._features(x)
+        pred = self._head(f).argmax(1)
+        sq = torch.cdist(f, self.train_features).pow(2) / self.bandwidth ** 2
+        same = self.train_labels[None, :] == pred[:, None]
+        log_kd = torch.logsumexp(sq.neg().masked_fill(~same, -math.inf), 1) - torch.log(
+            same.sum(1).clamp_min(1).to(f.dtype))
+        probs = torch.stack([F.softmax(self._head(F.dropout(f, self.dropout, training=True)), 1)
+                             for _ in range(self.mc_samples)])
+        bu = probs.pow(2).sum(2).mean(0) - probs.mean(0).pow(2).sum(1)
+        return torch.stack([log_kd.clamp_min(-1e4), bu], 1)
+
+    def fit_combiner(self, x_clean: torch.Tensor, x_adv: torch.Tensor, *, l2: float = 1e-2,
+                     batch_size: int = 256) -> KDBUDetector:
+        """Logistic regression clean (0) vs adversarial (1) on z-scored [log KD, BU] features."""
+        torch.manual_seed(self.seed)  # MC dropout draws
+        feats = batched(self.raw, self.model, torch.cat([x_clean, x_adv]), batch_size).double()
+        target = torch.cat([torch.zeros(len(x_clean)), torch.ones(len(x_adv))]).double()
+        self.z_mean, self.z_std = feats.mean(0).float(), feats.std(0).clamp_min(1e-12).float()
+        w, b = fit_logistic((feats - self.z_mean.double()) / self.z_std.double(), target, l2=l2)
+        self.weight, self.bias = w.float(), b.float()
+        return self
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return ((self.raw(x) - self.z_mean) / self.z_std) @ self.weight + self.bias
+
+
+def fit_logistic(z: torch.Tensor, target: torch.Tensor, *, l2: float = 1e-2,
+                 steps: int = 100) -> tuple[torch.Tensor, torch.Tensor]:
+    """L2-regularised logistic regression by L-BFGS (weights, bias), classes weighted equally."""
+    w = torch.zeros(z.shape[1], dtype=z.dtype, requires_grad=True)
+    b = torch.zeros((), dtype=z.dtype, requires_grad=True)
+    pos = target.mean().clamp(1e-6, 1 - 1e-6)
+    sample_w = torch.where(target > 0.5, 0.5 / pos, 0.5 / (1 - pos))
+    opt = torch.optim.LBFGS([w, b], max_iter=steps, line_search_fn="strong_wolfe")
+
+    def closure() -> torch.Tensor:
+        opt.zero_grad()
+        loss = (F.binary_cross_entropy_with_logits(z @ w + b, target, weight=sample_w)
+                + 0.5 * l2 * w.pow(2).sum())
+        loss.backward()
+        return loss
+
+    with torch.enable_grad():
+        opt.step(closure)
+    return w.detach(), b.detach()
