@@ -192,8 +192,10 @@ def summarize(
     """Reduce per-sample outcomes to the counts an :class:`AttackResult` carries."""
     correct = clean_pred == y
     robust = correct & (adv_pred == y)
-    goal = adv_pred == target if target is not None else adv_pred != y
-    success = correct & goal
+    if target is not None:  # a sample already of the target class cannot be a success
+        success = correct & (target != y) & (adv_pred == target)
+    else:
+        success = correct & (adv_pred != y)
     linf, l2 = lp_norms(x_adv - x)
     return AttackResult(
         x_adv=x_adv,
