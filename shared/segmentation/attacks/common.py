@@ -7,8 +7,7 @@ All helpers are batched over the first dimension and work for (N, C, H, W) and
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from typing import Protocol
 
 import torch
@@ -16,6 +15,8 @@ import torch.nn.functional as F
 from monai.losses import DiceLoss
 from monai.networks.utils import one_hot
 from torch import nn
+
+from ...attacks.base import attack_mode  # noqa: F401 - one attack mode for classifiers and segmenters
 
 from ..metrics import label_iou
 
@@ -35,28 +36,6 @@ class SegAttack(Protocol):
     def __call__(self, model: nn.Module, x: torch.Tensor, y_mask: torch.Tensor, eps: float,
                  norm: str = "linf", steps: int = 10, step_size: float | None = None,
                  seed: int = 0, target_mask: torch.Tensor | None = None) -> torch.Tensor: ...
-
-
-@contextmanager
-def attack_mode(model: nn.Module) -> Iterator[nn.Module]:
-    """Eval mode, frozen weights and gradients on; the caller's state is restored after.
-
-    Frozen weights mean backward passes build input gradients only and never touch
-    ``param.grad`` (an attack during training must not leak into the optimiser).
-    """
-    modes = [(m, m.training) for m in model.modules()]
-    flags = [(p, p.requires_grad) for p in model.parameters()]
-    model.eval()
-    for p, _ in flags:
-        p.requires_grad_(False)
-    try:
-        with torch.inference_mode(False), torch.enable_grad():
-            yield model
-    finally:
-        for m, training in modes:
-            m.training = training
-        for p, flag in flags:
-            p.requires_grad_(flag)
 
 
 def check_inputs(
