@@ -36,12 +36,23 @@ class RoundOutcome:
 
 
 class RecordingStrategy(Strategy):
-    """Delegate to ``inner`` and call ``on_round_end`` once per completed round."""
+    """Delegate to ``inner`` and call ``on_round_end`` once per completed round.
 
-    def __init__(self, inner: Strategy, on_round_end: Callable[[RoundOutcome], None]) -> None:
+    ``first_round`` numbers the rounds of a resumed run: Flower's loop counts from 1, and
+    the wrapper hands ``inner`` (which puts it in every message's config, the sites' seed),
+    the recorder and the database the run's true round number instead.
+    """
+
+    def __init__(
+        self, inner: Strategy, on_round_end: Callable[[RoundOutcome], None], first_round: int = 1
+    ) -> None:
+        if first_round < 1:
+            raise ValueError(f"first_round: must be >= 1, got {first_round}")
+        self.offset = first_round - 1
         self.inner = inner
         self.on_round_end = on_round_end
         self._outcome: RoundOutcome | None = None
+        self._sent: list[Message] = []  # the messages of the current train/evaluate step
 
     def summary(self) -> None:
         self.inner.summary()
@@ -49,15 +60,19 @@ class RecordingStrategy(Strategy):
     def configure_train(
         self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
     ) -> Iterable[Message]:
+        server_round += self.offset
         self._outcome = RoundOutcome(number=server_round, started_at=utcnow(), arrays=arrays)
-        return self.inner.configure_train(server_round, arrays, config, grid)
+        self._sent = list(self.inner.configure_train(server_round, arrays, config, grid))
+        return self._sent
 
     def aggregate_train(
         self, server_round: int, replies: Iterable[Message]
     ) -> tuple[ArrayRecord | None, MetricRecord | None]:
+        server_round += self.offset
         replies = list(replies)
         outcome = self._current(server_round)
         outcome.train_replies = self._collect(replies, outcome.site_train, outcome)
+        self._count_missing(replies, outcome)
         arrays, metrics = self.inner.aggregate_train(server_round, replies)
         if arrays is not None:
             outcome.arrays = arrays
@@ -67,18 +82,35 @@ class RecordingStrategy(Strategy):
     def configure_evaluate(
         self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
     ) -> Iterable[Message]:
-        return self.inner.configure_evaluate(server_round, arrays, config, grid)
+        server_round += self.offset
+        self._sent = list(self.inner.configure_evaluate(server_round, arrays, config, grid))
+        return self._sent
 
     def aggregate_evaluate(
         self, server_round: int, replies: Iterable[Message]
     ) -> MetricRecord | None:
+        server_round += self.offset
         replies = list(replies)
         outcome = self._current(server_round)
         outcome.evaluate_replies = self._collect(replies, outcome.site_evaluate, outcome)
+        self._count_missing(replies, outcome)
         metrics = self.inner.aggregate_evaluate(server_round, replies)
         outcome.evaluate_metrics = metrics
         self.on_round_end(outcome)
         return metrics
+
+    def _count_missing(self, replies: list[Message], outcome: RoundOutcome) -> None:
+        """A node that never answered (dead, or past ``round-timeout``) is a failure too.
+
+        Flower returns no message at all for it until the SuperLink has marked the node offline.
+        """
+        missing = len(self._sent) - len(replies)
+        if missing > 0:
+            outcome.failures += missing
+            answered = {msg.metadata.src_node_id for msg in replies}
+            silent = sorted({m.metadata.dst_node_id for m in self._sent} - answered)
+            outcome.errors.append(f"{missing} of {len(self._sent)} nodes sent no reply {silent}")
+        self._sent = []
 
     def _current(self, server_round: int) -> RoundOutcome:
         if self._outcome is None or self._outcome.number != server_round:

@@ -112,3 +112,34 @@ def stop(proc: subprocess.Popen, grace_s: float = 15.0) -> None:
         stop_tree(proc.pid, grace_s)
     proc.wait(timeout=5)
 
+
+def kill_tree(pid: int) -> list[int]:
+    """SIGKILL ``pid`` and its descendants at once, like a crashed machine; returns the PIDs."""
+    pids = process_tree(pid)
+    for p in pids:
+        try:
+            os.kill(p, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+    return pids
+
+
+def wait_healthy(url: str, proc: subprocess.Popen, log: Path, timeout_s: float = 60,
+                 cafile: Path | None = None) -> None:
+    """Wait for ``url`` (a SuperLink's /health) to answer 200; HTTPS verified against ``cafile``."""
+    import ssl
+    import urllib.request
+
+    context = ssl.create_default_context(cafile=str(cafile)) if cafile else None
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise AssertionError(f"{proc.args[0]} exited with {proc.returncode}:\n{log.read_text()[-3000:]}")
+        try:
+            with urllib.request.urlopen(url, timeout=1, context=context) as r:
+                if r.status == 200:
+                    return
+        except OSError:
+            pass
+        time.sleep(0.3)
+    raise AssertionError(f"{url} not healthy after {timeout_s}s:\n{log.read_text()[-3000:]}")
