@@ -1,0 +1,247 @@
+"""``fedaegis sweep CONFIG``: a grid of federated simulations, all stored in one database.
+
+CONFIG is a TOML file with three tables::
+
+    [sweep]              # how to run it
+    name = "robustness"  # default: the file's stem; runs are named NAME:HASH
+    num-sites = 2        # simulated hospitals per run
+    parallel = 2         # runs at once
+    cpus-per-run = 1     # CPUs of each run's own Ray instance (its sites share them)
+    client-cpus = 1.0    # CPUs per simulated site inside a run
+    ray-address = ""     # "": a local Ray on 127.0.0.1; else join this cluster
+
+    [config]             # the base run config: [tool.flwr.app.config] keys
+    num-server-rounds = 3
+
+    [grid]               # run-config keys, each with a list of values: every combination runs
+    model = ["cnn", "resnet10"]
+    seed = [0, 1]
+
+Each point is keyed by a stable hash of its full run config (defaults included) and the number
+of sites. A sweep is resumable: a point whose run is already ``completed`` in the database is
+skipped; failed runs, and runs left ``running`` by a crashed sweep, run again.
+Scheduling is in :mod:`fedaegis.orchestration.sweep_run`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import itertools
+import json
+import tomllib
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Annotated, Any
+
+import typer
+
+from ..shared.config import ConfigError, RunConfig
+
+if TYPE_CHECKING:
+    from .sweep_run import PointResult
+
+# Set by the sweep for every run (num-sites from [sweep]), never by [config] or [grid].
+SWEEP_KEYS = ("run-name", "run-uuid", "num-sites", "resume-run")
+# Where a run is stored and what it is called: not part of what it computes, so not hashed.
+UNHASHED = ("db-url", "run-name", "run-uuid", "resume-run")
+
+
+class SweepConfigError(ValueError):
+    """The sweep file is invalid; the message names the table and field."""
+
+
+@dataclass(frozen=True)
+class SweepOptions:
+    name: str
+    num_sites: int = 2
+    parallel: int = 1
+    cpus_per_run: int = 1
+    client_cpus: float = 1.0
+    ray_address: str = ""
+
+
+@dataclass(frozen=True)
+class SweepPoint:
+    index: int  # 1-based, in grid order
+    values: dict[str, Any]  # this point's grid values
+    config: dict[str, Any]  # the full run config (kebab-case), without the UNHASHED keys
+    config_hash: str
+
+    def run_name(self, sweep_name: str) -> str:
+        return f"{sweep_name}:{self.config_hash}"
+
+
+@dataclass(frozen=True)
+class Sweep:
+    options: SweepOptions
+    db_url: str
+    grid_keys: tuple[str, ...]
+    points: tuple[SweepPoint, ...]
+
+
+_OPTION_TYPES: dict[str, tuple[type, ...]] = {
+    "name": (str,), "num-sites": (int,), "parallel": (int,), "cpus-per-run": (int,),
+    "client-cpus": (int, float), "ray-address": (str,),
+}
+
+
+def load_sweep(path: Path, db_url: str | None = None) -> Sweep:
+    """Read and validate a sweep file; ``db_url`` (e.g. ``--db-url``) beats the file's ``db-url``."""
+    try:
+        doc = tomllib.loads(Path(path).read_text())
+    except FileNotFoundError:
+        raise SweepConfigError(f"sweep config {str(path)!r} does not exist") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise SweepConfigError(f"sweep config {str(path)!r} is not valid TOML: {exc}") from None
+    return build_sweep(doc, default_name=Path(path).stem, db_url=db_url)
+
+
+def build_sweep(doc: dict[str, Any], default_name: str = "sweep", db_url: str | None = None) -> Sweep:
+    """Validate a parsed sweep file and expand its grid: every error names its table and field."""
+    from ..shared.config import default_db_url
+
+    unknown = sorted(set(doc) - {"sweep", "config", "grid"})
+    if unknown:
+        raise SweepConfigError(f"sweep config: unknown table or key {unknown[0]!r}; use [sweep], [config] and [grid]")
+    options = _options(_table(doc, "sweep"), default_name)
+    base = _table(doc, "config")
+    grid = _table(doc, "grid")
+    known = set(RunConfig().to_flower())
+    for key in base:
+        if key not in known:
+            raise SweepConfigError(f"[config] '{key}': unknown run-config key")
+        if key in SWEEP_KEYS:
+            raise SweepConfigError(f"[config] '{key}': set by the sweep for every run (see [sweep]); remove it")
+    if not grid:
+        raise SweepConfigError("[grid]: needs at least one run-config key with a list of values")
+    for key, values in grid.items():
+        if key not in known:
+            raise SweepConfigError(f"[grid] '{key}': unknown run-config key")
+        if key in (*SWEEP_KEYS, "db-url"):
+            raise SweepConfigError(f"[grid] '{key}': cannot vary within a sweep")
+        if key in base:
+            raise SweepConfigError(f"[grid] '{key}': also set in [config]; set it in one place")
+        if not isinstance(values, list) or not values:
+            raise SweepConfigError(f"[grid] '{key}': needs a non-empty list of values, got {values!r}")
+        for i, value in enumerate(values):
+            if isinstance(value, list | dict):
+                raise SweepConfigError(f"[grid] '{key}': value {value!r} is not a single value")
+            if value in values[:i]:
+                raise SweepConfigError(f"[grid] '{key}': value {value!r} is listed twice")
+    db = db_url or str(base.pop("db-url", "") or "") or default_db_url()
+    points = tuple(
+        _point(i, dict(zip(grid, combo)), base, options)
+        for i, combo in enumerate(itertools.product(*grid.values()), start=1)
+    )
+    return Sweep(options=options, db_url=db, grid_keys=tuple(grid), points=points)
+
+
+def _table(doc: dict[str, Any], name: str) -> dict[str, Any]:
+    table = doc.get(name, {})
+    if not isinstance(table, dict):
+        raise SweepConfigError(f"sweep config: '{name}' must be a table, [{name}]")
+    return dict(table)
+
+
+def _options(table: dict[str, Any], default_name: str) -> SweepOptions:
+    for key, value in table.items():
+        if key not in _OPTION_TYPES:
+            raise SweepConfigError(f"[sweep] '{key}': unknown option; known are {sorted(_OPTION_TYPES)}")
+        if not isinstance(value, _OPTION_TYPES[key]) or isinstance(value, bool):
+            raise SweepConfigError(f"[sweep] '{key}' = {value!r}: expected {_OPTION_TYPES[key][0].__name__}")
+    opts = SweepOptions(**{k.replace("-", "_"): v for k, v in {"name": default_name, **table}.items()})
+    checks = [
+        ("name", 0 < len(opts.name) <= 150 and ":" not in opts.name, "must be 1-150 characters, without ':'"),
+        ("num-sites", opts.num_sites >= 1, "must be >= 1"),
+        ("parallel", opts.parallel >= 1, "must be >= 1"),
+        ("cpus-per-run", opts.cpus_per_run >= 1, "must be >= 1"),
+        ("client-cpus", 0 < opts.client_cpus <= opts.cpus_per_run, "must be in (0, cpus-per-run]"),
+    ]
+    for key, ok, why in checks:
+        if not ok:
+            raise SweepConfigError(f"[sweep] '{key}' = {getattr(opts, key.replace('-', '_'))!r}: {why}")
+    return opts
+
+
+_DATA_CONFIGS: dict[str, dict[str, int]] = {}
+
+
+def _point(index: int, values: dict[str, Any], base: dict[str, Any], opts: SweepOptions) -> SweepPoint:
+    """One grid point as a complete, validated run config and its hash."""
+    where = f"grid point {index} ({describe(values)})"
+    overrides = {**base, **values}
+    overrides.setdefault("min-sites", min(2, opts.num_sites))
+    if "num-sites" in RunConfig().to_flower():
+        overrides["num-sites"] = opts.num_sites
+    try:
+        if overrides.get("task", "classification") == "classification":
+            for key, value in _data_config(str(overrides.get("dataset", RunConfig.dataset))).items():
+                overrides.setdefault(key, value)
+        cfg = RunConfig.from_flower(overrides)
+    except ConfigError as exc:
+        raise SweepConfigError(f"{where}: {exc}") from None
+    except (OSError, ValueError) as exc:  # unreadable or invalid dataset
+        raise SweepConfigError(f"{where}: run config 'dataset' = {overrides.get('dataset')!r}: {exc}") from None
+    if cfg.min_sites > opts.num_sites:
+        raise SweepConfigError(f"{where}: run config 'min-sites' = {cfg.min_sites} exceeds [sweep] num-sites")
+    full = {k: v for k, v in cfg.to_flower().items() if k not in UNHASHED}
+    blob = json.dumps({"num-sites": opts.num_sites, "config": full}, sort_keys=True)
+    return SweepPoint(index, values, full, hashlib.sha256(blob.encode()).hexdigest()[:16])
+
+
+def _data_config(dataset: str) -> dict[str, int]:
+    """The dataset's shape keys, read once per dataset (like ``fedaegis simulate``)."""
+    from .datainfo import data_config
+
+    if dataset not in _DATA_CONFIGS:
+        _DATA_CONFIGS[dataset] = data_config(dataset)
+    return _DATA_CONFIGS[dataset]
+
+
+def describe(values: dict[str, Any]) -> str:
+    return " ".join(f"{k}={v}" for k, v in values.items())
+
+
+# -- the command ---------------------------------------------------------------------------------
+def sweep(
+    config: Annotated[Path, typer.Argument(help="Sweep file (TOML): sweep options, base run config, grid of values (see the README).")],
+    db_url: Annotated[str | None, typer.Option("--db-url", help="SQLAlchemy URL of the results database (beats the file's db-url).")] = None,
+    parallel: Annotated[int | None, typer.Option(help="Runs at once (beats the file's parallel).")] = None,
+    ray_address: Annotated[str | None, typer.Option(help="Ray cluster to schedule runs on (beats the file's ray-address).")] = None,
+    dry_run: Annotated[bool, typer.Option("--dry-run", help="List the points and what would run; run nothing.")] = False,
+) -> None:
+    """Run every point of a grid of federated simulations as Ray tasks; completed points are skipped."""
+    import dataclasses
+
+    from rich.markup import escape
+
+    from .cli import _fail, _setup_logging, out
+    from .sweep_run import run_sweep, summary_table
+
+    _setup_logging(False)
+    try:
+        plan = load_sweep(config, db_url)
+        if parallel is not None or ray_address is not None:
+            opts = dataclasses.replace(
+                plan.options,
+                parallel=plan.options.parallel if parallel is None else parallel,
+                ray_address=plan.options.ray_address if ray_address is None else ray_address,
+            )
+            if opts.parallel < 1:
+                raise SweepConfigError(f"--parallel = {opts.parallel}: must be >= 1")
+            plan = dataclasses.replace(plan, options=opts)
+    except SweepConfigError as exc:
+        _fail(escape(str(exc)))  # not Rich markup: "[grid]" must print
+    results: list[PointResult] = run_sweep(plan, dry_run=dry_run)
+    out.print(summary_table(plan, results))
+    counts = {s: sum(r.status == s for r in results) for s in ("completed", "skipped", "failed", "pending")}
+    out.print(", ".join(f"{n} {s}" for s, n in counts.items() if n or s != "pending"))
+    if counts["failed"]:
+        raise typer.Exit(code=1)
+
+
+def register(app: typer.Typer) -> None:
+    """Add ``sweep`` to ``app`` (a second call is a no-op)."""
+    if any(c.name == "sweep" or c.callback is sweep for c in app.registered_commands):
+        return
+    app.command("sweep")(sweep)
