@@ -7,6 +7,7 @@ cluster) before Flower's simulation engine sees it, so the engine reuses it.
 from __future__ import annotations
 
 import logging
+import math
 import os
 import uuid as uuidlib
 import warnings
@@ -26,12 +27,60 @@ log = logging.getLogger("fedaegis")
 
 @dataclass(frozen=True)
 class SimulationResources:
-    """How Ray runs the sites: each simulated site is one Ray actor of ``client_cpus``."""
+    """How Ray runs the sites.
+
+    Sites are run by a pool of Ray actors, each taking one site's message at a time, so
+    memory grows with the pool, not with the number of sites: the pool holds as many
+    actors as fit ``client_cpus`` each (and ``client_memory_mb``, when set) on the cluster,
+    and never more than there are sites (see :func:`plan_actors`).
+    """
 
     ray_address: str | None = None  # None: a private local Ray instance
     num_cpus: int | None = None  # local Ray only; default: all cores
-    client_cpus: float = 1.0
-    client_memory_mb: int = 0  # 0: no memory reservation per site
+    client_cpus: float = 1.0  # at least this many CPUs per actor
+    client_memory_mb: int = 0  # memory reserved per actor; 0: none
+
+
+RAY_GRANULARITY = 10_000  # Ray counts resources in units of 1/10000
+
+
+def _round_down(cpus: float) -> float:
+    """A CPU share Ray represents exactly; k actors of ``_round_down(cpu / k)`` fit ``cpu``."""
+    return math.floor(cpus * RAY_GRANULARITY + 1e-6) / RAY_GRANULARITY
+
+
+def plan_actors(
+    nodes: list[tuple[float, float]], client_cpus: float, client_memory: float, num_sites: int
+) -> tuple[float, int]:
+    """CPUs to reserve per actor, and how many actors Flower will then start.
+
+    ``nodes`` are the cluster's (CPUs, memory bytes). Flower sizes its actor pool by CPUs
+    alone (``int(node CPUs / num_cpus)`` per node); an actor Ray cannot place for lack of
+    memory would wait forever, and actors beyond the number of sites only cost memory. So
+    the CPU share per actor is raised from ``client_cpus`` until the pool fits
+    ``client_memory`` per actor on every node and holds at most ``num_sites`` actors.
+    """
+    if client_cpus <= 0:
+        raise ValueError(f"client_cpus: must be > 0, got {client_cpus}")
+    nodes = [(cpu, mem) for cpu, mem in nodes if cpu > 0]
+
+    def pool(c: float) -> int:
+        return sum(int(cpu / c) for cpu, _ in nodes)
+
+    def fits(c: float) -> bool:
+        return all(int(cpu / c) * client_memory <= mem for cpu, mem in nodes)
+
+    base = client_cpus
+    candidates = {base} | {
+        _round_down(cpu / k) for cpu, _ in nodes for k in range(1, int(cpu / base) + 1)
+    } | {_round_down(cpu) + 1 / RAY_GRANULARITY for cpu, _ in nodes}  # leaves that node empty
+    for c in sorted(x for x in candidates if x >= base):
+        if 1 <= pool(c) <= max(num_sites, 1) and fits(c):
+            return c, pool(c)
+    raise ValueError(
+        f"no Ray node can host a site with {client_cpus} CPUs and {client_memory / 2**20:.0f} MB "
+        f"(nodes: {[(cpu, round(mem / 2**20)) for cpu, mem in nodes]} CPUs, MB)"
+    )
 
 
 def _quiet_environment() -> None:
@@ -61,12 +110,29 @@ def _start_ray(resources: SimulationResources) -> None:
         ray.init(address=resources.ray_address, **common)
     else:
         ray.init(
+            address="local",  # never join a cluster found in RAY_TMPDIR (use ray_address for that)
             num_cpus=resources.num_cpus or os.cpu_count(),
             num_gpus=0,
             _node_ip_address="127.0.0.1",
             _temp_dir=os.environ["RAY_TMPDIR"],
             **common,
         )
+
+
+def _client_resources(resources: SimulationResources, num_sites: int) -> dict[str, Any]:
+    """Flower's ``client_resources`` for this cluster: see :func:`plan_actors`."""
+    import ray
+
+    memory = resources.client_memory_mb * 2**20
+    nodes = [(float(n["Resources"].get("CPU", 0)), float(n["Resources"].get("memory", 0)))
+             for n in ray.nodes() if n.get("Alive") and n.get("Resources")]
+    cpus, actors = plan_actors(nodes, resources.client_cpus, memory, num_sites)
+    log.info("Ray: %d sites run by %d actors of %.4g CPUs%s each, on %d node(s)", num_sites, actors, cpus,
+             f" and {resources.client_memory_mb} MB" if memory else "", len(nodes))
+    client_resources: dict[str, Any] = {"num_cpus": cpus, "num_gpus": 0.0}
+    if memory:
+        client_resources["memory"] = memory
+    return client_resources
 
 
 def simulate(
@@ -86,7 +152,12 @@ def simulate(
     """
     if num_sites < 1:
         raise ValueError(f"num_sites: need at least one site, got {num_sites}")
-    overrides = {**overrides, "run-uuid": overrides.get("run-uuid") or uuidlib.uuid4().hex}
+    if overrides.get("num-sites", num_sites) not in (0, num_sites):
+        raise ValueError(
+            f"run config 'num-sites' = {overrides['num-sites']} but the simulation has {num_sites} sites"
+        )
+    overrides = {**overrides, "run-uuid": overrides.get("run-uuid") or uuidlib.uuid4().hex,
+                 "num-sites": num_sites}
     cfg = RunConfig.from_flower(overrides)  # fail here, with the field named, not in Ray
     if cfg.min_sites > num_sites:
         raise ValueError(f"run config 'min-sites' = {cfg.min_sites} exceeds the {num_sites} sites")
@@ -100,9 +171,7 @@ def simulate(
     if client_app is None:
         from ..client.app import app as client_app
 
-    client_resources: dict[str, Any] = {"num_cpus": resources.client_cpus, "num_gpus": 0.0}
-    if resources.client_memory_mb:
-        client_resources["memory"] = resources.client_memory_mb * 1024 * 1024
+    client_resources = _client_resources(resources, num_sites)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", DeprecationWarning)
         run_simulation(

@@ -52,8 +52,21 @@ def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:
     cur.close()
 
 
+def normalize_url(url: str) -> str:
+    """``postgres://`` and ``postgresql://`` mean psycopg 3, the PostgreSQL driver fedaegis depends on.
+
+    SQLAlchemy rejects the ``postgres://`` spelling many hosting services hand out, and its
+    default driver for ``postgresql://`` has changed between releases.
+    """
+    for prefix in ("postgres://", "postgresql://"):
+        if url.startswith(prefix):
+            return "postgresql+psycopg://" + url.removeprefix(prefix)
+    return url
+
+
 def make_engine(url: str) -> Engine:
     """An engine for ``url``; SQLite files get their folder, foreign keys and WAL."""
+    url = normalize_url(url)
     if url.startswith("sqlite:///") and not url.startswith("sqlite:///:memory:"):
         Path(url.removeprefix("sqlite:///")).expanduser().parent.mkdir(parents=True, exist_ok=True)
     engine = create_engine(url, pool_pre_ping=True)
@@ -66,8 +79,8 @@ class RunStore:
     """The results database behind every command (SQLite by default, any SQLAlchemy URL)."""
 
     def __init__(self, url: str) -> None:
-        self.url = url
         self.engine = make_engine(url)
+        self.url = self.engine.url.render_as_string(hide_password=True)  # safe to print
         Base.metadata.create_all(self.engine)
         self._session = sessionmaker(self.engine, expire_on_commit=False)
 
@@ -84,7 +97,10 @@ class RunStore:
             s.flush()
             return run.id
 
-    def record_round(self, run_id: int, record: RoundRecord) -> None:
+    def record_round(
+        self, run_id: int, record: RoundRecord, checkpoint: tuple[Path, str] | None = None
+    ) -> None:
+        """Store a round; ``checkpoint`` (path, sha256 of the round's global model) in the same transaction."""
         with self._session.begin() as s:
             rnd = Round(
                 run_id=run_id,
@@ -99,6 +115,9 @@ class RunStore:
                 site = self._site(s, run_id, node_id)
                 rnd.metrics += [_metric(m, site) for m in values]
             s.add(rnd)
+            if checkpoint is not None:
+                run = s.get_one(Run, run_id)
+                run.checkpoint_path, run.checkpoint_sha256 = str(checkpoint[0]), checkpoint[1]
 
     def set_checkpoint(self, run_id: int, path: Path) -> None:
         digest = hashlib.sha256(path.read_bytes()).hexdigest()
