@@ -78,6 +78,10 @@ def evaluate(msg: Message, context: Context) -> Message:
     metrics = evaluate_local(model, data.test)
     metrics.update(evaluate_robustness(model, data.test, cfg, seed))
     metrics.update(backdoor_metrics(model, cfg, data.test))
+    if cfg.defence_models:
+        from .defence_comparison import evaluate_defences
+
+        metrics.update(evaluate_defences(model, cfg, data.train, data.test, seed))
     metrics["skipped"] = data.skipped
     return _reply(msg, metrics)
 

@@ -57,7 +57,11 @@ def train_classifier_round(
     metrics: dict[str, float | int] = {}
     if cfg.inversion_audit and server_round == 1:  # the first update is the most revealing
         metrics.update(_audit(model, cfg, data, seed))
-    if cfg.dp_epsilon > 0:
+    if cfg.defence_models:  # a defence comparison: every member, plain or with its hardening
+        from .defence_comparison import train_members
+
+        metrics.update(train_members(model, cfg, train_set, seed))  # type: ignore[arg-type]
+    elif cfg.dp_epsilon > 0:
         from ..shared.privacy import dp_sgd_train
 
         run = dp_sgd_train(model, train_set.images, train_set.labels, epochs=cfg.local_epochs,
@@ -67,13 +71,13 @@ def train_classifier_round(
         metrics.update(run.metrics)
         metrics["dpsgd.epsilon-sum"] = run.epsilon
     elif cfg.hardening != "none":
-        from ..shared.hardening import build_hardening, train_adversarial
+        from ..shared.hardening import train_adversarial
+        from .defence_comparison import class_weights, hardening_method
 
-        method = build_hardening(cfg.hardening, eps=cfg.hardening_eps, steps=cfg.hardening_steps) \
-            if cfg.hardening != "fast-fgsm" else build_hardening(cfg.hardening, eps=cfg.hardening_eps)
-        metrics.update(train_adversarial(model, train_set, method, epochs=cfg.local_epochs,
-                                         batch_size=cfg.batch_size, lr=cfg.learning_rate,
-                                         optimizer=cfg.optimizer, seed=seed))
+        metrics.update(train_adversarial(model, train_set, hardening_method(cfg.hardening, cfg),
+                                         epochs=cfg.local_epochs, batch_size=cfg.batch_size, lr=cfg.learning_rate,
+                                         optimizer=cfg.optimizer, class_weights=class_weights(cfg, train_set),
+                                         seed=seed))
     else:
         metrics.update(train_local(model, train_set, epochs=cfg.local_epochs, batch_size=cfg.batch_size,
                                    lr=cfg.learning_rate, optimizer=cfg.optimizer,

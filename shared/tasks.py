@@ -14,8 +14,11 @@ def model_meta(cfg: RunConfig) -> dict[str, Any]:
     if cfg.task == "segmentation":
         return {"task": "segmentation", "model": cfg.seg_model, "norm": "group", "in_channels": 1,
                 "num_classes": 3, "spatial_dims": cfg.spatial_dims, "image_size": cfg.image_size}
-    return {"task": "classification", "model": cfg.model, "norm": cfg.norm, "in_channels": cfg.in_channels,
+    meta = {"task": "classification", "model": cfg.model, "norm": cfg.norm, "in_channels": cfg.in_channels,
             "num_classes": cfg.num_classes, "spatial_dims": cfg.spatial_dims, "image_size": cfg.image_size}
+    if cfg.defence_models:  # a defence comparison: one member per method (see shared/members.py)
+        meta["members"] = list(cfg.defence_model_names)
+    return meta
 
 
 def build_task_model(meta: dict[str, Any]) -> nn.Module:
@@ -27,5 +30,9 @@ def build_task_model(meta: dict[str, Any]) -> nn.Module:
                                num_classes=meta["num_classes"], norm=meta["norm"])
     from .models import build_model
 
+    if meta.get("members"):
+        from .members import MemberSet
+
+        return MemberSet(list(meta["members"]), lambda: build_task_model({**meta, "members": None}))
     return build_model(meta["model"], in_channels=meta["in_channels"], num_classes=meta["num_classes"],
-                       spatial_dims=meta["spatial_dims"], norm=meta["norm"])
+                       spatial_dims=meta["spatial_dims"], norm=meta["norm"], image_size=meta.get("image_size", 28))

@@ -75,6 +75,18 @@ def pgd_linf(
     return xa.detach()
 
 
+def weighted_mean(values: torch.Tensor, y: torch.Tensor, weight: torch.Tensor | None) -> torch.Tensor:
+    """Mean of per-sample ``values``, each weighted by its class weight ``weight[y]`` if given.
+
+    It is what ``F.cross_entropy(..., weight=weight)`` does to the cross-entropy, so
+    every term of a hardening loss (CE, KL, boosted CE) is class-weighted the same way.
+    """
+    if weight is None:
+        return values.mean()
+    w = weight.to(values.dtype)[y]
+    return (values * w).sum() / w.sum().clamp_min(1e-12)
+
+
 def eval_logits(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
     """Logits in eval mode without gradients (a target or pseudo-label, not a training signal)."""
     with attack_mode(model), torch.no_grad():
@@ -86,6 +98,9 @@ class Hardening(ABC):
 
     ``steps`` and ``alpha`` set the inner PGD (``alpha`` defaults to 2.5 * eps / steps,
     Madry et al.'s ratio). Methods that use unlabelled data set ``needs_unlabelled``.
+    ``loss`` takes optional per-class ``weight``s (e.g. ``balanced`` inverse-frequency
+    weights of the site's labels): every labelled term is then a class-weighted mean
+    (:func:`weighted_mean`), so an imbalanced site does not collapse to its majority class.
     """
 
     name: ClassVar[str] = "hardening"
@@ -119,8 +134,9 @@ class Hardening(ABC):
         y: torch.Tensor,
         gen: torch.Generator,
         x_unlabelled: torch.Tensor | None = None,
+        weight: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """Mean training loss of the batch and the logits its train accuracy is counted on."""
+        """Mean (class-``weight``ed) training loss of the batch and the logits its accuracy is counted on."""
 
 
 def harden_step(
@@ -131,10 +147,11 @@ def harden_step(
     method: Hardening,
     gen: torch.Generator,
     x_unlabelled: torch.Tensor | None = None,
+    weight: torch.Tensor | None = None,
 ) -> tuple[float, int]:
     """One optimiser step of ``method`` on a batch; returns (loss sum, correct count)."""
     model.train()
-    loss, logits = method.loss(model, x, y, gen, x_unlabelled)
+    loss, logits = method.loss(model, x, y, gen, x_unlabelled, weight=weight)
     optimizer.zero_grad(set_to_none=True)
     loss.backward()
     optimizer.step()
@@ -157,6 +174,7 @@ def train_adversarial(
     lr: float,
     optimizer: str = "adam",
     unlabelled: torch.Tensor | None = None,
+    class_weights: torch.Tensor | None = None,
     seed: int = 0,
 ) -> dict[str, float | int]:
     """Train ``model`` in place with ``method``; last-epoch sums as in ``train_local``.
@@ -165,10 +183,16 @@ def train_adversarial(
     draw an unlabelled batch of ``batch_size`` per step, cycling through
     ``unlabelled`` in a seeded order. Method-specific counts of the last epoch are
     added as ``train-<name>`` (each a ``-count``, so the result passes
-    ``protocol.check_metrics``).
+    ``protocol.check_metrics``). ``class_weights`` (one non-negative weight per class,
+    e.g. :func:`fedaegis.client.training.balanced_weights`) weight every labelled loss term.
     """
     x_all, y_all = (data.images, data.labels) if isinstance(data, ImageSet) else data
     _count("epochs", epochs)
+    if class_weights is not None:
+        class_weights = torch.as_tensor(class_weights, dtype=torch.float32)
+        _require(class_weights.ndim == 1 and len(class_weights) > int(y_all.max()) and bool((class_weights >= 0).all())
+                 and bool(class_weights[y_all].sum() > 0), "class_weights",
+                 "need one non-negative weight per class, positive for some class present")
     _count("batch_size", batch_size)
     if method.needs_unlabelled and (unlabelled is None or len(unlabelled) == 0):
         raise ValueError(f"unlabelled: {method.name} needs unlabelled images")
@@ -191,7 +215,7 @@ def train_adversarial(
                     u_order, u_pos = torch.randperm(len(unlabelled), generator=gen), 0
                 xu = unlabelled[u_order[u_pos:u_pos + batch_size]]
                 u_pos += batch_size
-            s, c = harden_step(model, x_all[idx], y_all[idx], opt, method, gen, xu)
+            s, c = harden_step(model, x_all[idx], y_all[idx], opt, method, gen, xu, weight=class_weights)
             loss_sum, correct = loss_sum + s, correct + c
     out: dict[str, float | int] = {"num-examples": n, "train-loss-sum": loss_sum, "train-correct": correct}
     out.update({f"train-{k}": v for k, v in method.counts().items()})

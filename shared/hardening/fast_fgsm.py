@@ -23,8 +23,9 @@ class FastFGSM(Hardening):
         super().__init__(eps=eps, steps=1, alpha=1.25 * eps if alpha is None else alpha)
 
     def loss(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, gen: torch.Generator,
-             x_unlabelled: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+             x_unlabelled: torch.Tensor | None = None,
+             weight: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         x_adv = pgd_linf(model, x, lambda z, _: F.cross_entropy(z, y, reduction="none"),
                          eps=self.eps, alpha=self.alpha, steps=1, gen=gen)
         logits = model(x_adv)
-        return F.cross_entropy(logits, y), logits
+        return F.cross_entropy(logits, y, weight=weight), logits

@@ -11,7 +11,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .base import Hardening, _number, pgd_linf
+from .base import Hardening, _number, pgd_linf, weighted_mean
 from .trades import kl_rows
 
 
@@ -26,14 +26,15 @@ class MART(Hardening):
         self.beta = _number("beta", beta)
 
     def loss(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, gen: torch.Generator,
-             x_unlabelled: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+             x_unlabelled: torch.Tensor | None = None,
+             weight: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         x_adv = pgd_linf(model, x, lambda z, _: F.cross_entropy(z, y, reduction="none"),
                          eps=self.eps, alpha=self.alpha, steps=self.steps, gen=gen)
         logits = model(torch.cat([x, x_adv]))
         clean, adv = logits[: len(y)], logits[len(y):]
         p_adv = F.softmax(adv, 1)
         wrong = p_adv.scatter(1, y[:, None], float("-inf")).amax(1)  # strongest wrong class
-        bce = F.cross_entropy(adv, y) - torch.log((1.0 - wrong).clamp_min(1e-12)).mean()
+        bce = F.cross_entropy(adv, y, weight=weight) - weighted_mean(torch.log((1.0 - wrong).clamp_min(1e-12)), y, weight)
         p_true = F.softmax(clean, 1).gather(1, y[:, None]).squeeze(1)
-        loss = bce + self.beta * (kl_rows(clean, adv) * (1.0 - p_true)).mean()
+        loss = bce + self.beta * weighted_mean(kl_rows(clean, adv) * (1.0 - p_true), y, weight)
         return loss, adv

@@ -10,7 +10,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .base import Hardening, _number, pgd_linf
+from .base import Hardening, _number, pgd_linf, weighted_mean
 
 
 class PGDAT(Hardening):
@@ -24,13 +24,15 @@ class PGDAT(Hardening):
         self.mix = _number("mix", mix, high=1.0)
 
     def loss(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, gen: torch.Generator,
-             x_unlabelled: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+             x_unlabelled: torch.Tensor | None = None,
+             weight: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         x_adv = pgd_linf(model, x, lambda z, _: F.cross_entropy(z, y, reduction="none"),
                          eps=self.eps, alpha=self.alpha, steps=self.steps, gen=gen)
         if self.mix == 0.0:
             logits = model(x_adv)
-            return F.cross_entropy(logits, y), logits
+            return F.cross_entropy(logits, y, weight=weight), logits
         logits = model(torch.cat([x_adv, x]))
         adv, clean = logits[: len(y)], logits[len(y):]
-        loss = (1 - self.mix) * F.cross_entropy(adv, y) + self.mix * F.cross_entropy(clean, y)
+        loss = (1 - self.mix) * F.cross_entropy(adv, y, weight=weight) + self.mix * F.cross_entropy(
+            clean, y, weight=weight)
         return loss, adv

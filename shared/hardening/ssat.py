@@ -58,12 +58,13 @@ class SSAT(Hardening):
         return {"unlabelled-count": self._seen, "pseudo-labelled-count": self._pseudo}
 
     def loss(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, gen: torch.Generator,
-             x_unlabelled: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+             x_unlabelled: torch.Tensor | None = None,
+             weight: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         x_adv = pgd_linf(model, x, lambda z, _: F.cross_entropy(z, y, reduction="none"),
                          eps=self.eps, alpha=self.alpha, steps=self.steps, gen=gen)
         if x_unlabelled is None or len(x_unlabelled) == 0:
             logits = model(x_adv)
-            return F.cross_entropy(logits, y), logits
+            return F.cross_entropy(logits, y, weight=weight), logits
         xu = x_unlabelled
         u0 = eval_logits(model, xu)
         conf, pseudo = F.softmax(eval_logits(self._teacher, xu) if self._teacher is not None else u0, 1).max(1)
@@ -73,7 +74,9 @@ class SSAT(Hardening):
         xu_adv = kl_neighbour(model, xu, u0, eps=self.eps, alpha=self.alpha, steps=self.steps, gen=gen)
         logits = model(torch.cat([x_adv, xu, xu_adv]))
         adv, u_clean, u_adv = logits[: len(y)], logits[len(y): len(y) + len(xu)], logits[len(y) + len(xu):]
-        pseudo_ce = (F.cross_entropy(u_adv, pseudo, reduction="none") * keep).mean()
-        loss = (F.cross_entropy(adv, y) + self.unlabelled_weight * pseudo_ce
+        # pseudo-labels are weighted like labels: a collapsed teacher must not dominate either
+        w_u = keep if weight is None else keep * weight.to(keep.dtype)[pseudo]
+        pseudo_ce = (F.cross_entropy(u_adv, pseudo, reduction="none") * w_u).mean()
+        loss = (F.cross_entropy(adv, y, weight=weight) + self.unlabelled_weight * pseudo_ce
                 + self.beta * kl_rows(u_clean, u_adv).mean())
         return loss, adv

@@ -10,7 +10,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .base import Hardening, _number, eval_logits, pgd_linf
+from .base import Hardening, _number, eval_logits, pgd_linf, weighted_mean
 
 
 def kl_rows(logits_p: torch.Tensor, logits_q: torch.Tensor) -> torch.Tensor:
@@ -40,10 +40,11 @@ class TRADES(Hardening):
         self.beta = _number("beta", beta)
 
     def loss(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, gen: torch.Generator,
-             x_unlabelled: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+             x_unlabelled: torch.Tensor | None = None,
+             weight: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         clean0 = eval_logits(model, x)
         x_adv = kl_neighbour(model, x, clean0, eps=self.eps, alpha=self.alpha, steps=self.steps, gen=gen)
         logits = model(torch.cat([x, x_adv]))
         clean, adv = logits[: len(y)], logits[len(y):]
-        loss = F.cross_entropy(clean, y) + self.beta * kl_rows(clean, adv).mean()
+        loss = F.cross_entropy(clean, y, weight=weight) + self.beta * weighted_mean(kl_rows(clean, adv), y, weight)
         return loss, clean
