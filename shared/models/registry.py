@@ -9,6 +9,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .cnn import SmallCNN, _norm
+from .lenet import LeNet
 
 
 def _monai_norm(norm: str) -> str:
@@ -75,8 +76,14 @@ def _cnn(spatial_dims: int, in_channels: int, num_classes: int, norm: str) -> nn
     return SmallCNN(in_channels, num_classes, spatial_dims, norm)
 
 
+def _lenet(spatial_dims: int, in_channels: int, num_classes: int, norm: str, image_size: int = 28) -> nn.Module:
+    # tanh: it trains (the paper's sigmoid barely does) and leaks as much in inversion audits
+    return LeNet(in_channels, num_classes, image_size=image_size, act="tanh")
+
+
 MODELS: dict[str, Callable[[int, int, int, str], nn.Module]] = {
     "cnn": _cnn,
+    "lenet": _lenet,
     "densenet121": _densenet121,
     "resnet10": _resnet(10),
     "resnet18": _resnet(18),
@@ -91,17 +98,29 @@ def build_model(
     num_classes: int,
     spatial_dims: int = 2,
     norm: str = "batch",
+    image_size: int = 28,
 ) -> nn.Module:
-    """Instantiate model ``name``; ``norm='group'`` gives a variant Opacus can train."""
+    """Instantiate model ``name``; ``norm='group'`` gives a variant Opacus can train.
+
+    ``image_size`` matters only to ``lenet``, whose classifier head is sized for it.
+    """
     if name not in MODELS:
         raise ValueError(f"model: unknown model {name!r}; choose one of {sorted(MODELS)}")
     if spatial_dims not in (2, 3):
         raise ValueError(f"spatial_dims: must be 2 or 3, got {spatial_dims}")
     if num_classes < 2:
         raise ValueError(f"num_classes: a classifier needs at least 2 classes, got {num_classes}")
-    _norm(norm, 8, spatial_dims) if name == "cnn" else _monai_norm(norm)  # validate early
-    model = MODELS[name](spatial_dims, in_channels, num_classes, norm)
-    if norm == "group" and name != "cnn":
+    if name == "lenet" and (spatial_dims != 2 or norm != "none"):
+        raise ValueError("model: 'lenet' is 2D and has no normalisation layers (use spatial_dims 2, norm 'none')")
+    elif name == "cnn":
+        _norm(norm, 8, spatial_dims)  # validate early
+    elif name != "lenet":
+        _monai_norm(norm)
+    if name == "lenet":
+        model = _lenet(spatial_dims, in_channels, num_classes, norm, image_size)
+    else:
+        model = MODELS[name](spatial_dims, in_channels, num_classes, norm)
+    if norm == "group" and name not in ("cnn", "lenet"):
         # MONAI's ResNet blocks ignore ``norm``: Opacus' own fixer swaps every BatchNorm
         # for GroupNorm, which is what DP-SGD needs.
         from opacus.validators import ModuleValidator

@@ -6,8 +6,8 @@ pruning and proximal gradient split learning.
 """
 
 from .defences import DPTraining, dp_sgd_step_gradients, dp_sgd_train, prune_smallest, prune_update
+from ..models.lenet import LeNet
 from .inversion import (
-    LeNet,
     Reconstruction,
     batch_gradients,
     gradients_from_update,
