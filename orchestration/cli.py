@@ -14,6 +14,7 @@ from rich.table import Table
 
 from ..shared.config import ConfigError, RunConfig, default_db_url
 from ..shared.store import RunNotFoundError, RunStore
+from .defence_view import defence_cells, detection_cells, print_defences
 
 app = typer.Typer(
     help="Federated robustness evaluation of medical imaging models.",
@@ -63,7 +64,8 @@ def _fail(message: str) -> None:
 
 @app.command()
 def simulate(
-    sites: Annotated[int, typer.Option(help="Number of simulated hospitals.")] = 5,
+    ctx: typer.Context,
+    sites: Annotated[int | None, typer.Option(help="Number of simulated hospitals (default 5; with --resume: the run's own).", show_default=False)] = None,
     rounds: Annotated[int, typer.Option(help="Federated rounds.")] = 3,
     task: Annotated[str, typer.Option(help="classification, or segmentation (a Decathlon-style imagesTr/labelsTr folder as --dataset).")] = "classification",
     dataset: Annotated[str, typer.Option(help="A MedMNIST .npz, an image/DICOM folder, or embedded:pneumoniamnist.")] = "embedded:pneumoniamnist",
@@ -80,16 +82,26 @@ def simulate(
     db_url: DbOption = None,
     ray_address: Annotated[str | None, typer.Option(help="Join an existing Ray cluster (e.g. ray://host:10001 or auto).")] = None,
     num_cpus: Annotated[int | None, typer.Option(help="CPUs of the local Ray instance.")] = None,
-    client_cpus: Annotated[float, typer.Option(help="CPUs reserved per simulated site.")] = 1.0,
+    client_cpus: Annotated[float, typer.Option(help="CPUs reserved per Ray actor running sites (at least; the pool never exceeds the sites).")] = 1.0,
+    client_memory: Annotated[int, typer.Option(help="Memory (MB) reserved per Ray actor; the pool shrinks to fit it (0: no reservation).")] = 0,
+    resume: Annotated[str | None, typer.Option(help="Resume an interrupted run (id or uuid): its stored config, its verified last checkpoint, its remaining rounds.")] = None,
     config: Annotated[list[str] | None, typer.Option("--config", "-c", help="Any run-config KEY=VALUE (repeatable).")] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print the stored run as JSON.")] = False,
     verbose: Annotated[bool, typer.Option(help="Show Flower's own logs.")] = False,
 ) -> None:
     """Run a federated training and evaluation of simulated hospitals on Ray, and store it."""
     from ..orchestration.datainfo import data_config
-    from ..orchestration.simulation import SimulationResources, simulate as run_sim
+    from ..orchestration.simulation import SimulationResources
 
     _setup_logging(verbose)
+    resources = SimulationResources(ray_address=ray_address, num_cpus=num_cpus, client_cpus=client_cpus,
+                                    client_memory_mb=client_memory)
+    if resume:
+        overrides, sites = _resume_overrides(ctx, resume, db_url, sites)
+        console.print(f"[bold]fedaegis[/]: resuming run {resume} with {sites} simulated sites")
+        _run_and_report(overrides, sites, resources, as_json, verbose)
+        return
+    sites = 5 if sites is None else sites
     overrides: dict[str, Any] = {
         "num-server-rounds": rounds, "task": task, "dataset": dataset, "model": model, "norm": norm,
         "partitioning": partitioning, "dirichlet-alpha": alpha, "seed": seed,
@@ -109,7 +121,38 @@ def simulate(
         f"[bold]fedaegis[/]: {sites} simulated sites, {rounds} rounds, model {model}, "
         f"data {dataset} ({partitioning})"
     )
-    resources = SimulationResources(ray_address=ray_address, num_cpus=num_cpus, client_cpus=client_cpus)
+    _run_and_report(overrides, sites, resources, as_json, verbose)
+
+
+# options that make up a run's configuration: a resumed run keeps its stored one
+RUN_OPTIONS = ("rounds", "task", "dataset", "model", "norm", "partitioning", "alpha", "seed", "local_epochs",
+               "attacks", "epsilons", "attack_samples", "name", "config")
+
+
+def _resume_overrides(ctx: typer.Context, ref: str, db_url: str | None, sites: int | None) -> tuple[dict[str, Any], int]:
+    """The stored run's config (checked resumable: see fedaegis.server.resume) and its number of sites."""
+    from click.core import ParameterSource
+
+    from ..server.resume import ResumeError, resume_point
+
+    given = [f"--{p.replace('_', '-')}" for p in RUN_OPTIONS
+             if ctx.get_parameter_source(p) not in (ParameterSource.DEFAULT, None)]
+    if given:
+        _fail(f"--resume goes on with the run's stored configuration; {', '.join(given)} cannot change it")
+    url = db_url or default_db_url()
+    try:
+        point = resume_point(RunStore(url), ref, url)
+    except (RunNotFoundError, ResumeError) as exc:
+        _fail(str(exc))
+    sites = sites or point.cfg.num_sites
+    if not sites:
+        _fail(f"run {ref} does not record how many sites it simulated; pass --sites (the number it started with)")
+    return point.cfg.to_flower(), sites
+
+
+def _run_and_report(overrides: dict[str, Any], sites: int, resources: Any, as_json: bool, verbose: bool) -> None:
+    from ..orchestration.simulation import simulate as run_sim
+
     try:
         run_uuid = run_sim(overrides, sites, resources, verbose=verbose)
     except (ConfigError, ValueError) as exc:
@@ -243,6 +286,8 @@ def _run_json(run: dict[str, Any]) -> dict[str, Any]:
             "failures": r["failures"],
             "metrics": r["metrics"],
             "robustness": _robustness(r),
+            "defences": defence_cells(r),
+            "detection": detection_cells(r),
         }
         for r in run["rounds"]
     ]
@@ -297,6 +342,7 @@ def _print_run(run: dict[str, Any], with_config: bool = False) -> None:
                 _fmt(c.get("mean_l2"), ".3f"), _fmt(c.get("mean_queries"), ".1f"),
             )
         out.print(rob)
+    print_defences(run, out)
     extra = [(r["number"], row) for r in run["rounds"] for row in r["metric_rows"]
              if row["phase"] in ("backdoor", "inversion", "privacy", "segmentation")]
     if extra:
@@ -316,10 +362,12 @@ def _print_run(run: dict[str, Any], with_config: bool = False) -> None:
 
 
 def _register_commands() -> None:
-    from . import audit, report
+    from . import audit, privacy_view, report, sweep
 
+    privacy_view.register(app)
     report.register(app)
     audit.register(app)
+    sweep.register(app)
 
 
 _register_commands()

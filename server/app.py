@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import os
 import uuid as uuidlib
 from collections.abc import Callable, Mapping
 from typing import Any
@@ -18,15 +19,17 @@ from ..shared.tasks import build_task_model, model_meta
 from ..shared.store import MetricValue, RoundRecord, RunStore
 from ..shared.store.repository import checkpoint_dir
 from .aggregation import derived_ratios
+from .defence_rows import defence_rows
 from .dp_rows import dp_rows
 from .recording import RecordingStrategy, RoundOutcome
+from .resume import file_sha256, pending_path, resume_point
 from .secure_evaluation import SecureEvaluation
 from .strategies import build_strategy
 
 log = logging.getLogger("fedaegis")
 
 # Keys that configure the server only; db-url may hold credentials and never goes to sites.
-SERVER_ONLY_KEYS = ("db-url", "run-name", "run-uuid")
+SERVER_ONLY_KEYS = ("db-url", "run-name", "run-uuid", "resume-run")
 
 
 def client_config(cfg: RunConfig) -> ConfigRecord:
@@ -36,7 +39,8 @@ def client_config(cfg: RunConfig) -> ConfigRecord:
 
 def metric_rows(phase: str, metrics: Mapping[str, float]) -> list[MetricValue]:
     """Database rows for one phase: plain metrics, and attack cells with their derived ratios."""
-    rows = [MetricValue(phase, k, float(v)) for k, v in metrics.items() if not k.startswith("attack.")]
+    # detector score histograms (hundreds of bins) are kept only as their AUC (defence_rows)
+    rows = [MetricValue(phase, k, float(v)) for k, v in metrics.items() if not k.startswith(("attack.", "detector."))]
     if any(k.startswith("seg.") for k in metrics):
         from ..shared.segmentation import segmentation_summary
 
@@ -88,15 +92,26 @@ class RunRecorder:
                                       outcome.train_replies)
         if outcome.evaluate_metrics is not None:
             record.metrics += dp_rows(self.cfg, outcome.evaluate_metrics, outcome.site_evaluate)  # type: ignore[arg-type]
+            record.metrics += defence_rows(outcome.evaluate_metrics)  # type: ignore[arg-type]
         for phase, sites in (("train", outcome.site_train), ("evaluate", outcome.site_evaluate)):
             for node, values in sites.items():
                 record.site_metrics.setdefault(node, []).extend(
                     metric_rows(phase, {**values, **derived_ratios(values)})
                 )
-        save_checkpoint(self.checkpoint, outcome.arrays.to_torch_state_dict(), model_meta(self.cfg))
-        self.store.record_round(self.run_id, record)
-        self.store.set_checkpoint(self.run_id, self.checkpoint)
+        # crash-safe (see server/resume.py): the model waits beside the checkpoint until its
+        # round and hash are committed together, then replaces it
+        pending = pending_path(self.checkpoint)
+        save_checkpoint(pending, outcome.arrays.to_torch_state_dict(), {**model_meta(self.cfg), "round": outcome.number})
+        self.store.record_round(self.run_id, record, checkpoint=(self.checkpoint, file_sha256(pending)))
+        os.replace(pending, self.checkpoint)
         ev = outcome.evaluate_metrics or {}
+        if ev.get("suppressed-count"):  # small sites: min-cell-size zeroes their counts (client/mods.py)
+            log.warning(
+                "round %d: %d of %d sites withheld their evaluation (fewer than min-cell-size = %d test samples); "
+                "the aggregate covers the other sites only%s", outcome.number, int(ev["suppressed-count"]),
+                outcome.evaluate_replies, self.cfg.min_cell_size,
+                "" if ev.get("num-examples") else ", i.e. none: use fewer sites or a smaller min-cell-size",
+            )
         log.info(
             "round %d/%d: accuracy %.4f, loss %.4f over %d test samples at %d sites (%d failures)",
             outcome.number, self.cfg.num_server_rounds, ev.get("accuracy", float("nan")),
@@ -108,8 +123,11 @@ class RunRecorder:
 def run_federation(grid: Grid, cfg: RunConfig, flwr_run_id: int | str = "") -> int:
     """Run ``cfg.num_server_rounds`` of FedAvg with federated evaluation; returns the run id."""
     store = RunStore(cfg.resolved_db_url)
+    resumed = resume_point(store, cfg.resume_run, cfg.db_url) if cfg.resume_run else None
+    cfg = resumed.cfg if resumed else cfg
+    done = resumed.done if resumed else 0
     run_uuid = cfg.run_uuid or uuidlib.uuid4().hex
-    run_id = store.create_run(
+    run_id = resumed.run_id if resumed else store.create_run(
         uuid=run_uuid,
         name=cfg.run_name,
         config={k: v for k, v in cfg.to_flower().items() if k != "db-url"},
@@ -124,10 +142,10 @@ def run_federation(grid: Grid, cfg: RunConfig, flwr_run_id: int | str = "") -> i
         strategy = SecureEvaluation(strategy, timeout=cfg.round_timeout)
     recorder = RunRecorder(store, run_id, run_uuid, cfg)
     try:
-        RecordingStrategy(strategy, recorder).start(
+        RecordingStrategy(strategy, recorder, first_round=done + 1).start(
             grid=grid,
-            initial_arrays=ArrayRecord(model.state_dict()),
-            num_rounds=cfg.num_server_rounds,
+            initial_arrays=resumed.arrays if resumed and resumed.arrays is not None else ArrayRecord(model.state_dict()),
+            num_rounds=cfg.num_server_rounds - done,
             timeout=cfg.round_timeout,
             train_config=client_config(cfg),
             evaluate_config=client_config(cfg),

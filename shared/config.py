@@ -21,6 +21,7 @@ PARTITIONINGS = ("iid", "dirichlet", "quantity")
 OPTIMIZERS = ("adam", "sgd")
 CLASS_WEIGHTINGS = ("balanced", "none")
 NORMS = ("batch", "group", "none")
+DETECTORS = ("", "mahalanobis", "kd-bu")
 
 
 class ConfigError(ValueError):
@@ -87,6 +88,10 @@ class RunConfig:
     hardening: str = "none"
     hardening_eps: float = 8 / 255
     hardening_steps: int = 3
+    defence_models: str = ""  # e.g. "none,pgd-at,trades": one global member per method ("" : off)
+    detector: str = ""  # "", mahalanobis or kd-bu: detector-gated routing in evaluation
+    detector_fpr: float = 0.1
+    router_hardened: str = "pgd-at"
     seg_model: str = "unet"
     seg_attacks: str = "pgd,dag,multiscale,asma"
     seg_attack_steps: int = 10
@@ -102,6 +107,8 @@ class RunConfig:
     db_url: str = ""
     run_name: str = ""
     run_uuid: str = ""
+    num_sites: int = 0  # simulated sites (set by `fedaegis simulate`); 0: a deployment's SuperNodes
+    resume_run: str = ""  # id or uuid of a stored, interrupted run to continue (see server/resume.py)
 
     def __post_init__(self) -> None:
         checks: list[tuple[str, bool, str]] = [
@@ -132,6 +139,16 @@ class RunConfig:
             ("hardening", self.hardening in HARDENINGS, f"must be one of {HARDENINGS}"),
             ("hardening-eps", 0 < self.hardening_eps <= 1, "must be in (0, 1]"),
             ("hardening-steps", self.hardening_steps >= 1, "must be >= 1"),
+            ("defence-models", not self.defence_models or (self.task == "classification" and self.hardening == "none"
+                                                           and self.dp_epsilon == 0),
+             "needs task 'classification', hardening 'none' (each member has its own) and no DP-SGD"),
+            ("detector", self.detector in DETECTORS, f"must be one of {DETECTORS}"),
+            ("detector", not self.detector or "none" in self.defence_model_names,
+             "needs defence-models with 'none' (the standard model the detector watches)"),
+            ("detector-fpr", 0 < self.detector_fpr < 1, "must be in (0, 1)"),
+            ("router-hardened", not self.detector or (self.router_hardened != "none"
+                                                      and self.router_hardened in self.defence_model_names),
+             "must name a hardened member of defence-models"),
             ("seg-model", self.seg_model in ("unet", "segresnet"), "must be unet or segresnet"),
             ("seg-attack-steps", self.seg_attack_steps >= 1, "must be >= 1"),
             ("seg-max-volumes", self.seg_max_volumes >= 0, "must be >= 0 (0: all)"),
@@ -158,12 +175,14 @@ class RunConfig:
             ("fraction-evaluate", 0 < self.fraction_evaluate <= 1, "must be in (0, 1]"),
             ("min-sites", self.min_sites >= 1, "must be >= 1"),
             ("round-timeout", self.round_timeout > 0, "must be > 0"),
+            ("num-sites", self.num_sites >= 0, "must be >= 0 (0: not a simulation)"),
         ]
         for key, ok, why in checks:
             if not ok:
                 raise ConfigError(f"run config '{key}' = {getattr(self, _attr(key))!r}: {why}")
         self.epsilon_values  # noqa: B018 - parse now so a bad list fails at start-up
         self.attack_names  # noqa: B018
+        self.defence_model_names  # noqa: B018
 
     @property
     def attack_names(self) -> tuple[str, ...]:
@@ -180,6 +199,17 @@ class RunConfig:
             raise ConfigError(
                 f"run config 'attacks': unknown attack {unknown[0]!r}; choose from {sorted(ATTACKS)}"
             )
+        return names
+
+    @property
+    def defence_model_names(self) -> tuple[str, ...]:
+        """The members of a defence comparison (``defence-models``), each a hardening method or none."""
+        names = tuple(m.strip().lower() for m in self.defence_models.split(",") if m.strip())
+        bad = [m for m in names if m not in HARDENINGS]
+        if bad:
+            raise ConfigError(f"run config 'defence-models': unknown member {bad[0]!r}; choose from {HARDENINGS}")
+        if len(set(names)) != len(names):
+            raise ConfigError(f"run config 'defence-models' = {self.defence_models!r}: a member is listed twice")
         return names
 
     @property
