@@ -63,3 +63,24 @@ def test_checkpoint_is_referenced_and_verified(db_url, tmp_path):
     path.write_bytes(b"tampered")
     with pytest.raises(ValueError, match="sha256"):
         store.checkpoint_path(run_id)
+
+
+def test_new_database_opened_concurrently(tmp_path):
+    """A server and a CLI may open a fresh database at the same moment: neither fails."""
+    import threading
+
+    for attempt in range(10):
+        url, errors = f"sqlite:///{tmp_path / f'race-{attempt}.db'}", []
+
+        def open_store() -> None:
+            try:
+                RunStore(url)
+            except Exception as exc:  # noqa: BLE001 - collected and asserted below
+                errors.append(exc)
+
+        threads = [threading.Thread(target=open_store) for _ in range(4)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        assert not errors, errors

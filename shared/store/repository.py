@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import time
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -12,6 +13,7 @@ from typing import Any
 
 from sqlalchemy import create_engine, event, select
 from sqlalchemy.engine import Engine
+from sqlalchemy.exc import IntegrityError, OperationalError, ProgrammingError
 from sqlalchemy.orm import Session, selectinload, sessionmaker
 
 from .schema import Base, ConfigEntry, Metric, Round, Run, Site, utcnow
@@ -75,13 +77,29 @@ def make_engine(url: str) -> Engine:
     return engine
 
 
+def _create_schema(engine: Engine, attempts: int = 5) -> None:
+    """Create missing tables; a server and a CLI opening a new database at once may race.
+
+    ``create_all`` checks, then creates: the loser of the race sees "already exists" (or,
+    on SQLite, "locked" where its read lock cannot be upgraded) and simply checks again.
+    """
+    for attempt in range(attempts):
+        try:
+            Base.metadata.create_all(engine)
+            return
+        except (OperationalError, ProgrammingError, IntegrityError) as exc:  # SQLite; PostgreSQL
+            if not any(m in str(exc) for m in ("already exists", "database is locked")) or attempt == attempts - 1:
+                raise
+            time.sleep(0.1 * (attempt + 1))
+
+
 class RunStore:
     """The results database behind every command (SQLite by default, any SQLAlchemy URL)."""
 
     def __init__(self, url: str) -> None:
         self.engine = make_engine(url)
         self.url = self.engine.url.render_as_string(hide_password=True)  # safe to print
-        Base.metadata.create_all(self.engine)
+        _create_schema(self.engine)
         self._session = sessionmaker(self.engine, expire_on_commit=False)
 
     # -- writing ---------------------------------------------------------------------------
