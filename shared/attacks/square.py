@@ -9,13 +9,18 @@ schedule. Windows are drawn per sample, and fooled samples stop querying.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 
 import torch
 from torch import nn
 
 from .base import Attack, Run, ThreatModel, non_negative, positive_int, require
 from .losses import goal_reached, margin
-from .ops import project, view_b
+from .ops import box, project, view_b
+
+
+Patch = tuple[torch.Tensor, torch.Tensor]  # flat indices into the batch, new values
+Proposer = Callable[[int, list[torch.Tensor], torch.Tensor], tuple[torch.Tensor, 'Patch | None']]
 
 
 def p_schedule(p_init: float, it: int, n_queries: int) -> float:
@@ -108,55 +113,120 @@ class Square(Attack):
             return self._linf(model, x, y, target, gen)
         return self._l2(model, x, y, target, gen)
 
+    def _p(self, it: int) -> float:
+        """Square-size fraction of query ``it`` (1-based after the initial query): the
+        reference's schedule at its 0-based iteration, so the first step uses ``p_init``."""
+        return p_schedule(self.p_init, it - 1, self.n_queries)
+
+    # -- shared random-search loop ------------------------------------------------
+
+    def _search(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor,
+                target: torch.Tensor | None, x_init: torch.Tensor,
+                propose: Proposer, aux: list[torch.Tensor]) -> Run:
+        """Greedy random search from ``x_init``: one candidate per unfooled sample per query.
+
+        ``propose(it, aux, x_best)`` returns candidates for the samples of the working set,
+        and, when they differ from ``x_best`` only at some elements, those elements'
+        flat indices and values (so accepting a candidate writes just those), else None.
+        The per-sample tensors ``aux`` (e.g. the input and its box) are compacted along
+        with the current best points whenever samples are fooled, so finished samples cost
+        neither queries nor tensor work. Returns the best points and their predictions.
+        """
+        n = x.shape[0]
+        x_best = x_init
+        m_best, pred_best = self._loss(model, x_best, y, target)
+        queries = n
+        done = goal_reached(pred_best, y, target)
+        live = (~done).nonzero().squeeze(1)
+        # working set: rows of the samples still to fool
+        idx = live
+        xb = x_best[live]
+        mb = m_best[live]
+        yw = y[live]
+        tw = target[live] if target is not None else None
+        aux = [a[live] for a in aux]
+        for it in range(1, self.n_queries):
+            k = idx.numel()
+            if k == 0:
+                break
+            cand, patch = propose(it, aux, xb)
+            m, pr = self._loss(model, cand, yw, tw)
+            queries += k
+            fooled = goal_reached(pr, yw, tw)
+            better = (m < mb) | fooled
+            if patch is None:
+                xb = torch.where(view_b(better, xb), cand, xb)
+            else:
+                lin, vals = patch
+                xb.put_(lin[better], vals[better])
+            mb = torch.where(better, m, mb)
+            if fooled.any():
+                j = fooled.nonzero().squeeze(1)
+                x_best[idx[j]] = cand[j]
+                pred_best[idx[j]] = pr[j]
+                keep = (~fooled).nonzero().squeeze(1)
+                idx, xb, mb, yw = idx[keep], xb[keep], mb[keep], yw[keep]
+                tw = tw[keep] if tw is not None else None
+                aux = [a[keep] for a in aux]
+        x_best[idx] = xb
+        return Run(x_best, pred_best, queries)
+
     # -- Linf -------------------------------------------------------------------
 
     def _linf(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor,
               target: torch.Tensor | None, gen: torch.Generator) -> Run:
         eps = self.threat.eps
         n, c, *spatial = x.shape
-        dev, dt = x.device, x.dtype
-        # vertical stripes of +-eps: one value per channel and last-axis position
-        stripes_shape = (n, c, *([1] * (len(spatial) - 1)), spatial[-1])
-        signs = torch.randint(0, 2, stripes_shape, generator=gen, device=dev).to(dt) * 2 - 1
-        x_best = project(x, x + eps * signs, "linf", eps)
-        m_best, pred = self._loss(model, x_best, y, target)
-        queries = n
-        pred_best = pred
-        idx = torch.arange(n, device=dev)
-        active = ~goal_reached(pred, y, target)
+        nd = len(spatial)
+        dev = x.device
         n_pix = math.prod(spatial)
-        for it in range(1, self.n_queries):
-            idx_a = idx[active]
-            if idx_a.numel() == 0:
-                break
-            xa, xb = x[idx_a], x_best[idx_a]
-            p = p_schedule(self.p_init, it, self.n_queries)
-            s = max(int(round((p * n_pix) ** (1 / len(spatial)))), 1)
+        lo, hi = box(x, eps)  # every Linf Square point is, per element, one of these two
+        # vertical stripes of +-eps: one sign per channel and last-axis position
+        stripes = torch.randint(0, 2, (n, c, *([1] * (nd - 1)), spatial[-1]), generator=gen,
+                                device=dev, dtype=torch.bool)
+        x_init = torch.where(stripes, hi, lo)
+        bit = torch.arange(min(c, 62), device=dev)[None]
+
+        n_el = c * n_pix
+        strides = [math.prod(spatial[d + 1:]) for d in range(nd)]
+        chan_off = (torch.arange(c, device=dev) * n_pix).view(1, c, 1)
+
+        def propose(it: int, aux: list[torch.Tensor], xb: torch.Tensor) -> tuple[torch.Tensor, Patch]:
+            lo_w, hi_w = aux
+            k = xb.shape[0]
+            s = max(int(round((self._p(it) * n_pix) ** (1 / nd))), 1)
             s = min(s, min(spatial) - 1) if min(spatial) > 1 else 1
-            k = idx_a.numel()
-            corner = torch.stack([torch.randint(0, ext - s + 1, (k,), generator=gen, device=dev)
-                                  for ext in spatial], 1)
-            mask = window_mask(corner, s, tuple(spatial))
-            vals = torch.randint(0, 2, (k, c, *([1] * len(spatial))), generator=gen,
-                                 device=dev).to(dt) * 2 - 1
-            cand = project(xa, torch.where(mask, xa + eps * vals, xb), "linf", eps)
-            # resample windows that would not change anything (clipped at the box)
-            same = ((cand - xb).abs() < 1e-7).logical_or(~mask).flatten(1).all(1)
-            for _ in range(4):
-                if not same.any():
-                    break
-                vals2 = torch.randint(0, 2, vals.shape, generator=gen, device=dev).to(dt) * 2 - 1
-                cand2 = project(xa, torch.where(mask, xa + eps * vals2, xb), "linf", eps)
-                cand = torch.where(view_b(same, cand), cand2, cand)
-                same = same & ((cand - xb).abs() < 1e-7).logical_or(~mask).flatten(1).all(1)
-            m, pr = self._loss(model, cand, y[idx_a], target[idx_a] if target is not None else None)
-            queries += k
-            better = m < m_best[idx_a]
-            j = idx_a[better]
-            x_best[j], m_best[j], pred_best[j] = cand[better], m[better], pr[better]
-            tgt = target[idx_a] if target is not None else None
-            active[idx_a] = ~goal_reached(pred_best[idx_a], y[idx_a], tgt)
-        return Run(x_best, pred_best, queries)
+            # flat indices (k, c, s**nd) of each sample's window, at its own random corner
+            ar = torch.arange(s, device=dev)
+            off = torch.zeros((k, *([1] * nd)), dtype=torch.long, device=dev)
+            for d, ext in enumerate(spatial):
+                corner = torch.randint(0, ext - s + 1, (k,), generator=gen, device=dev)
+                shape = [k] + [1] * nd
+                shape[1 + d] = s
+                off = off + ((corner[:, None] + ar) * strides[d]).view(shape)
+            lin = off.view(k, 1, -1) + chan_off + (torch.arange(k, device=dev) * n_el).view(k, 1, 1)
+            lo_p, hi_p = lo_w.take(lin), hi_w.take(lin)
+            up = torch.randint(0, 2, (k, c, 1), generator=gen, device=dev, dtype=torch.bool)
+            vals = torch.where(up, hi_p, lo_p)
+            # A window that already holds the drawn signs (one per channel) would waste a
+            # query; the reference redraws until something changes, i.e. draws uniformly
+            # among the other sign patterns: XOR with a uniform non-zero pattern does it
+            # in one step.
+            same = (vals == xb.take(lin)).flatten(1).all(1)
+            if eps > 0 and same.any():
+                u = same.nonzero().squeeze(1)
+                if c < 63:
+                    code = torch.randint(1, 2 ** c, (u.numel(), 1), generator=gen, device=dev)
+                    flip = ((code >> bit) & 1).bool().view(-1, c, 1)
+                else:  # an all-zero pattern has probability 2**-c
+                    flip = torch.randint(0, 2, (u.numel(), c, 1), generator=gen, device=dev,
+                                         dtype=torch.bool)
+                vals[u] = torch.where(up[u] ^ flip, hi_p[u], lo_p[u])
+            cand = xb.clone()
+            cand.put_(lin, vals)
+            return cand, (lin, vals)
+
+        return self._search(model, x, y, target, x_init, propose, [lo, hi])
 
     # -- L2 ---------------------------------------------------------------------
 
@@ -166,6 +236,7 @@ class Square(Attack):
         n, c, *spatial = x.shape
         nd = len(spatial)
         dev, dt = x.device, x.dtype
+        sp = tuple(spatial)
         # initial grid of bumps with random signs, rescaled to norm eps
         s0 = max(min(spatial) // 5, 1)
         delta = torch.zeros_like(x)
@@ -174,49 +245,35 @@ class Square(Attack):
         for corner_t in torch.cartesian_prod(*[torch.tensor(list(g), device=dev) for g in grid]).view(-1, nd):
             corner = corner_t[None].expand(n, nd)
             sgn = torch.randint(0, 2, (n, c, *([1] * nd)), generator=gen, device=dev).to(dt) * 2 - 1
-            delta = delta + place(bump, corner, tuple(spatial)) * sgn
+            delta = delta + place(bump, corner, sp) * sgn
         delta = delta / view_b(delta.flatten(1).norm(dim=1).clamp(min=1e-12), delta) * eps
-        x_best = project(x, x + delta, "l2", eps)
-        m_best, pred = self._loss(model, x_best, y, target)
-        pred_best = pred
-        queries = n
-        idx = torch.arange(n, device=dev)
-        active = ~goal_reached(pred, y, target)
+        x_init = project(x, x + delta, "l2", eps)
         n_pix = math.prod(spatial)
         sp_dims = tuple(range(2, 2 + nd))
-        for it in range(1, self.n_queries):
-            idx_a = idx[active]
-            if idx_a.numel() == 0:
-                break
-            k = idx_a.numel()
-            xa, xb = x[idx_a], x_best[idx_a]
+
+        def propose(it: int, aux: list[torch.Tensor], xb: torch.Tensor) -> tuple[torch.Tensor, None]:
+            (xa,) = aux
+            k = xa.shape[0]
             d = xb - xa
-            p = p_schedule(self.p_init, it, self.n_queries)
-            s = max(int(round((p * n_pix) ** (1 / nd))), 3)
+            s = max(int(round((self._p(it) * n_pix) ** (1 / nd))), 3)
             s += 1 - s % 2
             s = min(s, min(spatial) - 1)
             c1 = torch.stack([torch.randint(0, ext - s + 1, (k,), generator=gen, device=dev) for ext in spatial], 1)
             c2 = torch.stack([torch.randint(0, ext - s + 1, (k,), generator=gen, device=dev) for ext in spatial], 1)
-            m1 = window_mask(c1, s, tuple(spatial)).to(dt)
-            m2 = window_mask(c2, s, tuple(spatial)).to(dt)
+            m1 = window_mask(c1, s, sp).to(dt)
+            m2 = window_mask(c2, s, sp).to(dt)
             norm_win1 = ((d * m1) ** 2).sum(sp_dims, keepdim=True).sqrt()
             norm_img = d.flatten(1).norm(dim=1)
             norm_wins = ((d * torch.maximum(m1, m2)) ** 2).sum(sp_dims, keepdim=True).sqrt()
             bump = pseudo_gaussian(s, nd, dev, dt, gen)
             sgn = torch.randint(0, 2, (k, c, *([1] * nd)), generator=gen, device=dev).to(dt) * 2 - 1
-            new = place(bump, c1, tuple(spatial)) * sgn + d * m1 / (norm_win1 + 1e-10)
+            new = place(bump, c1, sp) * sgn + d * m1 / (norm_win1 + 1e-10)
             new_norm = ((new * m1) ** 2).sum(sp_dims, keepdim=True).sqrt().clamp(min=1e-12)
             budget = ((eps ** 2 - norm_img ** 2).clamp(min=0) / c)
             scale = (view_b(budget, new) + norm_wins ** 2).sqrt()
             d = d * (1 - m2)  # clear window 2
             d = d * (1 - m1) + new * m1 / new_norm * scale  # rewrite window 1
             d = d / view_b(d.flatten(1).norm(dim=1).clamp(min=1e-12), d) * eps
-            cand = project(xa, xa + d, "l2", eps)
-            tgt = target[idx_a] if target is not None else None
-            m, pr = self._loss(model, cand, y[idx_a], tgt)
-            queries += k
-            better = m < m_best[idx_a]
-            j = idx_a[better]
-            x_best[j], m_best[j], pred_best[j] = cand[better], m[better], pr[better]
-            active[idx_a] = ~goal_reached(pred_best[idx_a], y[idx_a], tgt)
-        return Run(x_best, pred_best, queries)
+            return project(xa, xa + d, "l2", eps), None
+
+        return self._search(model, x, y, target, x_init, propose, [x])
