@@ -5,7 +5,8 @@ other site and not the server is told which. A malicious site poisons its own
 training data (BadNets backdoor or label flipping) and may boost its update
 (model replacement). Every site can audit its own update for gradient inversion
 before sending it, and defend it with DP-SGD (Opacus) or update pruning; ``hardening``
-trains adversarially (PGD-AT, TRADES, fast FGSM, MART) instead of plainly.
+trains adversarially (PGD-AT, TRADES, fast FGSM, MART, or SSAT, which also learns from
+the images whose labels ``labelled-fraction`` withholds) instead of plainly.
 """
 
 from __future__ import annotations
@@ -33,6 +34,19 @@ def _poisoned(cfg: RunConfig, data: ImageSet, seed: int) -> ImageSet:
     return flip_imageset(data, fraction=cfg.poison_fraction, seed=seed)
 
 
+def labelled_split(cfg: RunConfig, data: ImageSet) -> tuple[ImageSet, torch.Tensor | None]:
+    """(labelled, unlabelled images): a site with few labels keeps ``labelled-fraction`` of them.
+
+    The rest of its training images stay as an unlabelled pool, which SSAT learns from and
+    every other method ignores; the split is seeded, so it is the same in every round.
+    """
+    if cfg.labelled_fraction >= 1:
+        return data, None
+    perm = torch.randperm(len(data), generator=torch.Generator().manual_seed(cfg.seed * 7_919 + 17))
+    keep = max(2, round(cfg.labelled_fraction * len(data)))
+    return data.subset(perm[:keep].sort().values), data.images[perm[keep:].sort().values]
+
+
 def _audit(model: nn.Module, cfg: RunConfig, data: ImageSet, seed: int) -> dict[str, float | int]:
     """Gradient-inversion audit of the site's own update, under the site's own defence."""
     from ..shared.privacy import dp_sgd_step_gradients, inversion_audit, prune_smallest
@@ -53,14 +67,14 @@ def train_classifier_round(
     """Train in place; return the state to send and the reply's counts and sums."""
     global_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
     malicious = is_malicious(cfg, node_config)
-    train_set = _poisoned(cfg, data, seed) if malicious else data
+    train_set, unlabelled = labelled_split(cfg, _poisoned(cfg, data, seed) if malicious else data)
     metrics: dict[str, float | int] = {}
     if cfg.inversion_audit and server_round == 1:  # the first update is the most revealing
         metrics.update(_audit(model, cfg, data, seed))
     if cfg.defence_models:  # a defence comparison: every member, plain or with its hardening
         from .defence_comparison import train_members
 
-        metrics.update(train_members(model, cfg, train_set, seed))  # type: ignore[arg-type]
+        metrics.update(train_members(model, cfg, train_set, seed, unlabelled=unlabelled))  # type: ignore[arg-type]
     elif cfg.dp_epsilon > 0:
         from ..shared.privacy import dp_sgd_train
 
@@ -77,7 +91,7 @@ def train_classifier_round(
         metrics.update(train_adversarial(model, train_set, hardening_method(cfg.hardening, cfg),
                                          epochs=cfg.local_epochs, batch_size=cfg.batch_size, lr=cfg.learning_rate,
                                          optimizer=cfg.optimizer, class_weights=class_weights(cfg, train_set),
-                                         seed=seed))
+                                         unlabelled=unlabelled, seed=seed))
     else:
         metrics.update(train_local(model, train_set, epochs=cfg.local_epochs, batch_size=cfg.batch_size,
                                    lr=cfg.learning_rate, optimizer=cfg.optimizer,

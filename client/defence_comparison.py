@@ -54,7 +54,8 @@ def hardening_method(name: str, cfg: RunConfig):
     return build_hardening(name, eps=cfg.hardening_eps, steps=cfg.hardening_steps)
 
 
-def train_members(model: MemberSet, cfg: RunConfig, data: ImageSet, seed: int) -> dict[str, float | int]:
+def train_members(model: MemberSet, cfg: RunConfig, data: ImageSet, seed: int,
+                  unlabelled: torch.Tensor | None = None) -> dict[str, float | int]:
     """Train every member in place; ``member.<name>.train-*`` sums, the first member's also unprefixed."""
     from ..shared.hardening import train_adversarial
 
@@ -69,7 +70,7 @@ def train_members(model: MemberSet, cfg: RunConfig, data: ImageSet, seed: int) -
         else:
             counts = train_adversarial(member, data, hardening_method(name, cfg), epochs=cfg.local_epochs,
                                        batch_size=cfg.batch_size, lr=cfg.learning_rate, optimizer=cfg.optimizer,
-                                       class_weights=weights, seed=seed)
+                                       class_weights=weights, unlabelled=unlabelled, seed=seed)
         for key in ("train-loss-sum", "train-correct"):
             out[f"member.{name}.{key}"] = counts[key]
             if i == 0:

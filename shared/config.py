@@ -16,7 +16,7 @@ from typing import Any
 TASKS = ("classification", "segmentation")
 AGGREGATIONS = ("fedavg", "krum", "multikrum", "bulyan", "fedmedian", "fedtrimmedavg")
 THREATS = ("none", "backdoor", "label-flip")
-HARDENINGS = ("none", "pgd-at", "trades", "fast-fgsm", "mart")
+HARDENINGS = ("none", "pgd-at", "trades", "fast-fgsm", "mart", "ssat")
 PARTITIONINGS = ("iid", "dirichlet", "quantity")
 OPTIMIZERS = ("adam", "sgd")
 CLASS_WEIGHTINGS = ("balanced", "none")
@@ -88,6 +88,7 @@ class RunConfig:
     hardening: str = "none"
     hardening_eps: float = 8 / 255
     hardening_steps: int = 3
+    labelled_fraction: float = 1.0
     defence_models: str = ""  # e.g. "none,pgd-at,trades": one global member per method ("" : off)
     detector: str = ""  # "", mahalanobis or kd-bu: detector-gated routing in evaluation
     detector_fpr: float = 0.1
@@ -139,6 +140,9 @@ class RunConfig:
             ("hardening", self.hardening in HARDENINGS, f"must be one of {HARDENINGS}"),
             ("hardening-eps", 0 < self.hardening_eps <= 1, "must be in (0, 1]"),
             ("hardening-steps", self.hardening_steps >= 1, "must be >= 1"),
+            ("labelled-fraction", 0 < self.labelled_fraction <= 1, "must be in (0, 1]"),
+            ("labelled-fraction", self.labelled_fraction < 1 or "ssat" not in (self.hardening, *self.defence_model_names),
+             "must be < 1 with ssat: the site's other training images are its unlabelled pool"),
             ("defence-models", not self.defence_models or (self.task == "classification" and self.hardening == "none"
                                                            and self.dp_epsilon == 0),
              "needs task 'classification', hardening 'none' (each member has its own) and no DP-SGD"),
