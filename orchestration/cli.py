@@ -15,6 +15,7 @@ from rich.table import Table
 from ..shared.config import ConfigError, RunConfig, default_db_url
 from ..shared.store import RunNotFoundError, RunStore
 from .defence_view import defence_cells, detection_cells, print_defences
+from .options import DbOption
 
 app = typer.Typer(
     help="Federated robustness evaluation of medical imaging models.",
@@ -24,9 +25,6 @@ app = typer.Typer(
 console = Console(stderr=True)
 out = Console()
 
-DbOption = Annotated[
-    str | None, typer.Option("--db-url", help="SQLAlchemy URL of the results database.")
-]
 
 
 def _setup_logging(verbose: bool) -> None:

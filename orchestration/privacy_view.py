@@ -20,6 +20,7 @@ from rich.table import Table
 from ..shared.config import default_db_url
 from ..shared.privacy import PrivacyRow
 from ..shared.store import RunStore
+from .options import DbOption
 
 out = Console()
 
@@ -39,7 +40,7 @@ def privacy_row(run: dict[str, Any]) -> PrivacyRow | None:
 
 def privacy(
     runs: Annotated[list[str] | None, typer.Argument(help="Run ids or uuids (default: every run with an audit).")] = None,
-    db_url: Annotated[str | None, typer.Option("--db-url", help="SQLAlchemy URL of the results database.")] = None,
+    db_url: DbOption = None,
     as_json: Annotated[bool, typer.Option("--json", help="Machine-readable output.")] = False,
 ) -> None:
     """Privacy/utility table: defence, epsilon, accuracy and inversion PSNR/SSIM per run."""

@@ -73,6 +73,8 @@ from typing import Annotated, Any
 
 import typer
 
+from .options import DbOption
+
 REPORT_FORMAT = "fedaegis-run-report"
 REPORT_VERSION = 1
 
@@ -716,7 +718,7 @@ class ReportFormat(str, Enum):
 
 def report(
     run: Annotated[str, typer.Argument(help="Run id or uuid.")],
-    db_url: Annotated[str | None, typer.Option("--db-url", help="SQLAlchemy URL of the results database.")] = None,
+    db_url: DbOption = None,
     output: Annotated[Path | None, typer.Option("--output", "-o", help="File to write ('-': stdout). Default: "
                                                 "./fedaegis-run-<id>.html; JSON goes to stdout.")] = None,
     fmt: Annotated[ReportFormat, typer.Option("--format", help="html (self-contained page) or json.")] = ReportFormat.html,

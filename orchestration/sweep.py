@@ -35,15 +35,13 @@ from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
-from ..shared.config import ConfigError, RunConfig
+from ..shared.config import SERVER_ONLY_KEYS, ConfigError, RunConfig
 
 if TYPE_CHECKING:
     from .sweep_run import PointResult
 
 # Set by the sweep for every run (num-sites from [sweep]), never by [config] or [grid].
 SWEEP_KEYS = ("run-name", "run-uuid", "num-sites", "resume-run")
-# Where a run is stored and what it is called: not part of what it computes, so not hashed.
-UNHASHED = ("db-url", "run-name", "run-uuid", "resume-run")
 
 
 class SweepConfigError(ValueError):
@@ -64,7 +62,7 @@ class SweepOptions:
 class SweepPoint:
     index: int  # 1-based, in grid order
     values: dict[str, Any]  # this point's grid values
-    config: dict[str, Any]  # the full run config (kebab-case), without the UNHASHED keys
+    config: dict[str, Any]  # the full run config (kebab-case), without the SERVER_ONLY_KEYS keys
     config_hash: str
 
     def run_name(self, sweep_name: str) -> str:
@@ -184,7 +182,7 @@ def _point(index: int, values: dict[str, Any], base: dict[str, Any], opts: Sweep
         raise SweepConfigError(f"{where}: run config 'dataset' = {overrides.get('dataset')!r}: {exc}") from None
     if cfg.min_sites > opts.num_sites:
         raise SweepConfigError(f"{where}: run config 'min-sites' = {cfg.min_sites} exceeds [sweep] num-sites")
-    full = {k: v for k, v in cfg.to_flower().items() if k not in UNHASHED}
+    full = {k: v for k, v in cfg.to_flower().items() if k not in SERVER_ONLY_KEYS}
     blob = json.dumps({"num-sites": opts.num_sites, "config": full}, sort_keys=True)
     return SweepPoint(index, values, full, hashlib.sha256(blob.encode()).hexdigest()[:16])
 

@@ -14,7 +14,7 @@ from flwr.serverapp import Grid, ServerApp
 
 from ..shared import robustness
 from ..shared.checkpoint import save_checkpoint
-from ..shared.config import RunConfig, fedaegis_home
+from ..shared.config import SERVER_ONLY_KEYS, RunConfig, fedaegis_home
 from ..shared.tasks import build_task_model, model_meta
 from ..shared.store import MetricValue, RoundRecord, RunStore
 from ..shared.store.repository import checkpoint_dir
@@ -28,8 +28,6 @@ from .strategies import build_strategy
 
 log = logging.getLogger("fedaegis")
 
-# Keys that configure the server only; db-url may hold credentials and never goes to sites.
-SERVER_ONLY_KEYS = ("db-url", "run-name", "run-uuid", "resume-run")
 
 
 def client_config(cfg: RunConfig) -> ConfigRecord:

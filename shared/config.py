@@ -24,6 +24,11 @@ NORMS = ("batch", "group", "none")
 DETECTORS = ("", "mahalanobis", "kd-bu")
 
 
+# Keys that configure the server and name the run: never sent to sites (db-url may hold
+# credentials) and not part of what a run computes (a sweep does not hash them).
+SERVER_ONLY_KEYS = ("db-url", "run-name", "run-uuid", "resume-run")
+
+
 class ConfigError(ValueError):
     """A run-config value is missing or invalid; the message names the field."""
 
