@@ -141,6 +141,16 @@ def test_early_stop_only_saves_work(pneu):
     assert fast.clean_correct == full.clean_correct
 
 
+def test_fab_without_early_stop_keeps_shrinking_the_norm(pneu):
+    x, y = pneu.x[:64], pneu.y[:64]
+    fast = build_attack("fab", eps=8 / 255, steps=10, seed=1).attack(pneu.model, x, y)
+    full = build_attack("fab", eps=8 / 255, steps=10, seed=1, early_stop=False).attack(pneu.model, x, y)
+    assert fast.queries < full.queries
+    assert full.robust_correct <= fast.robust_correct
+    # minimum-norm behaviour: every sample runs all steps, so successes end up smaller
+    assert full.linf_sum / max(full.successes, 1) < fast.linf_sum / max(fast.successes, 1)
+
+
 def test_restarts_keep_the_worst_case(pneu):
     x, y = pneu.x, pneu.y
     one = build_attack("pgd", eps=2 / 255, restarts=1, seed=5).attack(pneu.model, x, y)

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import math
 from abc import ABC, abstractmethod
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 from typing import ClassVar, NamedTuple
@@ -285,6 +285,23 @@ class Attack(ABC):
         clean_logits = clean_logits.detach()
         if clean_logits.is_inference():
             clean_logits = clean_logits.clone()
+
+        def run(idx: torch.Tensor, target: torch.Tensor | None, gen: torch.Generator) -> Run:
+            return self._run(model, x[idx], y[idx], target, clean_logits[idx], gen)
+
+        return self._attack_correct(model, x, y, clean_logits, run)
+
+    def _attack_correct(
+        self,
+        model: nn.Module,
+        x: torch.Tensor,
+        y: torch.Tensor,
+        clean_logits: torch.Tensor,
+        run: Callable[[torch.Tensor, torch.Tensor | None, torch.Generator], Run],
+    ) -> Details:
+        """Attack only the samples worth it via ``run(indices, their targets, generator)``,
+        then project into the threat model and predict where the attack did not.
+        ``clean_logits`` must be detached and not an inference tensor."""
         clean_pred = clean_logits.argmax(1)
         target = self.targets(clean_logits, y)
         todo = clean_pred == y
@@ -297,18 +314,17 @@ class Attack(ABC):
         extra = None
         if idx.numel():
             xs, ys = x[idx], y[idx]
-            ts = target[idx] if target is not None else None
             gen = torch.Generator(device=x.device).manual_seed(self.seed)
-            run = self._run(model, xs, ys, ts, clean_logits[idx], gen)
-            xa = project(xs, run.x_adv, self.threat.norm, self.threat.eps)
-            queries, extra = run.queries, run.extra
+            result = run(idx, target[idx] if target is not None else None, gen)
+            xa = project(xs, result.x_adv, self.threat.norm, self.threat.eps)
+            queries, extra = result.queries, result.extra
             # evaluate where the prediction is unknown or projection moved the point
-            stale = (xa != run.x_adv).flatten(1).any(1)
-            if run.pred is None:
+            stale = (xa != result.x_adv).flatten(1).any(1)
+            if result.pred is None:
                 stale = torch.ones_like(stale)
                 pred = torch.empty_like(ys)
             else:
-                pred = run.pred.clone()
+                pred = result.pred.clone()
             if stale.any():
                 with torch.inference_mode():
                     pred[stale] = model(xa[stale]).argmax(1)

@@ -4,6 +4,11 @@ Each stage attacks only the samples that are still correctly classified, so the
 expensive later stages run on few samples; a sample counts as robust only if it
 survives every stage (worst case per sample). Per-stage survivor counts are
 reported in ``AttackResult.extra``.
+
+With ``early_stop=False`` every stage attacks every sample and runs its full
+budget on it (APGD and FAB keep going after a success, as their reference
+implementations do; Square stops querying a fooled sample, as its reference
+does): the cost that the protocol saves.
 """
 
 from __future__ import annotations
@@ -50,7 +55,8 @@ class AutoAttack(Attack):
                                     n_target_classes=self.n_target_classes, seed=s,
                                     early_stop=self.early_stop),
             "fab-t": lambda: FAB(t, steps=self.fab_steps, restarts=self.restarts,
-                                 n_target_classes=self.n_target_classes, seed=s),
+                                 n_target_classes=self.n_target_classes, seed=s,
+                                 early_stop=self.early_stop),
             "square": lambda: Square(t, n_queries=self.square_queries, seed=s),
         }
         return [(name, build[name]()) for name in self.stages]

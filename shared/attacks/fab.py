@@ -75,10 +75,13 @@ def fab_core(
     eta: float,
     beta: float,
     alpha_max: float,
+    early_stop: bool = True,
 ) -> int:
     """One FAB-T run from ``x_init``; updates ``best_norm``/``best_adv`` in place. Returns queries.
 
-    Samples whose best adversarial is already within ``eps`` are dropped early.
+    With ``early_stop``, samples whose best adversarial is already within ``eps`` are
+    dropped; without it every sample runs all steps, shrinking its norm further (the
+    reference minimum-norm behaviour).
     """
     shape = x.shape
     idx = torch.arange(shape[0], device=x.device)
@@ -116,7 +119,7 @@ def fab_core(
             best_adv.view(shape[0], -1)[j] = x1[better]
             x1 = torch.where(adv[:, None], x0 + beta * (x1 - x0), x1)
         done = best_norm[idx] <= eps
-        if done.any():
+        if early_stop and done.any():
             keep = ~done
             idx, x0, x1, yc, tc = idx[keep], x0[keep], x1[keep], yc[keep], tc[keep]
             if idx.numel() == 0:
@@ -137,8 +140,8 @@ class FAB(Attack):
 
     def __init__(self, threat: ThreatModel | None = None, *, steps: int = 100, restarts: int = 1,
                  n_target_classes: int = 9, eta: float = 1.05, beta: float = 0.9,
-                 alpha_max: float = 0.1, seed: int = 0) -> None:
-        super().__init__(threat, seed=seed)
+                 alpha_max: float = 0.1, seed: int = 0, early_stop: bool = True) -> None:
+        super().__init__(threat, seed=seed, early_stop=early_stop)
         self.steps = positive_int("steps", steps)
         self.restarts = positive_int("restarts", restarts)
         self.n_target_classes = positive_int("n_target_classes", n_target_classes)
@@ -173,6 +176,7 @@ class FAB(Attack):
                 bn, ba = best_norm[alive], best_adv[alive]
                 queries += fab_core(model, xs, y[alive], ranked[alive, rank], start, bn, ba,
                                     norm=norm, steps=self.steps, eps=eps, eta=self.eta,
-                                    beta=self.beta, alpha_max=self.alpha_max)
+                                    beta=self.beta, alpha_max=self.alpha_max,
+                                    early_stop=self.early_stop)
                 best_norm[alive], best_adv[alive] = bn, ba
         return Run(best_adv, None, queries)
