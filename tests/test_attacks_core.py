@@ -151,6 +151,16 @@ def test_fab_without_early_stop_keeps_shrinking_the_norm(pneu):
     assert full.linf_sum / max(full.successes, 1) < fast.linf_sum / max(fast.successes, 1)
 
 
+def test_square_without_early_stop_spends_the_budget_on_every_sample(pneu):
+    x, y = pneu.x[:64], pneu.y[:64]
+    fast = build_attack("square", eps=4 / 255, n_queries=100, seed=1).attack(pneu.model, x, y)
+    full = build_attack("square", eps=4 / 255, n_queries=100, seed=1, early_stop=False).attack(pneu.model, x, y)
+    assert full.queries == 100 * full.clean_correct > fast.queries
+    assert full.robust_correct <= fast.robust_correct
+    check_budget(x, full.x_adv, "linf", 4 / 255)
+    check_counts(pneu.model, x, y, full)
+
+
 def test_restarts_keep_the_worst_case(pneu):
     x, y = pneu.x, pneu.y
     one = build_attack("pgd", eps=2 / 255, restarts=1, seed=5).attack(pneu.model, x, y)

@@ -5,10 +5,10 @@ expensive later stages run on few samples; a sample counts as robust only if it
 survives every stage (worst case per sample). Per-stage survivor counts are
 reported in ``AttackResult.extra``.
 
-With ``early_stop=False`` every stage attacks every sample and runs its full
-budget on it (APGD and FAB keep going after a success, as their reference
-implementations do; Square stops querying a fooled sample, as its reference
-does): the cost that the protocol saves.
+With ``early_stop=False`` every stage attacks every sample and spends its full
+budget on it (APGD and FAB keep going after a success, as in their reference
+code; Square keeps lowering the margin of a fooled sample): the cost that early
+stopping, across stages and within each attack, saves.
 """
 
 from __future__ import annotations
@@ -57,7 +57,8 @@ class AutoAttack(Attack):
             "fab-t": lambda: FAB(t, steps=self.fab_steps, restarts=self.restarts,
                                  n_target_classes=self.n_target_classes, seed=s,
                                  early_stop=self.early_stop),
-            "square": lambda: Square(t, n_queries=self.square_queries, seed=s),
+            "square": lambda: Square(t, n_queries=self.square_queries, seed=s,
+                                     early_stop=self.early_stop),
         }
         return [(name, build[name]()) for name in self.stages]
 

@@ -3,7 +3,8 @@
 Needs only the model's scores, so it checks that robustness is not an artefact
 of masked gradients. Each query changes one random square (cube in 3D) of the
 perturbation and is kept if the margin loss drops; the square shrinks on a fixed
-schedule. Windows are drawn per sample, and fooled samples stop querying.
+schedule. Windows are drawn per sample, and fooled samples stop querying
+(unless ``early_stop=False``).
 """
 
 from __future__ import annotations
@@ -94,8 +95,8 @@ class Square(Attack):
     name = "square"
 
     def __init__(self, threat: ThreatModel | None = None, *, n_queries: int = 5000,
-                 p_init: float = 0.8, seed: int = 0) -> None:
-        super().__init__(threat, seed=seed)
+                 p_init: float = 0.8, seed: int = 0, early_stop: bool = True) -> None:
+        super().__init__(threat, seed=seed, early_stop=early_stop)
         self.n_queries = positive_int("n_queries", n_queries)
         self.p_init = non_negative("p_init", p_init)
         require(0 < self.p_init <= 1, "p_init", f"must be in (0, 1], got {p_init}")
@@ -136,15 +137,14 @@ class Square(Attack):
         x_best = x_init
         m_best, pred_best = self._loss(model, x_best, y, target)
         queries = n
-        done = goal_reached(pred_best, y, target)
-        live = (~done).nonzero().squeeze(1)
-        # working set: rows of the samples still to fool
-        idx = live
-        xb = x_best[live]
-        mb = m_best[live]
-        yw = y[live]
-        tw = target[live] if target is not None else None
-        aux = [a[live] for a in aux]
+        # working set: rows of the samples still searched (all of them without early stop)
+        if self.early_stop:
+            idx = (~goal_reached(pred_best, y, target)).nonzero().squeeze(1)
+        else:
+            idx = torch.arange(n, device=x.device)
+        xb, mb, pb, yw = x_best[idx], m_best[idx], pred_best[idx], y[idx]
+        tw = target[idx] if target is not None else None
+        aux = [a[idx] for a in aux]
         for it in range(1, self.n_queries):
             k = idx.numel()
             if k == 0:
@@ -152,23 +152,27 @@ class Square(Attack):
             cand, patch = propose(it, aux, xb)
             m, pr = self._loss(model, cand, yw, tw)
             queries += k
-            fooled = goal_reached(pr, yw, tw)
-            better = (m < mb) | fooled
+            better = m < mb
+            fooled = goal_reached(pr, yw, tw) if self.early_stop else None
+            if fooled is not None:
+                better |= fooled
             if patch is None:
                 xb = torch.where(view_b(better, xb), cand, xb)
             else:
                 lin, vals = patch
                 xb.put_(lin[better], vals[better])
             mb = torch.where(better, m, mb)
-            if fooled.any():
+            pb = torch.where(better, pr, pb)
+            if fooled is not None and fooled.any():
                 j = fooled.nonzero().squeeze(1)
-                x_best[idx[j]] = cand[j]
-                pred_best[idx[j]] = pr[j]
+                x_best[idx[j]] = xb[j]
+                pred_best[idx[j]] = pb[j]
                 keep = (~fooled).nonzero().squeeze(1)
-                idx, xb, mb, yw = idx[keep], xb[keep], mb[keep], yw[keep]
+                idx, xb, mb, pb, yw = idx[keep], xb[keep], mb[keep], pb[keep], yw[keep]
                 tw = tw[keep] if tw is not None else None
                 aux = [a[keep] for a in aux]
         x_best[idx] = xb
+        pred_best[idx] = pb
         return Run(x_best, pred_best, queries)
 
     # -- Linf -------------------------------------------------------------------
