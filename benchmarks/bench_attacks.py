@@ -4,7 +4,7 @@ Run ``python benchmarks/bench_attacks.py`` (``--help`` for options). It trains a
 SmallCNN and a MONAI ResNet-10 briefly on real BloodMNIST (8 classes, so the
 targeted stages of AutoAttack are meaningful), takes a batch of 256 test images
 and times, in one process with a fixed thread count, warm-up then best of
-``--repeats``:
+``--repeats`` (runs compared with each other interleaved):
 
 * PGD-10 (ours, with and without per-sample early stopping) against a bare
   hand-written torch loop doing the same work (clean pass, 10 steps, final pass);
@@ -248,7 +248,7 @@ def _seeded(fn: Callable[[], float], seed: int = 0) -> Callable[[], float]:
 
 def interleaved(libs: dict[str, Callable[[], float]], repeats: int, warmup: bool) -> dict[str, tuple[float, float]]:
     """Best-of-``repeats`` time and value per library, the libraries' runs interleaved so
-    that load from other processes hits all of them alike (used for Square)."""
+    that load from other processes hits all of them alike."""
     if warmup:
         for fn in libs.values():
             fn()
@@ -344,20 +344,21 @@ def main() -> None:
         if big:  # one global warm-up instead of one per method
             bare_pgd(model, x[:32], y[:32], EPS, steps=1)
 
-        t_bare, r_bare = timed(lambda: bare_pgd(model, x, y, EPS), reps, warm)
-        t_bare_c, r_bare_c = timed(lambda: bare_pgd(model, x, y, EPS, only_correct=True), reps, warm)
         pgd = build_attack("pgd", eps=EPS, steps=10, seed=0)
         pgd_full = build_attack("pgd", eps=EPS, steps=10, seed=0, early_stop=False)
-        t_pgd, r_pgd = timed(lambda: pgd.attack(model, x, y).robust_accuracy, reps, warm)
-        t_full, r_full = timed(lambda: pgd_full.attack(model, x, y).robust_accuracy, reps, warm)
+        res = interleaved({
+            "bare torch loop": lambda: bare_pgd(model, x, y, EPS),
+            "bare loop, correct inputs": lambda: bare_pgd(model, x, y, EPS, only_correct=True),
+            "ours (early stop)": lambda: pgd.attack(model, x, y).robust_accuracy,
+            "ours (no early stop)": lambda: pgd_full.attack(model, x, y).robust_accuracy,
+        }, reps if big else 3 * reps, warm)
         print(f"{'PGD-10':28s} {'time s':>8s} {'robust':>7s}")
-        for label, t, r in [("bare torch loop", t_bare, r_bare),
-                            ("bare loop, correct inputs", t_bare_c, r_bare_c), ("ours (early stop)", t_pgd, r_pgd),
-                            ("ours (no early stop)", t_full, r_full)]:
+        for label, (t, r) in res.items():
             print(f"  {label:26s} {t:8.3f} {r:7.3f}")
-        summary.append((f"{name}: PGD-10 ours / bare loop", t_pgd / t_bare, "<= 1.05"))
+        t_bare, t_bare_c = res["bare torch loop"][0], res["bare loop, correct inputs"][0]
+        summary.append((f"{name}: PGD-10 ours / bare loop", res["ours (early stop)"][0] / t_bare, "<= 1.05"))
         summary.append((f"{name}: PGD-10 ours w/o early stop / bare loop on correct inputs",
-                        t_full / t_bare_c, "<= 1.05"))
+                        res["ours (no early stop)"][0] / t_bare_c, "<= 1.05"))
 
         # minutes per run on ResNet-10: one run each is precise enough
         rows = ensemble_vs_all(model, x, y, budgets, 1 if big else reps, warm)
@@ -382,26 +383,20 @@ def main() -> None:
             comps = {k: comps[k] for k in ("PGD-10", "AutoAttack")}
         print(f"{'attack':12s} {'library':13s} {'time s':>8s} {'robust':>7s}")
         for attack, libs in comps.items():
-            times = {}
-            if attack == "Square":  # interleaved runs; strength compared too
-                sink = io.StringIO()
-                with contextlib.redirect_stdout(sink), contextlib.redirect_stderr(sink):
-                    res = interleaved(libs, reps, warm)
-                for lib, (t, r) in res.items():
-                    times[lib] = t
-                    print(f"{attack:12s} {lib:13s} {t:8.3f} {r:7.3f}")
+            # minutes per AutoAttack run on ResNet-10: one run each; FGSM is one pass: more runs
+            n = 1 if big and attack == "AutoAttack" else 3 * reps if attack == "FGSM" else reps
+            sink = io.StringIO()
+            with contextlib.redirect_stdout(sink), contextlib.redirect_stderr(sink):
+                res = interleaved(libs, n, warm)
+            times = {lib: t for lib, (t, _) in res.items()}
+            for lib, (t, r) in res.items():
+                print(f"{attack:12s} {lib:13s} {t:8.3f} {r:7.3f}")
+            if attack == "Square":  # strength compared too
                 for lib, label in (("torchattacks", "torchattacks"), ("art", "ART")):
                     print(f"  Square time ours / {label}: {res['ours'][0] / res[lib][0]:.3f}, robust accuracy "
                           f"ours - {label}: {100 * (res['ours'][1] - res[lib][1]):+.1f} points")
                     summary.append((f"{name}: Square robust ours - {label} (points)",
                                     100 * (res["ours"][1] - res[lib][1]), "<= 1"))
-            for lib, fn in libs.items() if attack != "Square" else ():
-                sink = io.StringIO()
-                with contextlib.redirect_stdout(sink), contextlib.redirect_stderr(sink):
-                    # minutes per AutoAttack run on ResNet-10: one run each
-                    t, r = timed(fn, 1 if big and attack == "AutoAttack" else reps, warm)
-                times[lib] = t
-                print(f"{attack:12s} {lib:13s} {t:8.3f} {r:7.3f}")
             summary.append((f"{name}: {attack} ours / torchattacks", times["ours"] / times["torchattacks"], "<= 1.0"))
             summary.append((f"{name}: {attack} ours / ART", times["ours"] / times["art"], "<= 1.0"))
 
