@@ -26,7 +26,6 @@ console = Console(stderr=True)
 out = Console()
 
 
-
 def _setup_logging(verbose: bool) -> None:
     """fedaegis progress through Rich; Flower's own log only with ``--verbose``."""
     from flwr.supercore.logger import update_console_handler

@@ -29,7 +29,6 @@ from .strategies import build_strategy
 log = logging.getLogger("fedaegis")
 
 
-
 def client_config(cfg: RunConfig) -> ConfigRecord:
     """The part of the run config that sites need, sent with every request."""
     return ConfigRecord({k: v for k, v in cfg.to_flower().items() if k not in SERVER_ONLY_KEYS})

@@ -6,9 +6,8 @@ import torch
 from torch import nn
 
 from .base import Attack, Details, Run, ThreatModel
-from .iterative import iterate
 from .losses import ce_objective
-from .ops import normalize
+from .ops import input_grad, normalize
 
 
 class FGSM(Attack):
@@ -35,16 +34,18 @@ class FGSM(Attack):
         logits = model(xg)
         target = self.targets(logits.detach(), y)
         (g,) = torch.autograd.grad(ce_objective(logits, y, target).sum(), xg)
-        step = normalize(g, self.threat.norm).mul_(self.threat.eps)
 
         def run(idx: torch.Tensor, _target: torch.Tensor | None, _gen: torch.Generator) -> Run:
-            return Run(x[idx] + step[idx], None, 2 * idx.numel())  # gradient + evaluation
+            return self._step(x[idx], g[idx])
 
         return self._attack_correct(model, x, y, logits.detach(), run)
 
     def _run(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor,
              target: torch.Tensor | None, logits: torch.Tensor, gen: torch.Generator) -> Run:
-        norm, eps = self.threat.norm, self.threat.eps
-        out = iterate(model, x, y, target, x, norm=norm, eps=eps, steps=1, alpha=eps,
-                      direction=lambda g, _: normalize(g, norm), early_stop=False)
-        return Run(out.x_adv, out.pred, out.queries)
+        g, _, _ = input_grad(model, x, lambda z: ce_objective(z, y, target))
+        return self._step(x, g)
+
+    def _step(self, x: torch.Tensor, g: torch.Tensor) -> Run:
+        """The one full-budget step (projected by the base class); the prediction there is
+        left to the base class. Queries: the gradient and that prediction."""
+        return Run(x + normalize(g, self.threat.norm) * self.threat.eps, None, 2 * x.shape[0])

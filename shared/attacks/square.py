@@ -124,14 +124,16 @@ class Square(Attack):
     def _search(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor,
                 target: torch.Tensor | None, x_init: torch.Tensor,
                 propose: Proposer, aux: list[torch.Tensor]) -> Run:
-        """Greedy random search from ``x_init``: one candidate per unfooled sample per query.
+        """Greedy random search from ``x_init``: one candidate per searched sample per query.
 
         ``propose(it, aux, x_best)`` returns candidates for the samples of the working set,
         and, when they differ from ``x_best`` only at some elements, those elements'
         flat indices and values (so accepting a candidate writes just those), else None.
-        The per-sample tensors ``aux`` (e.g. the input and its box) are compacted along
-        with the current best points whenever samples are fooled, so finished samples cost
-        neither queries nor tensor work. Returns the best points and their predictions.
+        With early stopping (the reference behaviour) a fooled sample stops querying: the
+        per-sample tensors ``aux`` (e.g. the input and its box) are compacted along with
+        the current best points, so finished samples cost neither queries nor tensor work.
+        Without it every sample spends the whole budget lowering its margin further (a
+        maximum-confidence adversarial). Returns the best points and their predictions.
         """
         n = x.shape[0]
         x_best = x_init
@@ -153,8 +155,8 @@ class Square(Attack):
             m, pr = self._loss(model, cand, yw, tw)
             queries += k
             better = m < mb
-            fooled = goal_reached(pr, yw, tw) if self.early_stop else None
-            if fooled is not None:
+            if self.early_stop:
+                fooled = goal_reached(pr, yw, tw)
                 better |= fooled
             if patch is None:
                 xb = torch.where(view_b(better, xb), cand, xb)
@@ -163,7 +165,7 @@ class Square(Attack):
                 xb.put_(lin[better], vals[better])
             mb = torch.where(better, m, mb)
             pb = torch.where(better, pr, pb)
-            if fooled is not None and fooled.any():
+            if self.early_stop and fooled.any():
                 j = fooled.nonzero().squeeze(1)
                 x_best[idx[j]] = xb[j]
                 pred_best[idx[j]] = pb[j]
