@@ -11,22 +11,26 @@ from __future__ import annotations
 
 import json
 import math
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 from rich.console import Console
 from rich.table import Table
 
 from ..shared.config import default_db_url
-from ..shared.privacy import PrivacyRow
 from ..shared.store import RunStore
 from .options import DbOption
+
+if TYPE_CHECKING:  # shared.privacy imports Opacus and MONAI: seconds the CLI must not spend on --help
+    from ..shared.privacy import PrivacyRow
 
 out = Console()
 
 
 def privacy_row(run: dict[str, Any]) -> PrivacyRow | None:
     """The run's row, or None when no round stored an inversion audit."""
+    from ..shared.privacy import PrivacyRow
+
     rows = [row for rnd in run["rounds"] for row in rnd["metric_rows"]]
     audit = {r["name"]: r for r in rows if r["phase"] == "inversion"}
     if "psnr" not in audit:
