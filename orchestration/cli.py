@@ -4,15 +4,19 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import sys
 from typing import Annotated, Any
 
 import typer
+from click.core import ParameterSource
 from rich.console import Console
 from rich.logging import RichHandler
 from rich.table import Table
 
 from ..shared.config import ConfigError, RunConfig, default_db_url
+from ..shared.preflight import Names, PreflightError
+from ..shared.redact import known_secrets, mask_secrets
 from ..shared.store import RunNotFoundError, RunStore
 from .defence_view import defence_cells, detection_cells, print_defences
 from .options import DbOption
@@ -21,9 +25,33 @@ app = typer.Typer(
     help="Federated robustness evaluation of medical imaging models.",
     no_args_is_help=True,
     add_completion=False,
+    pretty_exceptions_show_locals=False,  # locals hold database URLs with their passwords
 )
-console = Console(stderr=True)
-out = Console()
+console = Console(stderr=True, emoji=False)
+out = Console(emoji=False)
+JSON_SCHEMA = 1  # version of every --json document (see README, "Scripting")
+_debug = False
+
+
+def _version(value: bool) -> None:
+    if value:
+        from importlib.metadata import PackageNotFoundError, version
+
+        try:
+            out.print(f"fedaegis {version('fedaegis')}", highlight=False)
+        except PackageNotFoundError:
+            out.print("fedaegis (not installed)")
+        raise typer.Exit()
+
+
+@app.callback()
+def _global(
+    debug: Annotated[bool, typer.Option("--debug", help="On an unexpected error, print its traceback (passwords masked).")] = False,
+    version: Annotated[bool, typer.Option("--version", callback=_version, is_eager=True, help="Print the version and exit.")] = False,
+) -> None:
+    """Federated robustness evaluation of medical imaging models."""
+    global _debug
+    _debug = debug
 
 
 def _setup_logging(verbose: bool) -> None:
@@ -35,7 +63,8 @@ def _setup_logging(verbose: bool) -> None:
     ours.setLevel(logging.INFO)
     ours.propagate = False
     logging.getLogger("flwr").propagate = False
-    update_console_handler(level=logging.INFO if verbose else logging.WARNING)
+    # Flower logs every site's exception as a traceback, every round; the run's end names each distinct one once
+    update_console_handler(level=logging.INFO if verbose else logging.CRITICAL)
 
 
 def _parse_overrides(items: list[str]) -> dict[str, Any]:
@@ -54,9 +83,30 @@ def _parse_overrides(items: list[str]) -> dict[str, Any]:
     return result
 
 
-def _fail(message: str) -> None:
-    console.print(f"[bold red]error:[/] {message}")
-    raise typer.Exit(code=2)
+def _secrets() -> list[str]:
+    """Passwords of every URL on the command line (and ``$FEDAEGIS_DB_URL``): never printed."""
+    return known_secrets(*sys.argv)
+
+
+def _fail(message: str, code: int = 2) -> None:
+    """One line on stderr, passwords masked, and the exit code (2: nothing was started)."""
+    from rich.markup import escape
+
+    console.print(f"[bold red]error:[/] {escape(mask_secrets(' '.join(str(message).split()), _secrets()))}",
+                  soft_wrap=True)
+    raise typer.Exit(code=code)
+
+
+def _open_store(db_url: str | None) -> RunStore:
+    """The results database, or one line naming ``--db-url`` and why it cannot be opened."""
+    from ..shared.preflight import check_database
+
+    url = db_url or default_db_url()
+    try:
+        check_database(url, "--db-url" if db_url else "$FEDAEGIS_DB_URL" if os.environ.get("FEDAEGIS_DB_URL") else "database")
+    except PreflightError as exc:
+        _fail(str(exc))
+    return RunStore(url)
 
 
 @app.command()
@@ -87,7 +137,6 @@ def simulate(
     verbose: Annotated[bool, typer.Option(help="Show Flower's own logs.")] = False,
 ) -> None:
     """Run a federated training and evaluation of simulated hospitals on Ray, and store it."""
-    from ..orchestration.datainfo import data_config
     from ..orchestration.simulation import SimulationResources
 
     _setup_logging(verbose)
@@ -95,9 +144,12 @@ def simulate(
                                     client_memory_mb=client_memory)
     if resume:
         overrides, sites = _resume_overrides(ctx, resume, db_url, sites)
+        _preflight(overrides, sites, Names({"num-sites": "--sites", "db-url": "--db-url"}))
         console.print(f"[bold]fedaegis[/]: resuming run {resume} with {sites} simulated sites")
         _run_and_report(overrides, sites, resources, as_json, verbose)
         return
+    if sites is not None and sites < 1:
+        _fail(f"--sites: need at least 1 site, got {sites}")
     sites = 5 if sites is None else sites
     overrides: dict[str, Any] = {
         "num-server-rounds": rounds, "task": task, "dataset": dataset, "model": model, "norm": norm,
@@ -106,19 +158,46 @@ def simulate(
         "attack-samples": attack_samples, "run-name": name, "db-url": db_url or default_db_url(),
         "min-sites": min(2, sites),
     }
-    overrides.update(_parse_overrides(config or []))
-    try:
-        if overrides["task"] == "classification":
-            for key, value in data_config(str(overrides["dataset"])).items():
-                overrides.setdefault(key, value)
-        RunConfig.from_flower(overrides)
-    except (ConfigError, ValueError) as exc:
-        _fail(str(exc))
+    names = {key: f"--{param.replace('_', '-')}" for key, param in OPTION_KEYS.items()}
+    extra = _parse_overrides(config or [])
+    for key in extra:
+        param = next((p for k, p in OPTION_KEYS.items() if k == key), None)
+        if param and ctx.get_parameter_source(param) not in (ParameterSource.DEFAULT, None):
+            _fail(f"--{param.replace('_', '-')} and -c {key} both set; give it once")
+        names[key] = f"-c {key}"
+    overrides.update(extra)
+    cfg = _preflight(overrides, sites, Names(names))
     console.print(
-        f"[bold]fedaegis[/]: {sites} simulated sites, {rounds} rounds, model {model}, "
-        f"data {dataset} ({partitioning})"
+        f"[bold]fedaegis[/]: {sites} simulated sites, {cfg.num_server_rounds} rounds, model {cfg.model}, "
+        f"data {cfg.dataset} ({cfg.partitioning})"
     )
-    _run_and_report(overrides, sites, resources, as_json, verbose)
+    _run_and_report(cfg.to_flower(), sites, resources, as_json, verbose)
+
+
+# run-config keys set by simulate's own options (the rest come with -c KEY=VALUE)
+OPTION_KEYS = {"num-server-rounds": "rounds", "task": "task", "dataset": "dataset", "model": "model", "norm": "norm",
+               "partitioning": "partitioning", "dirichlet-alpha": "alpha", "seed": "seed",
+               "local-epochs": "local_epochs", "attacks": "attacks", "epsilons": "epsilons",
+               "attack-samples": "attack_samples", "run-name": "name", "db-url": "db_url", "num-sites": "sites"}
+
+
+def _preflight(overrides: dict[str, Any], sites: int, names: Names) -> RunConfig:
+    """Every check of shared/preflight.py, before Ray starts or a row is written; one line and exit 2 on failure."""
+    from ..shared.preflight import check_config, check_database, dataset_facts, preflight
+
+    try:
+        check_database(str(overrides["db-url"]), names("db-url"))
+        if overrides.get("task", "classification") == "classification":
+            facts = dataset_facts(str(overrides.get("dataset", RunConfig.dataset)), overrides.get("num-classes"), names)
+            for message in facts.warnings:
+                console.print(f"[yellow]warning:[/] {message}", highlight=False)
+            for key, value in facts.run_config().items():
+                overrides.setdefault(key, value)
+        cfg = check_config({**overrides, "num-sites": sites}, names)
+        preflight(cfg, sites, names, database=False)
+    except PreflightError as exc:
+        _fail(str(exc))
+    return cfg
 
 
 # options that make up a run's configuration: a resumed run keeps its stored one
@@ -128,8 +207,6 @@ RUN_OPTIONS = ("rounds", "task", "dataset", "model", "norm", "partitioning", "al
 
 def _resume_overrides(ctx: typer.Context, ref: str, db_url: str | None, sites: int | None) -> tuple[dict[str, Any], int]:
     """The stored run's config (checked resumable: see fedaegis.server.resume) and its number of sites."""
-    from click.core import ParameterSource
-
     from ..server.resume import ResumeError, resume_point
 
     given = [f"--{p.replace('_', '-')}" for p in RUN_OPTIONS
@@ -148,21 +225,48 @@ def _resume_overrides(ctx: typer.Context, ref: str, db_url: str | None, sites: i
 
 
 def _run_and_report(overrides: dict[str, Any], sites: int, resources: Any, as_json: bool, verbose: bool) -> None:
-    from ..orchestration.simulation import simulate as run_sim
+    """Run, then print the stored run; a run that failed (or was interrupted) exits non-zero with its reason."""
+    import uuid as uuidlib
 
+    from ..orchestration.simulation import simulate as run_sim
+    from ..server.app import RunFailed
+
+    overrides = {**overrides, "run-uuid": overrides.get("run-uuid") or uuidlib.uuid4().hex}
+    store = RunStore(str(overrides["db-url"]))
     try:
         run_uuid = run_sim(overrides, sites, resources, verbose=verbose)
+    except KeyboardInterrupt:
+        _mark(store, str(overrides["run-uuid"]), "interrupted", "interrupted (Ctrl-C); go on with --resume")
+        console.print(f"interrupted: run {overrides['run-uuid']} is stored as interrupted; "
+                      f"`fedaegis simulate --resume {overrides['run-uuid']}` goes on with it")
+        raise typer.Exit(code=130) from None
+    except RunFailed:
+        run_uuid = str(overrides["run-uuid"])
     except (ConfigError, ValueError) as exc:
         _fail(str(exc))
-    store = RunStore(str(overrides["db-url"]))
-    run = store.get_run(run_uuid)
+    except Exception as exc:  # the runtime died: the run is stored as failed, with why
+        _mark(store, str(overrides["run-uuid"]), "failed", f"{type(exc).__name__}: {exc}")
+        raise
+    try:
+        run = store.get_run(run_uuid)
+    except RunNotFoundError:
+        _fail("the run did not start (see the log above); nothing was stored", code=1)
     if as_json:
         out.print_json(json.dumps(_run_json(run)))
     else:
         _print_run(run)
-    evaluated = [r for r in run["rounds"] if r["evaluate_replies"]]
-    if run["status"] != "completed" or not evaluated:
-        _fail(f"run {run['id']} ended {run['status']} with no evaluated round; see the log above")
+    if run["status"] != "completed":
+        _fail(f"run {run['id']} {run['status']}: {run['error']}", code=1)
+
+
+def _mark(store: RunStore, run_uuid: str, status: str, error: str) -> None:
+    """Store how a run ended when its server could not (Ctrl-C, a dead runtime)."""
+    try:
+        run = store.get_run(run_uuid)
+    except RunNotFoundError:
+        return
+    if run["status"] == "running":
+        store.finish_run(run["id"], status=status, error=error)
 
 
 @app.command("runs")
@@ -171,7 +275,7 @@ def list_runs(
     as_json: Annotated[bool, typer.Option("--json", help="Machine-readable output.")] = False,
 ) -> None:
     """List stored runs."""
-    store = RunStore(db_url or default_db_url())
+    store = _open_store(db_url)
     runs = store.list_runs()
     if as_json:
         full = [store.get_run(r["id"]) for r in runs]
@@ -199,7 +303,7 @@ def show(
     as_json: Annotated[bool, typer.Option("--json", help="Machine-readable output.")] = False,
 ) -> None:
     """Show a stored run: its configuration and per-round metrics."""
-    store = RunStore(db_url or default_db_url())
+    store = _open_store(db_url)
     try:
         detail = store.get_run(run)
     except RunNotFoundError as exc:
@@ -213,7 +317,7 @@ def show(
 @app.command()
 def evaluate(
     run: Annotated[str, typer.Argument(help="Run id or uuid whose final global model is attacked.")],
-    dataset: Annotated[str, typer.Option(help="Local data: a MedMNIST .npz, an image/DICOM folder, or embedded:NAME.")] = "embedded:pneumoniamnist",
+    dataset: Annotated[str | None, typer.Option(help="Local data: a MedMNIST .npz, an image/DICOM folder, or embedded:NAME (default: the run's own dataset).", show_default=False)] = None,
     split: Annotated[str, typer.Option(help="Split of the dataset to attack.")] = "test",
     attacks: Annotated[str, typer.Option(help="Comma-separated attack suite.")] = "fgsm,pgd",
     epsilons: Annotated[str, typer.Option(help="Budgets, e.g. 1/255,2/255,4/255,8/255.")] = "1/255,2/255,4/255,8/255",
@@ -231,14 +335,30 @@ def evaluate(
     from ..shared.data import DataValidationError, load_site_data
     from ..shared.robustness import derive, encode, decode
 
-    store = RunStore(db_url or default_db_url())
+    from ..shared.preflight import dataset_facts
+
+    store = _open_store(db_url)
     try:
         cfg = RunConfig.from_flower({"attacks": attacks, "epsilons": epsilons, "attack-samples": samples})
+        stored = store.get_run(run)
+        dataset = dataset or str(stored["config"].get("dataset") or "")
+        if not dataset:
+            _fail(f"run {run} does not record its dataset; pass --dataset")
         model, meta = load_checkpoint(store.checkpoint_path(run))
+        if meta.get("task", "classification") != "classification":
+            _fail(f"run {run} is a {meta['task']} run; evaluate attacks classifiers")
+        facts = dataset_facts(dataset, None, Names({"dataset": "--dataset"}))
+        differ = [f"{what} {have} (the model's: {want})" for what, have, want in (
+            ("classes", facts.num_classes, meta["num_classes"]), ("channels", facts.in_channels, meta["in_channels"]),
+            ("spatial dimensions", facts.spatial_dims, meta["spatial_dims"])) if have != want]
+        if differ:
+            _fail(f"--dataset {dataset} does not match run {run}'s model: " + ", ".join(differ))
         data = load_site_data(
             dataset, split=split, image_size=(meta["image_size"],) * meta["spatial_dims"],
             channels=meta["in_channels"], num_classes=meta["num_classes"], seed=seed,
         )
+    except PreflightError as exc:
+        _fail(str(exc))
     except (ConfigError, RunNotFoundError, FileNotFoundError, DataValidationError, ValueError) as exc:
         _fail(str(exc))
     subset = attack_subset(data, samples, seed)
@@ -371,7 +491,18 @@ _register_commands()
 
 
 def main() -> None:
+    """The ``fedaegis`` entry point: an unexpected error is one masked line (``--debug``: its traceback)."""
     try:
         app()
-    except KeyboardInterrupt:
-        sys.exit(130)
+    except Exception as exc:  # noqa: BLE001 - anything typer did not handle: never a traceback with locals
+        import traceback
+
+        from rich.markup import escape
+
+        secrets = _secrets()
+        line = mask_secrets(" ".join(f"{type(exc).__name__}: {exc}".split()), secrets)
+        console.print(f"[bold red]error:[/] {escape(line[:500])}" + ("" if _debug else " (--debug shows the traceback)"),
+                      soft_wrap=True)
+        if _debug or "--debug" in sys.argv[1:]:
+            console.print(escape(mask_secrets(traceback.format_exc(), secrets)), highlight=False)
+        sys.exit(1)

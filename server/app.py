@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 import uuid as uuidlib
+from collections import Counter
 from collections.abc import Callable, Mapping
 from typing import Any
 
@@ -73,8 +75,22 @@ class RunRecorder:
     def __init__(self, store: RunStore, run_id: int, run_uuid: str, cfg: RunConfig) -> None:
         self.store, self.run_id, self.cfg = store, run_id, cfg
         self.checkpoint = checkpoint_dir(fedaegis_home()) / f"{run_uuid}.pt"
+        self.site_errors: Counter[str] = Counter()  # distinct site errors of the run, with their counts
+        self.trained = self.evaluated = 0  # rounds in which at least one site trained / evaluated
+
+    def failure(self) -> str:
+        """Why the run must be stored as failed ("" when it did its job), with its site errors."""
+        why = ("no site trained in any round" if not self.trained else
+               "no round was evaluated by any site" if not self.evaluated else "")
+        if why and self.site_errors:
+            why += "; site errors: " + "; ".join(f"{n}x {e}" for e, n in self.site_errors.most_common())
+        return why
 
     def __call__(self, outcome: RoundOutcome) -> None:
+        self.trained += outcome.train_replies > 0
+        self.evaluated += outcome.evaluate_replies > 0
+        for error in outcome.errors:
+            self.site_errors[site_error(error)] += 1
         record = RoundRecord(
             number=outcome.number,
             started_at=outcome.started_at,
@@ -117,6 +133,22 @@ class RunRecorder:
         )
 
 
+def site_error(reason: str) -> str:
+    """One site's error as one line, the same for every site and round that hit it (to count them).
+
+    Flower wraps a ClientApp's exception as ``<class ...>:<'...Message: TEXT'>``; node ids differ.
+    """
+    text = reason.split("Message: ")[-1] if "Message: " in reason else reason
+    text = re.sub(r"^node \d+: ", "", text.strip())
+    text = re.sub(r"\[[\d, ]+\]", "[...]", text)  # ids of silent nodes
+    line = next((ln.strip() for ln in text.splitlines() if ln.strip()), "unknown error")
+    return line.removesuffix("'>")[:300]
+
+
+class RunFailed(RuntimeError):
+    """The federation ran but did not do its job (no site trained, or no round evaluated)."""
+
+
 def run_federation(grid: Grid, cfg: RunConfig, flwr_run_id: int | str = "") -> int:
     """Run ``cfg.num_server_rounds`` of FedAvg with federated evaluation; returns the run id."""
     store = RunStore(cfg.resolved_db_url)
@@ -147,9 +179,18 @@ def run_federation(grid: Grid, cfg: RunConfig, flwr_run_id: int | str = "") -> i
             train_config=client_config(cfg),
             evaluate_config=client_config(cfg),
         )
+    except KeyboardInterrupt:
+        store.finish_run(run_id, status="interrupted", error="interrupted (Ctrl-C); resume it with --resume")
+        raise
     except BaseException as exc:
         store.finish_run(run_id, status="failed", error=f"{type(exc).__name__}: {exc}")
         raise
+    for error, count in recorder.site_errors.most_common():
+        log.error("%d site replies failed with: %s", count, error)
+    failure = recorder.failure()
+    if failure:
+        store.finish_run(run_id, status="failed", error=failure)
+        raise RunFailed(f"run {run_id} failed: {failure}")
     store.finish_run(run_id, status="completed")
     return run_id
 
@@ -166,7 +207,11 @@ def make_server_app(
 
     @app.main()
     def main(grid: Grid, context: Context) -> None:
-        cfg = RunConfig.from_flower({**dict(context.run_config), **(overrides or {})})
+        from ..shared.preflight import check_config, preflight
+
+        cfg = check_config({**dict(context.run_config), **(overrides or {})})
+        if not cfg.resume_run:  # a resumed run is checked against its stored config (server/resume.py)
+            preflight(cfg, None)  # the sites' data is theirs: the server checks config, model and database
         run_federation(wrap_grid(grid) if wrap_grid else grid, cfg, flwr_run_id=context.run_id)
 
     return app

@@ -1,0 +1,252 @@
+"""Preflight: every mistake a run can make is found before Ray starts or a row is written.
+
+Without it a wrong dataset, class count or model name surfaces only inside Ray, as one
+traceback per site per round, and leaves a half-written run behind. Every entry point
+(``fedaegis simulate``, ``--resume``, sweep points, ``evaluate`` and the ServerApp) runs the
+checks here first; each failure is a :class:`PreflightError`, one line naming the option
+or file at fault, as the user spelled it (``--sites``, ``-c num-classes``, ``run config
+'model'``: see :class:`Names`).
+
+Classes are inferred by one rule, stated in every message it causes: ``num-classes`` is
+1 + the largest *training* label. Val/test labels must fall below it, and a training set in
+which fewer than half of the implied classes occur is refused (a stray "unknown" label such as
+255 would otherwise make up the class count); smaller gaps are warnings.
+"""
+
+from __future__ import annotations
+
+import re
+import zipfile
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+from urllib.parse import urlsplit
+
+from .config import ConfigError, RunConfig
+from .redact import known_secrets, mask_secrets
+
+if TYPE_CHECKING:
+    from .data import ImageSet
+
+NPZ_SPLITS = ("train", "val", "test")
+REQUIRED_SPLITS = ("train", "test")  # what every site loads
+INFERENCE_RULE = "num-classes is inferred as 1 + the largest train label; set -c num-classes to declare it"
+
+
+class PreflightError(ValueError):
+    """A run cannot start; the message is one line naming the option or file at fault."""
+
+
+@dataclass(frozen=True)
+class Names:
+    """How the user spelled each run-config key (``--sites``, ``-c num-classes``); default ``run config 'key'``."""
+
+    given: Mapping[str, str] = field(default_factory=dict)
+
+    def __call__(self, key: str) -> str:
+        return self.given.get(key, f"run config '{key}'")
+
+    def rewrite(self, message: str) -> str:
+        """Replace ``run config 'key'`` in ``message`` by the user's own spelling of ``key``."""
+        return re.sub(r"run config '([a-z0-9-]+)'", lambda m: self(m.group(1)), message)
+
+
+@dataclass(frozen=True)
+class DataFacts:
+    """What the server's model must match, read from the data on this machine."""
+
+    in_channels: int
+    spatial_dims: int
+    image_size: int
+    num_classes: int
+    split_sizes: dict[str, int]
+    warnings: tuple[str, ...] = ()
+
+    def run_config(self) -> dict[str, int]:
+        return {"in-channels": self.in_channels, "spatial-dims": self.spatial_dims,
+                "image-size": self.image_size, "num-classes": self.num_classes}
+
+
+def _one_line(text: str) -> str:
+    return " ".join(str(text).split())
+
+
+def dataset_facts(source: str, num_classes: int | None = None, names: Names = Names()) -> DataFacts:
+    """Load every split of ``source`` and check it: readable, finite, labels within the classes.
+
+    ``num_classes`` is the declared class count (``-c num-classes``); None infers it (see the
+    module docstring for the rule).
+    """
+    from .data import DataValidationError, load_site_data
+    from .data.sources import EMBEDDED_PREFIX, embedded_path
+
+    flag = names("dataset")
+    try:
+        text = str(source)
+        path = embedded_path(text[len(EMBEDDED_PREFIX):]) if text.startswith(EMBEDDED_PREFIX) else Path(text).expanduser()
+        if path.is_dir():  # a class-per-folder tree: classes are its sub-folders, no split in the files
+            data = load_site_data(path, split="all", num_classes=num_classes)
+            return _facts(data, num_classes or data.num_classes, {"all": len(data)}, ())
+        if path.suffix.lower() != ".npz" or not path.is_file():
+            load_site_data(path, split="train")  # raises the loader's own message
+        splits = _npz_splits(path, flag)
+        if num_classes is None:
+            labels = load_site_data(path, split="train").labels
+            top = int(labels.max()) + 1
+            present = sorted(set(labels.tolist()))
+            missing = sorted(set(range(top)) - set(present))
+            if len(present) * 2 < top:
+                raise PreflightError(
+                    f"{flag} {path}: train_labels: label {top - 1} implies {top} classes but only {len(present)} "
+                    f"occur ({_span(present)}); a stray label? ({INFERENCE_RULE})")
+            warnings = (f"{path}: no training image of class {_span(missing)} of 0..{top - 1} ({INFERENCE_RULE})",
+                        ) if missing else ()
+            num_classes = top
+        else:
+            warnings = ()
+        loaded = {}
+        for split in splits:
+            try:
+                loaded[split] = load_site_data(path, split=split, num_classes=num_classes)
+            except DataValidationError as exc:
+                hint = names("num-classes") + f" = {num_classes}" if "out of range" in exc.problem else ""
+                if hint and names.given.get("num-classes") is None:
+                    hint = INFERENCE_RULE
+                raise PreflightError(f"{flag} {_one_line(exc)}" + (f" ({hint})" if hint else "")) from None
+        return _facts(loaded["train"], num_classes, {s: len(d) for s, d in loaded.items()}, warnings)
+    except DataValidationError as exc:
+        raise PreflightError(f"{flag} {_one_line(exc)}") from None
+    except OSError as exc:
+        raise PreflightError(f"{flag} {source}: {_one_line(exc)}") from None
+
+
+def _npz_splits(path: Path, flag: str) -> list[str]:
+    """The splits an ``.npz`` holds; train and test must be there, each with images and labels."""
+    if not zipfile.is_zipfile(path):
+        head = path.read_bytes()[:6]
+        what = "a single .npy array" if head.startswith(b"\x93NUMPY") else "not a zip archive"
+        raise PreflightError(f"{flag} {path}: not a MedMNIST .npz ({what}; expected a zip of train_images, "
+                             "train_labels, test_images, test_labels arrays)")
+    with zipfile.ZipFile(path) as archive:
+        keys = {Path(n).stem for n in archive.namelist()}
+    splits = []
+    for split in NPZ_SPLITS:
+        have = [k for k in (f"{split}_images", f"{split}_labels") if k in keys]
+        if split in REQUIRED_SPLITS or have:
+            missing = [k for k in (f"{split}_images", f"{split}_labels") if k not in keys]
+            if missing:
+                raise PreflightError(f"{flag} {path}: missing key {missing[0]!r} (keys: {sorted(keys)})")
+            splits.append(split)
+    return splits
+
+
+def _facts(data: ImageSet, num_classes: int, sizes: dict[str, int], warnings: tuple[str, ...]) -> DataFacts:
+    return DataFacts(in_channels=data.in_channels, spatial_dims=data.spatial_dims,
+                     image_size=int(data.images.shape[-1]), num_classes=int(num_classes),
+                     split_sizes=sizes, warnings=warnings)
+
+
+def _span(values: list[int]) -> str:
+    shown = ", ".join(str(v) for v in values[:8])
+    return shown + (f", ... ({len(values)} classes)" if len(values) > 8 else "")
+
+
+def check_config(overrides: Mapping[str, Any], names: Names = Names()) -> RunConfig:
+    """The run config, valid field by field; the error names the option the user gave."""
+    try:
+        return RunConfig.from_flower(dict(overrides))
+    except ConfigError as exc:
+        raise PreflightError(names.rewrite(_one_line(exc))) from None
+
+
+def check_model(cfg: RunConfig, names: Names = Names()) -> None:
+    """The model named in the config can be built for this data's shape."""
+    from .tasks import build_task_model, model_meta
+
+    try:
+        build_task_model(model_meta(cfg))
+    except (ValueError, KeyError, TypeError, RuntimeError) as exc:
+        key = "seg-model" if cfg.task == "segmentation" else "model"
+        value = cfg.seg_model if cfg.task == "segmentation" else cfg.model
+        reason = re.sub(r"^[a-z_]+: ", "", _one_line(names.rewrite(str(exc))))
+        raise PreflightError(f"{names(key)} = {value!r}: {reason}") from None
+
+
+def check_sites(cfg: RunConfig, num_sites: int, names: Names = Names()) -> None:
+    """Every simulated site's share of every split is non-empty and fits the model (as the site checks it)."""
+    from .data import DataValidationError, partition_indices
+
+    if num_sites < 1:
+        raise PreflightError(f"{names('num-sites')}: need at least 1 site, got {num_sites}")
+    if cfg.min_sites > num_sites:
+        raise PreflightError(f"{names('min-sites')} = {cfg.min_sites} exceeds the {num_sites} sites "
+                             f"({names('num-sites')})")
+    if cfg.task != "classification":
+        return
+    from ..client.site import _load, site_data  # the sites' own loading and checks, run here first
+
+    try:
+        for split in REQUIRED_SPLITS:
+            data = _load(cfg.dataset, split, cfg.image_size, cfg.num_classes, cfg.seed, None, None)
+            if len(data) < num_sites:
+                raise PreflightError(
+                    f"{names('num-sites')} = {num_sites}: the {split} split of {cfg.dataset} holds only "
+                    f"{len(data)} images, fewer than one per site")
+            parts = partition_indices(data.labels.numpy(), num_sites, cfg.partitioning,  # type: ignore[arg-type]
+                                      alpha=cfg.dirichlet_alpha, seed=cfg.seed)
+            empty = [i for i, p in enumerate(parts) if len(p) == 0]
+            if empty:
+                raise PreflightError(f"{names('num-sites')} = {num_sites}: site {empty[0]} would get no {split} images "
+                                     f"under {names('partitioning')} = {cfg.partitioning!r}")
+        site_data(cfg, {"partition-id": 0, "num-partitions": num_sites})
+    except DataValidationError as exc:
+        raise PreflightError(f"{names('dataset')} {_one_line(names.rewrite(str(exc)))}") from None
+    except ValueError as exc:
+        if isinstance(exc, PreflightError):
+            raise
+        raise PreflightError(f"{names('dataset')} {cfg.dataset}: {_one_line(names.rewrite(str(exc)))}") from None
+
+
+def check_database(url: str, flag: str = "--db-url") -> str:
+    """Open ``url`` and make its schema ready; returns the URL with its password masked."""
+    from sqlalchemy.exc import SQLAlchemyError
+
+    from .store import RunStore
+
+    secrets = known_secrets(url)
+    shown = mask_secrets(url, secrets)
+    try:
+        urlsplit(url).port  # noqa: B018 - SQLAlchemy's own error ("invalid literal for int()") names nothing
+    except ValueError:
+        raise PreflightError(f"{flag} {shown}: the port is not a number") from None
+    try:
+        store = RunStore(url)
+        with store.engine.connect():
+            pass
+    except (SQLAlchemyError, ValueError, ImportError, OSError) as exc:
+        reason = getattr(exc, "orig", None) or exc
+        raise PreflightError(f"{flag} {shown}: cannot open the results database: "
+                             f"{mask_secrets(_first_line(reason), secrets)}") from None
+    finally:
+        if "store" in locals():
+            store.engine.dispose()
+    return shown
+
+
+def _first_line(exc: BaseException) -> str:
+    lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+    text = lines[0] if lines else type(exc).__name__
+    return text if text.startswith(type(exc).__name__) or ":" in text else f"{type(exc).__name__}: {text}"
+
+
+def preflight(cfg: RunConfig, num_sites: int | None, names: Names = Names(), *, database: bool = True) -> None:
+    """Everything before a run starts: the database, the model, the simulated sites against the data.
+
+    ``num_sites`` None (a deployment's SuperNodes, whose data the server never sees) skips the data checks.
+    """
+    if database:
+        check_database(cfg.resolved_db_url, names("db-url"))
+    check_model(cfg, names)
+    if num_sites is not None:
+        check_sites(cfg, num_sites, names)
