@@ -324,7 +324,7 @@ def audit(
         result = run_audit(client_app, sites=sites, rounds=rounds, overrides=overrides, db_url=db_url,
                            num_cpus=num_cpus, verbose=verbose)
     except (ConfigError, ValueError, ImportError) as exc:
-        _fail(_esc(str(exc)))
+        _fail(str(exc))
     if as_json:
         typer.echo(json.dumps(result.to_json(), indent=2))
     else:

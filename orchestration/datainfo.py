@@ -2,19 +2,14 @@
 
 from __future__ import annotations
 
-from ..shared.data import load_site_data
 
-
-def data_config(source: str) -> dict[str, int]:
+def data_config(source: str, num_classes: int | None = None) -> dict[str, int]:
     """Run-config keys (in-channels, spatial-dims, image-size, num-classes) for ``source``.
 
-    Only used where the dataset is on the coordinating machine (simulation); a real
-    consortium states them in the run config.
+    Every split is checked and classes are inferred by the preflight's one rule
+    (:func:`fedaegis.shared.preflight.dataset_facts`). Only used where the dataset is on the
+    coordinating machine (simulation); a real consortium states them in the run config.
     """
-    train = load_site_data(source, split="train")
-    return {
-        "in-channels": train.in_channels,
-        "spatial-dims": train.spatial_dims,
-        "image-size": int(train.images.shape[-1]),
-        "num-classes": train.num_classes,
-    }
+    from ..shared.preflight import dataset_facts
+
+    return dataset_facts(source, num_classes).run_config()

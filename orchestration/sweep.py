@@ -36,6 +36,7 @@ from typing import TYPE_CHECKING, Annotated, Any
 import typer
 
 from ..shared.config import SERVER_ONLY_KEYS, ConfigError, RunConfig
+from ..shared.preflight import Names, PreflightError, preflight
 
 if TYPE_CHECKING:
     from .sweep_run import PointResult
@@ -161,7 +162,7 @@ def _options(table: dict[str, Any], default_name: str) -> SweepOptions:
     return opts
 
 
-_DATA_CONFIGS: dict[str, dict[str, int]] = {}
+_DATA_CONFIGS: dict[tuple[str, int | None], dict[str, int]] = {}
 
 
 def _point(index: int, values: dict[str, Any], base: dict[str, Any], opts: SweepOptions) -> SweepPoint:
@@ -173,27 +174,32 @@ def _point(index: int, values: dict[str, Any], base: dict[str, Any], opts: Sweep
         overrides["num-sites"] = opts.num_sites
     try:
         if overrides.get("task", "classification") == "classification":
-            for key, value in _data_config(str(overrides.get("dataset", RunConfig.dataset))).items():
+            for key, value in _data_config(str(overrides.get("dataset", RunConfig.dataset)),
+                                           overrides.get("num-classes")).items():
                 overrides.setdefault(key, value)
         cfg = RunConfig.from_flower(overrides)
-    except ConfigError as exc:
+    except (ConfigError, PreflightError) as exc:
         raise SweepConfigError(f"{where}: {exc}") from None
     except (OSError, ValueError) as exc:  # unreadable or invalid dataset
         raise SweepConfigError(f"{where}: run config 'dataset' = {overrides.get('dataset')!r}: {exc}") from None
     if cfg.min_sites > opts.num_sites:
         raise SweepConfigError(f"{where}: run config 'min-sites' = {cfg.min_sites} exceeds [sweep] num-sites")
+    try:  # each point's sites, data and model, as simulate checks them
+        preflight(cfg, opts.num_sites, Names({"num-sites": "[sweep] num-sites"}), database=False)
+    except PreflightError as exc:
+        raise SweepConfigError(f"{where}: {exc}") from None
     full = {k: v for k, v in cfg.to_flower().items() if k not in SERVER_ONLY_KEYS}
     blob = json.dumps({"num-sites": opts.num_sites, "config": full}, sort_keys=True)
     return SweepPoint(index, values, full, hashlib.sha256(blob.encode()).hexdigest()[:16])
 
 
-def _data_config(dataset: str) -> dict[str, int]:
-    """The dataset's shape keys, read once per dataset (like ``fedaegis simulate``)."""
+def _data_config(dataset: str, num_classes: int | None) -> dict[str, int]:
+    """The dataset's shape keys, read once per dataset and class count (like ``fedaegis simulate``)."""
     from .datainfo import data_config
 
-    if dataset not in _DATA_CONFIGS:
-        _DATA_CONFIGS[dataset] = data_config(dataset)
-    return _DATA_CONFIGS[dataset]
+    if (dataset, num_classes) not in _DATA_CONFIGS:
+        _DATA_CONFIGS[(dataset, num_classes)] = data_config(dataset, num_classes)
+    return _DATA_CONFIGS[(dataset, num_classes)]
 
 
 def describe(values: dict[str, Any]) -> str:
@@ -211,8 +217,6 @@ def sweep(
     """Run every point of a grid of federated simulations as Ray tasks; completed points are skipped."""
     import dataclasses
 
-    from rich.markup import escape
-
     from .cli import _fail, _setup_logging, out
     from .sweep_run import run_sweep, summary_table
 
@@ -229,7 +233,13 @@ def sweep(
                 raise SweepConfigError(f"--parallel = {opts.parallel}: must be >= 1")
             plan = dataclasses.replace(plan, options=opts)
     except SweepConfigError as exc:
-        _fail(escape(str(exc)))  # not Rich markup: "[grid]" must print
+        _fail(str(exc))
+    from ..shared.preflight import PreflightError, check_database
+
+    try:
+        check_database(plan.db_url, "--db-url" if db_url else "database")
+    except PreflightError as exc:
+        _fail(str(exc))
     results: list[PointResult] = run_sweep(plan, dry_run=dry_run)
     out.print(summary_table(plan, results))
     counts = {s: sum(r.status == s for r in results) for s in ("completed", "skipped", "failed", "pending")}

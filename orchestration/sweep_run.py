@@ -182,6 +182,14 @@ def _main() -> int:
 
     logging.getLogger("flwr").propagate = False
     update_console_handler(level=logging.WARNING)  # Flower's per-round INFO would drown our log
+    from ..shared.config import RunConfig
+    from ..shared.preflight import PreflightError, preflight
+
+    try:  # checked when the sweep was planned; the database and this machine's data again here
+        preflight(RunConfig.from_flower({**spec["config"], "num-sites": spec["num-sites"]}), spec["num-sites"])
+    except PreflightError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
     simulate(spec["config"], spec["num-sites"],
              SimulationResources(num_cpus=spec["num-cpus"], client_cpus=spec["client-cpus"]))
     return 0

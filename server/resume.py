@@ -10,8 +10,9 @@ round and its recorded hash describe one model on disk: the checkpoint itself, o
 Resuming (run config ``resume-run``, or ``fedaegis simulate --resume RUN``) takes the
 stored config, loads that model after checking its hash, and runs rounds ``k+1..N`` under
 their true numbers (the sites' seeds derive from the round number), appending to the same
-run. A completed run, a model that does not match its hash, or a run whose sites kept
-state that died with it (metric-DP budgets) are refused with the reason.
+run. A completed run, a run that never stored a round (unless interrupted by Ctrl-C), a model
+that does not match its hash, or a run whose sites kept state that died with it (metric-DP
+budgets) are refused with the reason.
 """
 
 from __future__ import annotations
@@ -104,8 +105,11 @@ def resume_point(store: RunStore, ref: str, db_url: str = "") -> ResumePoint:
         raise ResumeError(f"{label}: stored rounds {numbers} are not 1..{stored}; cannot tell where to go on")
     if stored > cfg.num_server_rounds:
         raise ResumeError(f"{label}: {stored} rounds stored but num-server-rounds is {cfg.num_server_rounds}")
-    if stored == 0:  # died before its first round: start over from the seeded initial model
-        return ResumePoint(run["id"], run["uuid"], cfg, 0, None, None)
+    if stored == 0:
+        if run["status"] != "interrupted":  # it never got going (or died at once): nothing to go on with
+            raise ResumeError(f"{label} never stored a round (status {run['status']}"
+                              f"{': ' + run['error'] if run['error'] else ''}); start a new run instead")
+        return ResumePoint(run["id"], run["uuid"], cfg, 0, None, None)  # Ctrl-C in round 1: the seeded model
 
     if run["checkpoint_path"]:
         finish_interrupted_rename(Path(run["checkpoint_path"]), run["checkpoint_sha256"])

@@ -97,8 +97,11 @@ def test_a_crash_between_commit_and_rename_is_rolled_forward(db_url):
     assert resume_point(store, str(run_id), db_url).done == 2 and not pending.exists()
 
 
-def test_no_round_stored_starts_from_the_seeded_model(db_url):
+def test_a_run_that_never_stored_a_round_is_refused_unless_interrupted(db_url):
     store, run_id, _ = _run_with_rounds(db_url, 0)
+    with pytest.raises(ResumeError, match="never stored a round"):
+        resume_point(store, str(run_id), db_url)
+    store.finish_run(run_id, status="interrupted")  # Ctrl-C during round 1: start over from the seeded model
     point = resume_point(store, str(run_id), db_url)
     assert point.done == 0 and point.arrays is None
 
