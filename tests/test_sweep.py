@@ -59,7 +59,7 @@ def _doc(**tables):
         # values are checked by RunConfig, point by point, with the field named
         (_doc(grid={"partitioning": ["iid", "random"]}), "grid point 2 (seed=0 partitioning=random): run config 'partitioning'"),
         (_doc(grid={"learning-rate": [0.1, "fast"]}), "run config 'learning-rate' = 'fast': expected float"),
-        (_doc(grid={"dataset": ["/nonexistent/data.npz"]}), "run config 'dataset' /nonexistent/data.npz: data source not found"),
+        (_doc(grid={"dataset": ["/nonexistent/data.npz"]}), "run config 'dataset' /nonexistent/data.npz: file not found"),
         (_doc(config={"min-sites": 3}), "run config 'min-sites' = 3 exceeds [sweep] num-sites"),
     ],
 )
