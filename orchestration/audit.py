@@ -111,6 +111,7 @@ class AuditResult:
 
     def to_json(self) -> dict[str, Any]:
         return {
+            "schema": 1,  # the version of every fedaegis --json document (README, "Scripting")
             "client_app": self.client_app, "sites": self.sites, "rounds": self.rounds,
             "passed": self.passed, "verdict": "PASS" if self.passed else "FAIL", "reasons": self.reasons(),
             "requests": self.requests, "replies": [{**asdict(r), "verdict": r.verdict} for r in self.replies],

@@ -279,21 +279,25 @@ def list_runs(
     runs = store.list_runs()
     if as_json:
         full = [store.get_run(r["id"]) for r in runs]
-        out.print_json(json.dumps([_run_json(r) for r in full]))
+        out.print_json(json.dumps({"schema": JSON_SCHEMA, "runs": [_run_json(r) for r in full]}))
         return
     table = Table(title=f"runs in {store.engine.url.render_as_string(hide_password=True)}")
     for col in ("id", "name", "status", "rounds", "created", "accuracy"):
         table.add_column(col)
+    dashes = False
     for summary in runs:
         detail = store.get_run(summary["id"])
         last = detail["rounds"][-1]["metrics"] if detail["rounds"] else {}
         acc = last.get("evaluate.accuracy")
+        dashes |= acc is None
         table.add_row(
             str(summary["id"]), summary["name"], summary["status"],
             f"{summary['rounds_completed']}/{summary['num_rounds']}", summary["created_at"][:19],
             f"{acc:.4f}" if acc is not None else "-",
         )
     out.print(table)
+    if dashes:
+        out.print(WITHHELD_LEGEND, highlight=False)
 
 
 @app.command()
@@ -369,7 +373,7 @@ def evaluate(
         for (a, e), t in sorted(decode(encode(results)).items())
     ]
     if as_json:
-        out.print_json(json.dumps({"run": run, "dataset": dataset, "split": split, "samples": len(subset),
+        out.print_json(json.dumps({"schema": JSON_SCHEMA, "run": run, "dataset": dataset, "split": split, "samples": len(subset),
                                    "skipped": data.num_skipped, "results": cells}))
         return
     table = Table(title=f"run {run} on {dataset} ({split}, {len(subset)} samples)")
@@ -386,28 +390,47 @@ def evaluate(
         out.print(f"files skipped (unreadable or rejected): {data.num_skipped}")
 
 
+# the per-round fields of --json, from the stored metric they show
+ROUND_FIELDS = {"accuracy": "evaluate.accuracy", "loss": "evaluate.loss", "train_accuracy": "train.train-accuracy",
+                "train_loss": "train.train-loss", "num_examples": "evaluate.num-examples"}
+WITHHELD_LEGEND = "-: withheld (min-cell-size, metric-dp budget) or not reported; never a zero"
+
+
+def withheld_reason(metrics: dict[str, float], phase: str) -> str:
+    """Why ``phase``'s accuracy/loss of a round are absent: the site protection that withheld them."""
+    suppressed, dp = metrics.get(f"{phase}.suppressed-count", 0), metrics.get(f"{phase}.dp-withheld-count", 0)
+    if suppressed:
+        return f"withheld: {int(suppressed)} site(s) had fewer than min-cell-size samples"
+    if dp:
+        return f"withheld: {int(dp)} site(s) had spent their metric-dp budget"
+    return "not reported by any site"
+
+
 def _run_json(run: dict[str, Any]) -> dict[str, Any]:
-    """The stable script-facing form: id, config and global metrics per round."""
-    keep = ("id", "uuid", "name", "status", "num_rounds", "created_at", "finished_at",
+    """The stable script-facing form (schema 1, see README "Scripting"): id, config and global metrics per round.
+
+    Field names are snake_case; ``config`` is keyed by run-config key and ``metrics`` by stored
+    metric name, as written. A value a site protection withheld is null, with its reason in ``withheld``.
+    """
+    keep = ("id", "uuid", "name", "status", "error", "num_rounds", "created_at", "finished_at",
             "checkpoint_path", "config")
-    result = {k: run[k] for k in keep}
-    result["rounds"] = [
-        {
-            "round": r["number"],
-            "accuracy": r["metrics"].get("evaluate.accuracy"),
-            "loss": r["metrics"].get("evaluate.loss"),
-            "train_accuracy": r["metrics"].get("train.train-accuracy"),
-            "train_loss": r["metrics"].get("train.train-loss"),
-            "num_examples": r["metrics"].get("evaluate.num-examples"),
+    result: dict[str, Any] = {"schema": JSON_SCHEMA, **{k: run[k] for k in keep}}
+    result["rounds"] = []
+    for r in run["rounds"]:
+        m = r["metrics"]
+        fields = {name: m.get(metric) for name, metric in ROUND_FIELDS.items()}
+        withheld = {name: withheld_reason(m, ROUND_FIELDS[name].split(".")[0])
+                    for name, value in fields.items() if value is None and name != "num_examples"}
+        result["rounds"].append({
+            "round": r["number"], **fields,
             "sites": r["evaluate_replies"],
             "failures": r["failures"],
-            "metrics": r["metrics"],
+            "withheld": withheld,
+            "metrics": m,
             "robustness": _robustness(r),
             "defences": defence_cells(r),
             "detection": detection_cells(r),
-        }
-        for r in run["rounds"]
-    ]
+        })
     return result
 
 
@@ -446,6 +469,8 @@ def _print_run(run: dict[str, Any], with_config: bool = False) -> None:
             _fmt(m.get("evaluate.num-examples"), ".0f"), str(r["evaluate_replies"]), str(r["failures"]),
         )
     out.print(table)
+    if any(v is None for r in run["rounds"] for v in (r["metrics"].get(k) for k in ROUND_FIELDS.values())):
+        out.print(WITHHELD_LEGEND, highlight=False)
     attack_rows = [(r["number"], cell) for r in run["rounds"] for cell in _robustness(r)]
     if attack_rows:
         rob = Table(title="robustness (all sites)")

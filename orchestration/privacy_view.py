@@ -65,9 +65,13 @@ def privacy(
             table.append((run, row))
     if as_json:
         # epsilon null: no formal guarantee (JSON has no infinity)
-        out.print_json(json.dumps([{"run": run["uuid"], **row.as_dict(),
-                                    "epsilon": row.epsilon if math.isfinite(row.epsilon) else None}
-                                   for run, row in table]))
+        out.print_json(json.dumps({"schema": 1, "runs": [
+            {"run": run["uuid"], **row.as_dict(), "epsilon": row.epsilon if math.isfinite(row.epsilon) else None}
+            for run, row in table]}))
+        return
+    if not table:
+        out.print(f"no run with an inversion audit in {store.url} (run config 'inversion-audit', e.g. "
+                  "-c inversion-audit='\"idlg\"')", highlight=False, markup=False)
         return
     view = Table(title="privacy/utility per defence (inversion audit of the first update)")
     for col in ("run", "name", "defence", "epsilon", "accuracy", "PSNR dB", "SSIM"):

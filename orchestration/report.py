@@ -722,8 +722,10 @@ def report(
     output: Annotated[Path | None, typer.Option("--output", "-o", help="File to write ('-': stdout). Default: "
                                                 "./fedaegis-run-<id>.html; JSON goes to stdout.")] = None,
     fmt: Annotated[ReportFormat, typer.Option("--format", help="html (self-contained page) or json.")] = ReportFormat.html,
+    as_json: Annotated[bool, typer.Option("--json", help="The report as JSON on stdout (same as --format json).")] = False,
 ) -> None:
     """Write a self-contained HTML (or JSON) report of a stored run."""
+    fmt = ReportFormat.json if as_json else fmt
     from rich.console import Console
 
     from ..shared.config import default_db_url

@@ -28,15 +28,28 @@ def sum_metric_records(records: list[RecordDict], weighted_by_key: str) -> Metri
     Matches Flower's ``*_metrics_aggr_fn`` signature, so any Flower strategy can use it.
     """
     totals: dict[str, float] = {}
+    withheld = 0.0
     for content in records:
-        for name, value in content[METRICS_KEY].items():
+        metrics = dict(content[METRICS_KEY])
+        withheld += withheld_examples(metrics)  # type: ignore[arg-type]
+        for name, value in metrics.items():
             totals[name] = totals.get(name, 0) + value  # type: ignore[operator]
-    return MetricRecord({**totals, **derived_ratios(totals)})
+    return MetricRecord({**totals, **derived_ratios(totals, withheld)})
 
 
-def derived_ratios(totals: dict[str, float]) -> dict[str, float]:
+def withheld_examples(metrics: dict[str, float]) -> float:
+    """Examples a suppressed reply still counts (a training reply keeps its FedAvg weight) but reports nothing on."""
+    return float(metrics.get("num-examples", 0)) if metrics.get("suppressed-count") else 0.0
+
+
+def derived_ratios(totals: dict[str, float], withheld: float = 0.0) -> dict[str, float]:
+    """Ratios of summed counts; ``withheld`` examples (see :func:`withheld_examples`) count in no ratio.
+
+    A ratio whose every example was withheld is left out, never reported as 0.
+    """
     out = {}
     for name, (num, den) in RATIOS.items():
-        if num in totals and totals.get(den, 0) > 0:
-            out[name] = float(totals[num]) / float(totals[den])
+        reported = totals.get(den, 0) - (withheld if den == "num-examples" else 0)
+        if num in totals and reported > 0:
+            out[name] = float(totals[num]) / float(reported)
     return out

@@ -20,7 +20,7 @@ from ..shared.config import SERVER_ONLY_KEYS, RunConfig, fedaegis_home
 from ..shared.tasks import build_task_model, model_meta
 from ..shared.store import MetricValue, RoundRecord, RunStore
 from ..shared.store.repository import checkpoint_dir
-from .aggregation import derived_ratios
+from .aggregation import derived_ratios, withheld_examples
 from .defence_rows import defence_rows
 from .dp_rows import dp_rows
 from .recording import RecordingStrategy, RoundOutcome
@@ -109,7 +109,7 @@ class RunRecorder:
         for phase, sites in (("train", outcome.site_train), ("evaluate", outcome.site_evaluate)):
             for node, values in sites.items():
                 record.site_metrics.setdefault(node, []).extend(
-                    metric_rows(phase, {**values, **derived_ratios(values)})
+                    metric_rows(phase, {**values, **derived_ratios(values, withheld_examples(values))})
                 )
         # crash-safe (see server/resume.py): the model waits beside the checkpoint until its
         # round and hash are committed together, then replaces it

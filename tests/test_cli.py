@@ -29,13 +29,15 @@ def test_runs_and_show_json(db_url):
     run_id = _stored_run(db_url)
     res = runner.invoke(app, ["runs", "--db-url", db_url, "--json"])
     assert res.exit_code == 0, res.output
-    runs = json.loads(res.stdout)
+    listed = json.loads(res.stdout)
+    assert listed["schema"] == 1
+    runs = listed["runs"]
     assert [r["id"] for r in runs] == [run_id]
     assert runs[0]["config"]["model"] == "cnn"
     res = runner.invoke(app, ["show", str(run_id), "--db-url", db_url, "--json"])
     assert res.exit_code == 0, res.output
     shown = json.loads(res.stdout)
-    assert shown["id"] == run_id and shown["config"]["num-server-rounds"] == 2
+    assert shown["schema"] == 1 and shown["id"] == run_id and shown["config"]["num-server-rounds"] == 2
     assert [(r["round"], r["accuracy"], r["loss"]) for r in shown["rounds"]] == [(1, 0.81, 0.4), (2, 0.86, 0.4)]
 
 

@@ -47,7 +47,8 @@ def test_inversion_audit_reconstructs_undefended_and_dp_sgd_stops_it(db_url):
     assert as_json["rounds"][0]["metrics"]["train.inversion-psnr"] > 20
     # the privacy/utility table: one row per run, defence, epsilon, accuracy, PSNR, SSIM
     table = json.loads(CliRunner().invoke(cli, ["privacy", "--db-url", db_url, "--json"]).output)
-    by_defence = {row["defence"]: row for row in table}
+    assert table["schema"] == 1
+    by_defence = {row["defence"]: row for row in table["runs"]}
     assert by_defence["none"]["epsilon"] is None and by_defence["none"]["psnr"] > 20
     assert 0 < by_defence["dp-sgd"]["epsilon"] <= 8.0 + 1e-6 and by_defence["dp-sgd"]["psnr"] < 12
     assert 0 <= by_defence["dp-sgd"]["accuracy"] <= 1
