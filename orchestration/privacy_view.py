@@ -17,8 +17,6 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from ..shared.config import default_db_url
-from ..shared.store import RunStore
 from .options import DbOption
 
 if TYPE_CHECKING:  # shared.privacy imports Opacus and MONAI: seconds the CLI must not spend on --help
@@ -48,7 +46,9 @@ def privacy(
     as_json: Annotated[bool, typer.Option("--json", help="Machine-readable output.")] = False,
 ) -> None:
     """Privacy/utility table: defence, epsilon, accuracy and inversion PSNR/SSIM per run."""
-    store = RunStore(db_url or default_db_url())
+    from .cli import _open_store
+
+    store = _open_store(db_url)
     refs = runs or [r["id"] for r in store.list_runs()]
     table: list[tuple[dict[str, Any], PrivacyRow]] = []
     for ref in refs:

@@ -728,12 +728,12 @@ def report(
     fmt = ReportFormat.json if as_json else fmt
     from rich.console import Console
 
-    from ..shared.config import default_db_url
-    from ..shared.store import RunNotFoundError, RunStore
+    from ..shared.store import RunNotFoundError
+    from .cli import _open_store
 
     err = Console(stderr=True)
     try:
-        detail = RunStore(db_url or default_db_url()).get_run(run)
+        detail = _open_store(db_url).get_run(run)  # a bad --db-url: one masked line
     except RunNotFoundError as exc:
         err.print(f"[bold red]error:[/] {exc}", markup=True, highlight=False)
         raise typer.Exit(code=2)

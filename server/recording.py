@@ -6,6 +6,7 @@ aggregation or DP strategies plug in without touching the recording logic.
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -33,6 +34,28 @@ class RoundOutcome:
     site_train: dict[str, dict[str, float]] = field(default_factory=dict)
     site_evaluate: dict[str, dict[str, float]] = field(default_factory=dict)
     errors: list[str] = field(default_factory=list)
+
+
+def ordered(replies: Iterable[Message]) -> list[Message]:
+    """Replies in an order fixed by their content, not by which site finished first.
+
+    Aggregation adds floating-point numbers, and their sum depends on the order; sorting by a
+    digest of each reply makes the same config and seed give the same stored numbers.
+    """
+    def key(msg: Message) -> tuple[bool, str]:
+        if msg.has_error():
+            return True, msg.error.reason
+        digest = hashlib.sha256()
+        for name, record in sorted(msg.content.items()):
+            digest.update(name.encode())
+            if isinstance(record, ArrayRecord):
+                for key_, array in record.items():
+                    digest.update(key_.encode() + array.data)
+            elif isinstance(record, MetricRecord | ConfigRecord):
+                digest.update(repr(sorted(record.items())).encode())
+        return False, digest.hexdigest()
+
+    return sorted(replies, key=key)
 
 
 class RecordingStrategy(Strategy):
@@ -69,7 +92,7 @@ class RecordingStrategy(Strategy):
         self, server_round: int, replies: Iterable[Message]
     ) -> tuple[ArrayRecord | None, MetricRecord | None]:
         server_round += self.offset
-        replies = list(replies)
+        replies = ordered(replies)
         outcome = self._current(server_round)
         outcome.train_replies = self._collect(replies, outcome.site_train, outcome)
         self._count_missing(replies, outcome)
@@ -90,7 +113,7 @@ class RecordingStrategy(Strategy):
         self, server_round: int, replies: Iterable[Message]
     ) -> MetricRecord | None:
         server_round += self.offset
-        replies = list(replies)
+        replies = ordered(replies)
         outcome = self._current(server_round)
         outcome.evaluate_replies = self._collect(replies, outcome.site_evaluate, outcome)
         self._count_missing(replies, outcome)
