@@ -238,8 +238,8 @@ def _run_and_report(overrides: dict[str, Any], sites: int, resources: Any, as_js
     except KeyboardInterrupt:
         _mark(store, str(overrides["run-uuid"]), "interrupted", "interrupted (Ctrl-C); go on with --resume")
         console.print(f"interrupted: run {overrides['run-uuid']} is stored as interrupted; "
-                      f"`fedaegis simulate --resume {overrides['run-uuid']}` goes on with it")
-        raise typer.Exit(code=130) from None
+                      f"`fedaegis simulate --resume {overrides['run-uuid']}` goes on with it", soft_wrap=True)
+        _exit_now(130)
     except RunFailed:
         run_uuid = str(overrides["run-uuid"])
     except (ConfigError, ValueError) as exc:
@@ -257,6 +257,17 @@ def _run_and_report(overrides: dict[str, Any], sites: int, resources: Any, as_js
         _print_run(run)
     if run["status"] != "completed":
         _fail(f"run {run['id']} {run['status']}: {run['error']}", code=1)
+
+
+def _exit_now(code: int) -> None:
+    """Exit although Flower's ServerApp thread still waits for replies (it would keep the process alive)."""
+    if "ray" in sys.modules:
+        import ray
+
+        ray.shutdown()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
 
 
 def _mark(store: RunStore, run_uuid: str, status: str, error: str) -> None:
