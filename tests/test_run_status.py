@@ -62,7 +62,7 @@ def test_ctrl_c_stores_the_run_as_interrupted_and_resumable(tmp_path):
     from fedaegis.server.resume import resume_point
 
     db = f"sqlite:///{tmp_path / 'runs.db'}"
-    env = {**os.environ, "FEDAEGIS_HOME": str(tmp_path / "home"), "RAY_TMPDIR": str(tmp_path / "ray")}
+    env = {**os.environ, "FEDAEGIS_HOME": str(tmp_path / "home")}  # Ray: the suite's short RAY_TMPDIR
     proc = subprocess.Popen(
         [sys.executable, "-c", "from fedaegis.orchestration.cli import main; main()", "simulate", "--sites", "2",
          "--rounds", "3", "--local-epochs", "1", "--db-url", db],
@@ -78,7 +78,7 @@ def test_ctrl_c_stores_the_run_as_interrupted_and_resumable(tmp_path):
     finally:
         if proc.poll() is None:
             proc.kill()
-    assert proc.returncode == 130, rest
+    assert proc.returncode == 130, line + rest
     assert "stored as interrupted" in " ".join(rest.split())
     (run,) = RunStore(db).list_runs()
     assert run["status"] == "interrupted" and run["rounds_completed"] >= 1
