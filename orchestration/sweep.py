@@ -213,6 +213,7 @@ def sweep(
     parallel: Annotated[int | None, typer.Option(help="Runs at once (beats the file's parallel).")] = None,
     ray_address: Annotated[str | None, typer.Option(help="Ray cluster to schedule runs on (beats the file's ray-address).")] = None,
     dry_run: Annotated[bool, typer.Option("--dry-run", help="List the points and what would run; run nothing.")] = False,
+    as_json: Annotated[bool, typer.Option("--json", help="The points' outcomes as JSON (schema 1).")] = False,
 ) -> None:
     """Run every point of a grid of federated simulations as Ray tasks; completed points are skipped."""
     import dataclasses
@@ -241,9 +242,14 @@ def sweep(
     except PreflightError as exc:
         _fail(str(exc))
     results: list[PointResult] = run_sweep(plan, dry_run=dry_run)
-    out.print(summary_table(plan, results))
     counts = {s: sum(r.status == s for r in results) for s in ("completed", "skipped", "failed", "pending")}
-    out.print(", ".join(f"{n} {s}" for s, n in counts.items() if n or s != "pending"))
+    if as_json:
+        out.print_json(json.dumps({"schema": 1, "sweep": plan.options.name, "points": [
+            {"point": r.point.index, "values": r.point.values, "config_hash": r.point.config_hash,
+             "status": r.status, "run_id": r.run_id, "accuracy": r.accuracy, "detail": r.detail} for r in results]}))
+    else:
+        out.print(summary_table(plan, results))
+        out.print(", ".join(f"{n} {s}" for s, n in counts.items() if n or s != "pending"))
     if counts["failed"]:
         raise typer.Exit(code=1)
 

@@ -62,3 +62,49 @@ def test_bad_config_is_refused_before_starting(db_url):
     res = runner.invoke(app, ["simulate", "--db-url", db_url, "--dataset", "/nonexistent/data.npz"])
     assert res.exit_code == 2 and "/nonexistent/data.npz" in res.output
     assert RunStore(db_url).list_runs() == []
+
+
+def test_suppressed_training_metrics_are_withheld_not_zero(db_url):
+    """A training reply suppressed by min-cell-size keeps its FedAvg weight but reports no accuracy or loss."""
+    from flwr.app import MetricRecord, RecordDict
+
+    from fedaegis.server.aggregation import sum_metric_records
+    from fedaegis.shared.protocol import suppress_small_cells
+
+    small = suppress_small_cells({"num-examples": 4, "train-correct": 3, "train-loss-sum": 2.0}, 10,
+                                 keep=("num-examples",))
+    big = suppress_small_cells({"num-examples": 40, "train-correct": 30, "train-loss-sum": 20.0}, 10,
+                               keep=("num-examples",))
+    alone = sum_metric_records([RecordDict({"metrics": MetricRecord(small)})], "num-examples")
+    assert alone["num-examples"] == 4 and "train-accuracy" not in alone and "train-loss" not in alone
+    both = sum_metric_records([RecordDict({"metrics": MetricRecord(m)}) for m in (small, big)], "num-examples")
+    assert both["train-accuracy"] == 30 / 40  # the suppressed site's examples count in no ratio
+
+    store = RunStore(db_url)
+    run_id = store.create_run(uuid="w", name="small", config={"min-cell-size": 10}, num_rounds=1)
+    store.record_round(run_id, RoundRecord(number=1, train_replies=1, evaluate_replies=1, metrics=[
+        MetricValue("train", "num-examples", 4), MetricValue("train", "suppressed-count", 1),
+        MetricValue("evaluate", "num-examples", 0), MetricValue("evaluate", "suppressed-count", 1)]))
+    store.finish_run(run_id)
+    res = runner.invoke(app, ["show", "w", "--db-url", db_url])
+    assert res.exit_code == 0 and "0.0000" not in res.stdout and "-: withheld" in res.stdout
+    (rnd,) = json.loads(runner.invoke(app, ["show", "w", "--db-url", db_url, "--json"]).stdout)["rounds"]
+    assert rnd["train_accuracy"] is None and rnd["accuracy"] is None
+    assert "min-cell-size" in rnd["withheld"]["train_accuracy"] and "min-cell-size" in rnd["withheld"]["accuracy"]
+    res = runner.invoke(app, ["runs", "--db-url", db_url])
+    assert "-: withheld" in res.stdout
+
+
+def test_runs_show_status_and_every_json_is_versioned(db_url, tmp_path):
+    run_id = _stored_run(db_url)
+    store = RunStore(db_url)
+    failed = store.create_run(uuid="f", name="broken", config={}, num_rounds=2)
+    store.finish_run(failed, status="failed", error="no round was evaluated by any site")
+    res = runner.invoke(app, ["runs", "--db-url", db_url])
+    assert "completed" in res.stdout and "failed" in res.stdout
+    for args in (["runs"], ["show", str(run_id)], ["privacy"], ["report", str(run_id)]):
+        res = runner.invoke(app, [*args, "--db-url", db_url, "--json"])
+        assert res.exit_code == 0, (args, res.output)
+        doc = json.loads(res.stdout)
+        assert (doc.get("schema") or doc.get("version")) == 1 or doc.get("format"), args
+    assert json.loads(runner.invoke(app, ["runs", "--db-url", db_url, "--json"]).stdout)["schema"] == 1

@@ -112,6 +112,9 @@ def test_cli_refuses_a_bad_file_and_dry_runs(tmp_path, db_url):
     res = runner.invoke(app, ["sweep", str(good), "--db-url", db_url, "--dry-run"])
     assert res.exit_code == 0, res.output
     assert "2 pending" in res.stdout and RunStore(db_url).list_runs() == []
+    res = runner.invoke(app, ["sweep", str(good), "--db-url", db_url, "--dry-run", "--json"])
+    doc = json.loads(res.stdout)
+    assert doc["schema"] == 1 and [p["status"] for p in doc["points"]] == ["pending", "pending"]
 
 
 def test_example_sweep_file_is_valid():
