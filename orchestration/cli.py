@@ -508,6 +508,8 @@ def _print_run(run: dict[str, Any], with_config: bool = False) -> None:
         out.print(more)
     skipped = run["rounds"][-1]["metrics"].get("evaluate.skipped") if run["rounds"] else None
     out.print(f"run id {run['id']} (uuid {run['uuid']}), status {run['status']}")
+    if run.get("error"):
+        out.print(f"why: {mask_secrets(run['error'], _secrets())}", highlight=False, markup=False)
     if skipped:
         out.print(f"files skipped by the sites (unreadable or rejected): {int(skipped)}")
     if run["checkpoint_path"]:

@@ -71,8 +71,9 @@ def test_leaky_client_fails_the_audit_naming_the_metric(small_dataset):
         assert reply["verdict"] == "VIOLATION" and "predictions" in reply["metrics"]
         assert "metric 'predictions' is list, not a scalar" in reply["violations"]
     assert out["violations"] == 2 and "predictions" in " ".join(out["reasons"])
-    # the violating replies were quarantined: the server never aggregated them and finished the run
-    assert out["run_status"] == "completed" and out["server_error"] == ""
+    # the violating replies were quarantined: the server never aggregated them, so no round was
+    # evaluated and the run is stored as failed, saying so (not as a completed run without results)
+    assert out["run_status"] == "failed" and "no round was evaluated" in out["server_error"]
 
 
 @pytest.mark.slow
