@@ -39,7 +39,7 @@ def _codes(value: object) -> frozenset[str] | None:
 def _load(
     source: str,
     split: str,
-    image_size: int,
+    image_size: tuple[int, ...],
     num_classes: int,
     seed: int,
     modality: frozenset[str] | None,
@@ -48,7 +48,7 @@ def _load(
     return load_site_data(
         source,
         split=split,
-        image_size=(image_size, image_size),
+        image_size=image_size,
         num_classes=num_classes,
         expected_modality=set(modality) if modality else None,
         expected_body_part=set(body_part) if body_part else None,
@@ -70,7 +70,7 @@ def site_data(cfg: RunConfig, node_config: Mapping[str, object]) -> SiteData:
     """Load (once) and validate this site's train and test splits."""
     if node_config.get("data-path"):
         source = str(node_config["data-path"])
-        key = (cfg.image_size, cfg.num_classes, cfg.seed,
+        key = ((cfg.image_size,) * cfg.spatial_dims, cfg.num_classes, cfg.seed,
                _codes(node_config.get("modality")), _codes(node_config.get("body-part")))
         data = SiteData(_load(source, "train", *key), _load(source, "test", *key))
     else:
@@ -80,7 +80,7 @@ def site_data(cfg: RunConfig, node_config: Mapping[str, object]) -> SiteData:
                 "'num-partitions' (a simulated site)",
             )
         pid, n = int(node_config["partition-id"]), int(node_config["num-partitions"])  # type: ignore[arg-type]
-        key = (cfg.image_size, cfg.num_classes, cfg.seed, None, None)
+        key = ((cfg.image_size,) * cfg.spatial_dims, cfg.num_classes, cfg.seed, None, None)
         splits = []
         for split in ("train", "test"):
             parts = _partitions(cfg.dataset, split, key, n, cfg.partitioning, cfg.dirichlet_alpha, cfg.seed)
