@@ -186,3 +186,22 @@ def test_privacy_without_audited_runs_says_so(tmp_path):
     db = f"sqlite:///{tmp_path / 'runs.db'}"
     res = runner.invoke(app, ["privacy", "--db-url", db])
     assert res.exit_code == 0 and "no run with an inversion audit" in res.output
+
+
+def test_class_gaps_warn_and_3d_data_fits_its_sites(broken, shared_data, tmp_path):
+    from fedaegis.client.site import site_data
+    from fedaegis.shared.preflight import check_config, dataset_facts, preflight
+
+    src = dict(np.load(broken["tiny"]))
+    labels = src["train_labels"].copy()
+    labels[0] = 3  # classes 0, 1, 3: class 2 has no training image
+    np.savez(tmp_path / "gap.npz", **{**src, "train_labels": labels})
+    facts = dataset_facts(str(tmp_path / "gap.npz"))
+    assert facts.num_classes == 4 and len(facts.warnings) == 1 and "no training image of class 2" in facts.warnings[0]
+
+    volumes = str(shared_data / "adrenalmnist3d" / "adrenalmnist3d.npz")
+    facts = dataset_facts(volumes)
+    assert (facts.spatial_dims, facts.image_size, facts.num_classes) == (3, 28, 2)
+    cfg = check_config({"dataset": volumes, **facts.run_config(), "db-url": f"sqlite:///{tmp_path / 'r.db'}"})
+    preflight(cfg, 3)
+    assert site_data(cfg, {"partition-id": 2, "num-partitions": 3}).train.images.shape[1:] == (1, 28, 28, 28)
