@@ -183,10 +183,11 @@ OPTION_KEYS = {"num-server-rounds": "rounds", "task": "task", "dataset": "datase
 
 def _preflight(overrides: dict[str, Any], sites: int, names: Names) -> RunConfig:
     """Every check of shared/preflight.py, before Ray starts or a row is written; one line and exit 2 on failure."""
-    from ..shared.preflight import check_config, check_database, dataset_facts, preflight
+    from ..shared.preflight import check_against_data, check_config, check_database, dataset_facts, preflight
 
     try:
         check_database(str(overrides["db-url"]), names("db-url"))
+        facts = None
         if overrides.get("task", "classification") == "classification":
             facts = dataset_facts(str(overrides.get("dataset", RunConfig.dataset)), overrides.get("num-classes"), names)
             for message in facts.warnings:
@@ -194,6 +195,8 @@ def _preflight(overrides: dict[str, Any], sites: int, names: Names) -> RunConfig
             for key, value in facts.run_config().items():
                 overrides.setdefault(key, value)
         cfg = check_config({**overrides, "num-sites": sites}, names)
+        if facts is not None:
+            check_against_data(cfg, facts.run_config(), names)
         preflight(cfg, sites, names, database=False)
     except PreflightError as exc:
         _fail(str(exc))

@@ -36,7 +36,7 @@ from typing import TYPE_CHECKING, Annotated, Any
 import typer
 
 from ..shared.config import SERVER_ONLY_KEYS, ConfigError, RunConfig
-from ..shared.preflight import Names, PreflightError, preflight
+from ..shared.preflight import Names, PreflightError, check_against_data, preflight
 
 if TYPE_CHECKING:
     from .sweep_run import PointResult
@@ -185,6 +185,8 @@ def _point(index: int, values: dict[str, Any], base: dict[str, Any], opts: Sweep
     if cfg.min_sites > opts.num_sites:
         raise SweepConfigError(f"{where}: run config 'min-sites' = {cfg.min_sites} exceeds [sweep] num-sites")
     try:  # each point's sites, data and model, as simulate checks them
+        if cfg.task == "classification":
+            check_against_data(cfg, _data_config(cfg.dataset, overrides.get("num-classes")))
         preflight(cfg, opts.num_sites, Names({"num-sites": "[sweep] num-sites"}), database=False)
     except PreflightError as exc:
         raise SweepConfigError(f"{where}: {exc}") from None

@@ -91,7 +91,8 @@ def dataset_facts(source: str, num_classes: int | None = None, names: Names = Na
         if path.suffix.lower() != ".npz" or not path.is_file():
             load_site_data(path, split="train")  # raises the loader's own message
         splits = _npz_splits(path, flag)
-        if num_classes is None:
+        declared = num_classes is not None
+        if not declared:
             labels = load_site_data(path, split="train").labels
             top = int(labels.max()) + 1
             present = sorted(set(labels.tolist()))
@@ -110,9 +111,8 @@ def dataset_facts(source: str, num_classes: int | None = None, names: Names = Na
             try:
                 loaded[split] = load_site_data(path, split=split, num_classes=num_classes)
             except DataValidationError as exc:
-                hint = names("num-classes") + f" = {num_classes}" if "out of range" in exc.problem else ""
-                if hint and names.given.get("num-classes") is None:
-                    hint = INFERENCE_RULE
+                hint = "" if "out of range" not in exc.problem else (
+                    f"{names('num-classes')} = {num_classes}" if declared else INFERENCE_RULE)
                 raise PreflightError(f"{flag} {_one_line(exc)}" + (f" ({hint})" if hint else "")) from None
         return _facts(loaded["train"], num_classes, {s: len(d) for s, d in loaded.items()}, warnings)
     except DataValidationError as exc:
@@ -158,6 +158,17 @@ def check_config(overrides: Mapping[str, Any], names: Names = Names()) -> RunCon
         return RunConfig.from_flower(dict(overrides))
     except ConfigError as exc:
         raise PreflightError(names.rewrite(_one_line(exc))) from None
+
+
+def check_against_data(cfg: RunConfig, data: Mapping[str, int], names: Names = Names()) -> None:
+    """The run config's image shape keys agree with the data's (``data``: :meth:`DataFacts.run_config`).
+
+    ``image-size`` may differ (sites resize); dimensions and channels may not.
+    """
+    for key, what in (("spatial-dims", "{}D images"), ("in-channels", "{}-channel images")):
+        have, want = data[key], getattr(cfg, key.replace("-", "_"))
+        if have != want:
+            raise PreflightError(f"{names(key)} = {want} but {names('dataset')} {cfg.dataset} holds {what.format(have)}")
 
 
 def check_model(cfg: RunConfig, names: Names = Names()) -> None:

@@ -59,7 +59,7 @@ CASES = [
     (["--dataset", "{stray}", "-c", "num-classes=11"], "train_labels: label 255 is out of range for num_classes=11 (-c num-classes = 11)"),
     (["--dataset", "{test-label}"], "test_labels: label 20 is out of range for num_classes=2 (num-classes is inferred as 1 + the largest train label"),
     (["--dataset", "{text}"], "--dataset {text}: not a MedMNIST .npz (not a zip archive"),
-    (["--dataset", "{tiny}", "-c", "spatial-dims=3"], "images are 2D but -c spatial-dims is 3"),
+    (["--dataset", "{tiny}", "-c", "spatial-dims=3"], "-c spatial-dims = 3 but --dataset {tiny} holds 2D images"),
     (["--dataset", "{tiny}", "--model", "foo"], "--model = 'foo': unknown model 'foo'"),
     (["--dataset", "{tiny}", "--sites", "0"], "--sites: need at least 1 site, got 0"),
     (["--dataset", "{tiny}", "--rounds", "3", "-c", "num-server-rounds=1"], "--rounds and -c num-server-rounds both set"),
