@@ -190,8 +190,14 @@ def _main() -> int:
     except PreflightError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    simulate(spec["config"], spec["num-sites"],
-             SimulationResources(num_cpus=spec["num-cpus"], client_cpus=spec["client-cpus"]))
+    from ..server.app import RunFailed
+
+    try:
+        simulate(spec["config"], spec["num-sites"],
+                 SimulationResources(num_cpus=spec["num-cpus"], client_cpus=spec["client-cpus"]))
+    except RunFailed as exc:  # stored as failed, with its site errors: one line, not a traceback
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
     return 0
 
 
