@@ -14,6 +14,7 @@ from flwr.serverapp import Grid, ServerApp
 
 from ..shared import robustness
 from ..shared.checkpoint import save_checkpoint
+from ..shared.paths import under
 from ..shared.config import SERVER_ONLY_KEYS, RunConfig, fedaegis_home
 from ..shared.tasks import build_task_model, model_meta
 from ..shared.store import MetricValue, RoundRecord, RunStore
@@ -72,7 +73,7 @@ class RunRecorder:
 
     def __init__(self, store: RunStore, run_id: int, run_uuid: str, cfg: RunConfig) -> None:
         self.store, self.run_id, self.cfg = store, run_id, cfg
-        self.checkpoint = checkpoint_dir(fedaegis_home()) / f"{run_uuid}.pt"
+        self.checkpoint = under(checkpoint_dir(fedaegis_home()), f"{run_uuid}.pt")
 
     def __call__(self, outcome: RoundOutcome) -> None:
         record = RoundRecord(

@@ -13,6 +13,8 @@ from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
 
+from .paths import name_problem
+
 TASKS = ("classification", "segmentation")
 AGGREGATIONS = ("fedavg", "krum", "multikrum", "bulyan", "fedmedian", "fedtrimmedavg")
 THREATS = ("none", "backdoor", "label-flip")
@@ -188,6 +190,11 @@ class RunConfig:
         ]
         for key, ok, why in checks:
             if not ok:
+                raise ConfigError(f"run config '{key}' = {getattr(self, _attr(key))!r}: {why}")
+        # both become file names under the project home (checkpoints, sweep logs)
+        for key, colon in (("run-uuid", False), ("run-name", True)):
+            why = name_problem(getattr(self, _attr(key)), allow_colon=colon, allow_empty=True)
+            if why:
                 raise ConfigError(f"run config '{key}' = {getattr(self, _attr(key))!r}: {why}")
         self.epsilon_values  # noqa: B018 - parse now so a bad list fails at start-up
         self.attack_names  # noqa: B018
