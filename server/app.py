@@ -24,7 +24,7 @@ from .defence_rows import defence_rows
 from .dp_rows import dp_rows
 from .recording import RecordingStrategy, RoundOutcome
 from .resume import file_sha256, pending_path, resume_point
-from .secure_evaluation import SecureEvaluation
+from .secure_evaluation import SecureAggregation
 from .strategies import build_strategy
 
 log = logging.getLogger("fedaegis")
@@ -136,8 +136,9 @@ def run_federation(grid: Grid, cfg: RunConfig, flwr_run_id: int | str = "") -> i
     torch.manual_seed(cfg.seed)  # the initial global model is part of what a seed reproduces
     model = build_task_model(model_meta(cfg))
     strategy = build_strategy(cfg)
-    if cfg.secure_aggregation:
-        strategy = SecureEvaluation(strategy, timeout=cfg.round_timeout)
+    if cfg.secure_aggregation or cfg.secure_aggregation_train:
+        strategy = SecureAggregation(strategy, train=cfg.secure_aggregation_train, evaluate=cfg.secure_aggregation,
+                                     neighbours=cfg.secure_aggregation_neighbours, timeout=cfg.round_timeout)
     recorder = RunRecorder(store, run_id, run_uuid, cfg)
     try:
         RecordingStrategy(strategy, recorder, first_round=done + 1).start(

@@ -73,7 +73,9 @@ class RunConfig:
     metric_epsilon: float = 1.0
     metric_delta: float = 1e-5
     metric_epsilon_budget: float = 10.0
-    secure_aggregation: bool = False
+    secure_aggregation: bool = False  # evaluation replies under SecAgg+ (server/secure_evaluation.py)
+    secure_aggregation_train: bool = False  # training updates too: quantised, masked FedAvg
+    secure_aggregation_neighbours: int = 16  # SecAgg+ neighbours per site (all sites if fewer)
     aggregation: str = "fedavg"
     num_malicious: int = 0
     krum_select: int = 0
@@ -187,6 +189,13 @@ class RunConfig:
             ("min-sites", self.min_sites >= 1, "must be >= 1"),
             ("round-timeout", self.round_timeout > 0, "must be > 0"),
             ("num-sites", self.num_sites >= 0, "must be >= 0 (0: not a simulation)"),
+            ("secure-aggregation-neighbours", self.secure_aggregation_neighbours >= 2, "must be >= 2"),
+            ("secure-aggregation-train", not self.secure_aggregation_train or self.aggregation == "fedavg",
+             f"aggregation '{self.aggregation}' needs each site's own update, which secure aggregation hides; "
+             "use aggregation = \"fedavg\" or secure-aggregation-train = false"),
+            ("secure-aggregation-train", not self.secure_aggregation_train or self.clip_norm == 0,
+             "clip-norm clips each site's update at the server, which secure aggregation hides; "
+             "bound updates at the sites (dp-epsilon) or set clip-norm = 0"),
         ]
         for key, ok, why in checks:
             if not ok:

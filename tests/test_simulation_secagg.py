@@ -44,5 +44,6 @@ def test_secure_aggregation_reveals_only_the_sum(db_url):
     assert len(evaluate_replies) == 3
     for reply in evaluate_replies:
         assert all(name.startswith("secagg.") for name in reply.content["metrics"])
+    # keys, shares and unmasking: each site answered three queries, all in its secagg record only
     key_replies = [r for r in grid.replies if r.metadata.message_type == MessageType.QUERY]
-    assert len(key_replies) == 3 and all(set(r.content) == {"secagg"} for r in key_replies)
+    assert len(key_replies) == 9 and all(set(r.content) == {"secagg"} for r in key_replies)
