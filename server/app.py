@@ -15,7 +15,7 @@ from flwr.serverapp import Grid, ServerApp
 from ..shared import robustness
 from ..shared.checkpoint import save_checkpoint
 from ..shared.paths import under
-from ..shared.config import SERVER_ONLY_KEYS, RunConfig, fedaegis_home
+from ..shared.config import SERVER_ONLY_KEYS, ConfigError, RunConfig, fedaegis_home
 from ..shared.tasks import build_task_model, model_meta
 from ..shared.store import MetricValue, RoundRecord, RunStore
 from ..shared.store.repository import checkpoint_dir
@@ -156,6 +156,16 @@ def run_federation(grid: Grid, cfg: RunConfig, flwr_run_id: int | str = "") -> i
     return run_id
 
 
+def refuse_shared_credentials(run_config: Mapping[str, Any]) -> None:
+    """Flower sends the run config to every site: a database password in it is refused."""
+    from sqlalchemy.engine import make_url
+
+    url = str(run_config.get("db-url", ""))
+    if url and make_url(url).password:
+        raise ConfigError("run config 'db-url' holds a password, and Flower sends the run config to every "
+                          "site; give the ServerApp $FEDAEGIS_DB_URL in its environment instead")
+
+
 def make_server_app(
     overrides: dict[str, Any] | None = None, wrap_grid: Callable[[Grid], Grid] | None = None
 ) -> ServerApp:
@@ -168,6 +178,7 @@ def make_server_app(
 
     @app.main()
     def main(grid: Grid, context: Context) -> None:
+        refuse_shared_credentials(dict(context.run_config))
         cfg = RunConfig.from_flower({**dict(context.run_config), **(overrides or {})})
         run_federation(wrap_grid(grid) if wrap_grid else grid, cfg, flwr_run_id=context.run_id)
 

@@ -69,3 +69,12 @@ def test_database_checkpoints_and_logs_are_owner_only(tmp_path, monkeypatch):
     save_checkpoint(ckpt, {"w": torch.ones(2)},
                     {"model": "cnn", "norm": "group", "in_channels": 1, "num_classes": 2, "spatial_dims": 2})
     assert _mode(ckpt) == 0o600
+
+
+def test_a_database_password_in_the_shared_run_config_is_refused():
+    from fedaegis.server.app import refuse_shared_credentials
+
+    with pytest.raises(ConfigError, match="'db-url' holds a password.*FEDAEGIS_DB_URL"):
+        refuse_shared_credentials({"db-url": "postgresql://fedaegis:s3cret@db:5432/fedaegis"})
+    refuse_shared_credentials({"db-url": "sqlite:////tmp/x.db"})  # no secret in it
+    refuse_shared_credentials({})
