@@ -41,7 +41,7 @@ def main() -> None:
 
     os.environ.setdefault("FEDAEGIS_HOME", tempfile.mkdtemp(prefix="fedaegis-bench-secagg-"))
     import torch
-    from flwr.app import ArrayRecord, ConfigRecord, Context, MessageType, RecordDict
+    from flwr.app import ArrayRecord, ConfigRecord, Context, RecordDict
     from flwr.common.serde import recorddict_to_proto
     from flwr.supercore.task_identity import TaskIdentity
 

@@ -181,6 +181,7 @@ def _share(config: dict, state: dict, policy: SitePolicy, context: Context) -> d
     i = nodes.index(me)
     _check(pk1s[i].hex() == s["pk1"] and pk2s[i].hex() == s["pk2"], "this site's own keys were changed")
     if policy.roster or not policy.allow_unsigned:
+        _check(bool(policy.roster), "this site has no roster of the consortium's keys (node config secagg-roster)")
         sigs, signers = list(config.get("secagg-signatures", [])), [str(x) for x in config.get("secagg-signers", [])]
         _check(len(sigs) == len(signers) == len(nodes), "the peers' keys are not all signed")
         _check(len(set(signers)) == len(signers), "two peers' keys are signed by the same member")

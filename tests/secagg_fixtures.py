@@ -9,7 +9,6 @@ play an honest or a curious server against them.
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -101,5 +100,3 @@ def query(grid: LocalGrid, node: int, cfg: dict) -> Message:
 def refused(reply: Message, why: str) -> bool:
     return reply.has_error() and "secure aggregation refused" in reply.error.reason and why in reply.error.reason
 
-
-Deliver = Callable[[Message], Message]
