@@ -31,20 +31,12 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from flwr.app import Array, ArrayRecord, ConfigRecord, Context, Error, Message, MessageType, MetricRecord, RecordDict
 from flwr.clientapp.typing import ClientAppCallable
 from flwr.common.secure_aggregation.crypto.shamir import create_shares
-from flwr.common.secure_aggregation.crypto.symmetric_encryption import decrypt, encrypt, generate_shared_key
+from flwr.common.secure_aggregation.crypto.symmetric_encryption import decrypt, encrypt
 from flwr.common.secure_aggregation.secaggplus_utils import (
     share_keys_plaintext_concat,
     share_keys_plaintext_separate,
 )
-from flwr.supercore.primitives.asymmetric import (
-    bytes_to_private_key,
-    bytes_to_public_key,
-    generate_key_pairs,
-    private_key_to_bytes,
-    public_key_to_bytes,
-    sign_message,
-    verify_signature,
-)
+from flwr.supercore.primitives.asymmetric import sign_message, verify_signature
 
 from ..shared import secagg
 from ..shared.config import fedaegis_home
@@ -151,11 +143,9 @@ def _keys(config: dict, state: dict, policy: SitePolicy, context: Context) -> di
     _check(policy.signing_key is not None or policy.allow_unsigned,
            "this site has no signing key and does not allow unsigned keys (node config secagg-signing-key)")
     state["used"].append(ctx)
-    sk1, pk1 = generate_key_pairs()
-    sk2, pk2 = generate_key_pairs()
-    pk1b, pk2b = public_key_to_bytes(pk1), public_key_to_bytes(pk2)
-    state["session"] = {"context": ctx, "stage": "keys", "sk1": private_key_to_bytes(sk1).hex(),
-                        "sk2": private_key_to_bytes(sk2).hex(), "pk1": pk1b.hex(), "pk2": pk2b.hex()}
+    (sk1, pk1b), (sk2, pk2b) = secagg.new_keypair(), secagg.new_keypair()  # masks; share encryption
+    state["session"] = {"context": ctx, "stage": "keys", "sk1": sk1.hex(), "sk2": sk2.hex(),
+                        "pk1": pk1b.hex(), "pk2": pk2b.hex()}
     record: dict[str, Any] = {"pk1": pk1b, "pk2": pk2b}
     if policy.signing_key is not None:
         record["signature"] = sign_message(policy.signing_key, secagg.key_payload(ctx, context.node_id, pk1b, pk2b))
@@ -173,14 +163,21 @@ def _session(config: dict, state: dict, stage: str) -> dict:
 def _share(config: dict, state: dict, policy: SitePolicy, context: Context) -> dict:
     s = _session(config, state, "keys")
     me, ctx = context.node_id, s["context"]
-    nodes = [int(n) for n in config["secagg-nodes"]]
+    all_nodes = [int(n) for n in config["secagg-nodes"]]  # everyone: the site derives its neighbours
+    nodes = [int(n) for n in config["secagg-key-nodes"]]  # itself and its neighbours, with their keys
     pk1s, pk2s = list(config["secagg-pk1"]), list(config["secagg-pk2"])
-    _check(len(nodes) == len(set(nodes)) == len(pk1s) == len(pk2s), "the peer list repeats a node or is ragged")
+    _check(len(all_nodes) == len(set(all_nodes)), "the peer list repeats a node")
+    _check(len(nodes) == len(set(nodes)) == len(pk1s) == len(pk2s), "the key list repeats a node or is ragged")
     _check(len(set(pk1s) | set(pk2s)) == 2 * len(nodes), "two peers share a public key")
-    _check(me in nodes, "this site's own keys are missing from the peer list")
+    _check(me in nodes and me in all_nodes, "this site's own keys are missing from the peer list")
     i = nodes.index(me)
     _check(pk1s[i].hex() == s["pk1"] and pk2s[i].hex() == s["pk2"], "this site's own keys were changed")
-    if policy.roster or not policy.allow_unsigned:
+    _check(len(all_nodes) >= policy.min_sites,
+           f"{len(all_nodes)} sites in the aggregate, this site requires {policy.min_sites}")
+    k = int(config.get("secagg-neighbours", secagg.DEFAULT_NEIGHBOURS))
+    near = secagg.neighbours(all_nodes, ctx, k)[me]
+    _check(sorted(nodes) == sorted([me, *near]), "the key list is not this site's neighbours")
+    if policy.roster or not policy.allow_unsigned:  # every key it will use, signed by a consortium member
         _check(bool(policy.roster), "this site has no roster of the consortium's keys (node config secagg-roster)")
         sigs, signers = list(config.get("secagg-signatures", [])), [str(x) for x in config.get("secagg-signers", [])]
         _check(len(sigs) == len(signers) == len(nodes), "the peers' keys are not all signed")
@@ -190,19 +187,16 @@ def _share(config: dict, state: dict, policy: SitePolicy, context: Context) -> d
             _check(key is not None, f"node {node}'s keys are signed by a key outside the consortium's roster")
             _check(verify_signature(key, secagg.key_payload(ctx, node, pk1, pk2), sig),
                    f"node {node}'s keys do not match their signature")
-    _check(len(nodes) >= policy.min_sites, f"{len(nodes)} sites in the aggregate, this site requires {policy.min_sites}")
-    k = int(config.get("secagg-neighbours", secagg.DEFAULT_NEIGHBOURS))
-    near = secagg.neighbours(nodes, ctx, k)[me]
     holders = len(near) + 1
     _check(holders >= policy.min_sites, f"{len(near)} neighbours, this site requires {policy.min_sites - 1}")
     t = secagg.threshold(holders)
     b = os.urandom(32)
     sk1 = bytes.fromhex(s["sk1"])
     b_shares, sk_shares = create_shares(b, t, holders), create_shares(sk1, t, holders)
-    sk2 = bytes_to_private_key(bytes.fromhex(s["sk2"]))
+    sk2 = bytes.fromhex(s["sk2"])
     dst, cts = [], []
     for idx, j in enumerate(near, start=1):
-        key = generate_shared_key(sk2, bytes_to_public_key(pk2s[nodes.index(j)]))
+        key = secagg.pair_seed(sk2, pk2s[nodes.index(j)])
         dst.append(j)
         cts.append(encrypt(key, share_keys_plaintext_concat(me, j, b_shares[idx], sk_shares[idx])))
     s.update(stage="shared", b=b.hex(), t=t, near=near,
@@ -214,12 +208,12 @@ def _share(config: dict, state: dict, policy: SitePolicy, context: Context) -> d
 
 def _receive_shares(config: dict, s: dict, me: int) -> list[int]:
     """Decrypt the shares the neighbours sent this site; returns who sent one."""
-    sk2 = bytes_to_private_key(bytes.fromhex(s["sk2"]))
+    sk2 = bytes.fromhex(s["sk2"])
     received = []
     for src, ct in zip(config.get("secagg-src", []), config.get("secagg-ciphertexts", [])):
         src = int(src)
         _check(str(src) in s["pk2_peers"] and src not in received, f"shares from node {src}, not a neighbour")
-        key = generate_shared_key(sk2, bytes_to_public_key(bytes.fromhex(s["pk2_peers"][str(src)])))
+        key = secagg.pair_seed(sk2, bytes.fromhex(s["pk2_peers"][str(src)]))
         try:
             actual, dst, b_share, sk_share = share_keys_plaintext_separate(decrypt(key, ct))
         except Exception as exc:  # a forged or altered ciphertext

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import logging
 from collections import defaultdict
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -96,11 +96,11 @@ class SecureAggregation(Strategy):
         return MetricRecord({**totals, **derived_ratios(totals)})
 
     # ------------------------------------------------------------ protocol
-    def _ask(self, nodes: Iterable[int], cfg: dict) -> dict[int, dict]:
-        """One query to ``nodes``; the ``secagg`` records of those that answered (refusals logged)."""
+    def _ask(self, nodes: Iterable[int], cfg: dict | Callable[[int], dict]) -> dict[int, dict]:
+        """One query to ``nodes`` (``cfg``, or ``cfg(node)`` each); their ``secagg`` records (refusals logged)."""
         assert self._grid is not None
-        queries = [Message(RecordDict({"config": ConfigRecord(cfg)}), dst_node_id=n, message_type=MessageType.QUERY)
-                   for n in nodes]
+        queries = [Message(RecordDict({"config": ConfigRecord(cfg(n) if callable(cfg) else cfg)}), dst_node_id=n,
+                           message_type=MessageType.QUERY) for n in nodes]
         out = {}
         for r in self._grid.send_and_receive(queries, timeout=self.timeout):
             if r.has_error():
@@ -117,19 +117,27 @@ class SecureAggregation(Strategy):
         if len(nodes) < 2:
             log.warning("secure aggregation needs at least 2 sites; %d answered the key exchange", len(nodes))
             return []
-        cfg = {STAGE: "share", "secagg-context": context, "secagg-nodes": nodes, "secagg-neighbours": self.neighbours,
-               "secagg-pk1": [keys[n]["pk1"] for n in nodes], "secagg-pk2": [keys[n]["pk2"] for n in nodes]}
-        if all("signature" in keys[n] for n in nodes):
-            cfg["secagg-signatures"] = [keys[n]["signature"] for n in nodes]
-            cfg["secagg-signers"] = [keys[n]["signer"] for n in nodes]
-        shares = self._ask(nodes, cfg)
+        near = secagg.neighbours(nodes, context, self.neighbours)
+        signed = all("signature" in keys[n] for n in nodes)
+
+        def share_config(node: int) -> dict:
+            """Everyone's ids, and the keys of the site and its neighbours only (O(neighbours) bytes)."""
+            own = [node, *near[node]]
+            cfg = {STAGE: "share", "secagg-context": context, "secagg-nodes": nodes, "secagg-key-nodes": own,
+                   "secagg-neighbours": self.neighbours,
+                   "secagg-pk1": [keys[n]["pk1"] for n in own], "secagg-pk2": [keys[n]["pk2"] for n in own]}
+            if signed:
+                cfg["secagg-signatures"] = [keys[n]["signature"] for n in own]
+                cfg["secagg-signers"] = [keys[n]["signer"] for n in own]
+            return cfg
+
+        shares = self._ask(nodes, share_config)
         inbox: dict[int, list[tuple[int, bytes]]] = {n: [] for n in shares}
         for src, rec in shares.items():
             for dst, ct in zip(rec.get("dst", []), rec.get("ciphertexts", [])):
                 if dst in inbox:
                     inbox[dst].append((src, ct))
-        ex = _Exchange(context, nodes, {n: keys[n]["pk1"] for n in nodes},
-                       secagg.neighbours(nodes, context, self.neighbours))
+        ex = _Exchange(context, nodes, {n: keys[n]["pk1"] for n in nodes}, near)
         messages = []
         for m in planned:
             node = m.metadata.dst_node_id

@@ -10,7 +10,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 from flwr.app import Message, MessageType
-from flwr.supercore.primitives.asymmetric import generate_key_pairs, public_key_to_bytes, sign_message
+from flwr.supercore.primitives.asymmetric import generate_key_pairs, sign_message
 from flwr.supercore.task_identity import TaskIdentity
 
 from fedaegis.server.secure_evaluation import SecureAggregation
@@ -203,8 +203,9 @@ def _keys_round(grid: LocalGrid, context: str) -> dict[int, dict]:
 
 
 def _share_cfg(context: str, keys: dict[int, dict]) -> dict:
+    """The share step as a server would send it with every site a neighbour (5 sites, 16 neighbours)."""
     nodes = sorted(keys)
-    return {"secagg-stage": "share", "secagg-context": context, "secagg-nodes": nodes,
+    return {"secagg-stage": "share", "secagg-context": context, "secagg-nodes": nodes, "secagg-key-nodes": nodes,
             "secagg-pk1": [keys[n]["pk1"] for n in nodes], "secagg-pk2": [keys[n]["pk2"] for n in nodes],
             "secagg-signatures": [keys[n]["signature"] for n in nodes],
             "secagg-signers": [keys[n]["signer"] for n in nodes], "secagg-neighbours": 16}
@@ -214,8 +215,7 @@ def test_the_server_cannot_relay_its_own_key_as_a_peers(tmp_path):
     grid = LocalGrid(tmp_path, SITES)
     ctx = f"{RUN}/1/evaluate"
     keys = _keys_round(grid, ctx)
-    sk, pk = generate_key_pairs()
-    own = public_key_to_bytes(pk)
+    own = secagg.new_keypair()[1]
     forged = {**keys, 22: {**keys[22], "pk1": own}}  # keeps site 22's signature
     for n in (11, VICTIM):
         assert refused(query(grid, n, _share_cfg(ctx, forged)), "do not match their signature")
@@ -235,8 +235,10 @@ def test_a_peer_list_holding_only_the_victim_is_refused(tmp_path):
     keys = _keys_round(grid, ctx)
     assert refused(query(grid, VICTIM, _share_cfg(ctx, {VICTIM: keys[VICTIM]})), "1 sites in the aggregate")
     assert refused(query(grid, 11, _share_cfg(ctx, {11: keys[11], 22: keys[22]})), "2 sites in the aggregate")
-    # without its own entry the site does not go on either
+    # without its own entry the site does not go on either, nor with a neighbour's keys left out
     assert refused(query(grid, 44, _share_cfg(ctx, {n: keys[n] for n in SITES if n != 44})), "own keys are missing")
+    partial = {**_share_cfg(ctx, keys), "secagg-nodes": sorted(SITES) + [99]}
+    assert refused(query(grid, 55, partial), "not this site's neighbours")
 
 
 def test_keys_and_context_are_single_use(tmp_path):
