@@ -30,7 +30,6 @@ import numpy as np
 from cryptography.hazmat.primitives.asymmetric import ec
 from flwr.app import Array, ArrayRecord, ConfigRecord, Context, Error, Message, MessageType, MetricRecord, RecordDict
 from flwr.clientapp.typing import ClientAppCallable
-from flwr.common.secure_aggregation.crypto.shamir import create_shares
 from flwr.common.secure_aggregation.crypto.symmetric_encryption import decrypt, encrypt
 from flwr.common.secure_aggregation.secaggplus_utils import (
     share_keys_plaintext_concat,
@@ -190,9 +189,9 @@ def _share(config: dict, state: dict, policy: SitePolicy, context: Context) -> d
     holders = len(near) + 1
     _check(holders >= policy.min_sites, f"{len(near)} neighbours, this site requires {policy.min_sites - 1}")
     t = secagg.threshold(holders)
-    b = os.urandom(32)
+    b = os.urandom(15)  # 120 bits: one Shamir chunk (the server rebuilds one seed per survivor)
     sk1 = bytes.fromhex(s["sk1"])
-    b_shares, sk_shares = create_shares(b, t, holders), create_shares(sk1, t, holders)
+    b_shares, sk_shares = secagg.create_shares(b, t, holders), secagg.create_shares(sk1, t, holders)
     sk2 = bytes.fromhex(s["sk2"])
     dst, cts = [], []
     for idx, j in enumerate(near, start=1):
