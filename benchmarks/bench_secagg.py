@@ -34,7 +34,7 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--attacks", default="fgsm")
     parser.add_argument("--local-epochs", type=int, default=1)
-    parser.add_argument("--neighbours", type=int, default=16)
+    parser.add_argument("--neighbours", type=int, default=12)
     args = parser.parse_args()
 
     import os

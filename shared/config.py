@@ -75,7 +75,7 @@ class RunConfig:
     metric_epsilon_budget: float = 10.0
     secure_aggregation: bool = False  # evaluation replies under SecAgg+ (server/secure_evaluation.py)
     secure_aggregation_train: bool = False  # training updates too: quantised, masked FedAvg
-    secure_aggregation_neighbours: int = 16  # SecAgg+ neighbours per site (all sites if fewer)
+    secure_aggregation_neighbours: int = 12  # SecAgg+ neighbours per site (all sites if fewer)
     aggregation: str = "fedavg"
     num_malicious: int = 0
     krum_select: int = 0

@@ -45,7 +45,7 @@ MODULUS_BITS = 62
 MODULUS = 1 << MODULUS_BITS
 SCALE = 1 << 20  # fixed point: 2**-20 resolution for sums, noisy counts and weights
 PREFIX = "secagg."
-DEFAULT_NEIGHBOURS = 16
+DEFAULT_NEIGHBOURS = 12  # about 2 log2(n) at 100 sites (Bell et al. 2020: O(log n))
 
 
 class SecAggRefused(ValueError):

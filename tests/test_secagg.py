@@ -203,12 +203,12 @@ def _keys_round(grid: LocalGrid, context: str) -> dict[int, dict]:
 
 
 def _share_cfg(context: str, keys: dict[int, dict]) -> dict:
-    """The share step as a server would send it with every site a neighbour (5 sites, 16 neighbours)."""
+    """The share step as a server would send it with every site a neighbour (5 sites, 12 neighbours)."""
     nodes = sorted(keys)
     return {"secagg-stage": "share", "secagg-context": context, "secagg-nodes": nodes, "secagg-key-nodes": nodes,
             "secagg-pk1": [keys[n]["pk1"] for n in nodes], "secagg-pk2": [keys[n]["pk2"] for n in nodes],
             "secagg-signatures": [keys[n]["signature"] for n in nodes],
-            "secagg-signers": [keys[n]["signer"] for n in nodes], "secagg-neighbours": 16}
+            "secagg-signers": [keys[n]["signer"] for n in nodes], "secagg-neighbours": 12}
 
 
 def test_the_server_cannot_relay_its_own_key_as_a_peers(tmp_path):
