@@ -8,9 +8,10 @@ sends is taken on trust: the site's :class:`SitePolicy` comes from its own node
 config, and the site refuses (an error reply naming the check) to
 
 - sign keys for a context of another run, or one it has used before;
-- go on with fewer peers than its policy's ``secagg-min-sites``, with duplicate
-  keys or signers, with its own keys missing or changed, or with keys not signed by
-  a member of the consortium's roster (the server cannot slip in its own key);
+- go on with fewer peers or neighbours than its policy's ``secagg-min-sites``, with
+  duplicate keys or signers, with its own keys missing or changed, with a key list
+  other than its neighbours' (it derives them itself), or with keys not signed by a
+  member of the consortium's roster (the server cannot slip in its own key);
 - mask two replies under one key exchange (two models, one set of masks);
 - unmask before it has sent its own masked reply, more than once, with itself
   listed as dropped, with a peer both surviving and dropped, or with fewer
