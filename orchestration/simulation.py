@@ -162,6 +162,11 @@ def simulate(
     if cfg.min_sites > num_sites:
         raise ValueError(f"run config 'min-sites' = {cfg.min_sites} exceeds the {num_sites} sites")
     _quiet_environment()
+    if cfg.secure_aggregation or cfg.secure_aggregation_train:  # the simulated sites' signing keys
+        from ..client.secure_aggregation import KEYS_DIR_ENV
+        from ..shared.secagg import simulation_keys
+
+        simulation_keys(Path(os.environ.get(KEYS_DIR_ENV) or fedaegis_home() / "simulation-keys"), num_sites)
     _start_ray(resources)
 
     from flwr.simulation import run_simulation

@@ -37,6 +37,7 @@ import typer
 
 from ..shared.config import SERVER_ONLY_KEYS, ConfigError, RunConfig
 from ..shared.preflight import Names, PreflightError, check_against_data, preflight
+from ..shared.paths import name_problem
 
 if TYPE_CHECKING:
     from .sweep_run import PointResult
@@ -150,7 +151,7 @@ def _options(table: dict[str, Any], default_name: str) -> SweepOptions:
             raise SweepConfigError(f"[sweep] '{key}' = {value!r}: expected {_OPTION_TYPES[key][0].__name__}")
     opts = SweepOptions(**{k.replace("-", "_"): v for k, v in {"name": default_name, **table}.items()})
     checks = [
-        ("name", 0 < len(opts.name) <= 150 and ":" not in opts.name, "must be 1-150 characters, without ':'"),
+        ("name", name_problem(opts.name) is None, name_problem(opts.name) or ""),
         ("num-sites", opts.num_sites >= 1, "must be >= 1"),
         ("parallel", opts.parallel >= 1, "must be >= 1"),
         ("cpus-per-run", opts.cpus_per_run >= 1, "must be >= 1"),

@@ -25,6 +25,7 @@ from typing import Any
 from rich.table import Table
 
 from ..shared.config import fedaegis_home
+from ..shared.paths import private_dir, under, write_private
 from ..shared.store import RunNotFoundError, RunStore
 from .sweep import Sweep, SweepPoint, describe
 
@@ -73,8 +74,7 @@ def _schedule(plan: Sweep, todo: list[SweepPoint], store: RunStore) -> dict[int,
     _start_ray(SimulationResources(ray_address=opts.ray_address or None,
                                    num_cpus=opts.parallel * opts.cpus_per_run))
     task = ray.remote(num_cpus=opts.cpus_per_run, max_retries=0)(run_point)
-    logs = fedaegis_home() / "sweeps" / opts.name
-    logs.mkdir(parents=True, exist_ok=True)
+    logs = private_dir(under(fedaegis_home(), "sweeps", opts.name))
     queue = list(todo)
     in_flight: dict[Any, tuple[SweepPoint, str]] = {}  # Ray ObjectRef -> (point, its run's uuid)
     results: dict[int, PointResult] = {}
@@ -94,7 +94,7 @@ def _schedule(plan: Sweep, todo: list[SweepPoint], store: RunStore) -> dict[int,
                 code, output = ray.get(ready[0])
             except Exception as exc:  # the task itself died (node lost, worker crash)
                 code, output = -1, f"{type(exc).__name__}: {exc}"
-            (logs / f"{point.config_hash}.log").write_text(output)
+            write_private(logs / f"{point.config_hash}.log", output.encode())
             results[point.index] = _outcome(store, point, run_uuid, code, output)
             log.info("sweep %s: point %d %s", opts.name, point.index, results[point.index].status)
     finally:

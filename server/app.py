@@ -16,7 +16,8 @@ from flwr.serverapp import Grid, ServerApp
 
 from ..shared import robustness
 from ..shared.checkpoint import save_checkpoint
-from ..shared.config import SERVER_ONLY_KEYS, RunConfig, fedaegis_home
+from ..shared.paths import under
+from ..shared.config import SERVER_ONLY_KEYS, ConfigError, RunConfig, fedaegis_home
 from ..shared.tasks import build_task_model, model_meta
 from ..shared.store import MetricValue, RoundRecord, RunStore
 from ..shared.store.repository import checkpoint_dir
@@ -25,7 +26,7 @@ from .defence_rows import defence_rows
 from .dp_rows import dp_rows
 from .recording import RecordingStrategy, RoundOutcome
 from .resume import file_sha256, pending_path, resume_point
-from .secure_evaluation import SecureEvaluation
+from .secure_evaluation import SecureAggregation
 from .strategies import build_strategy
 
 log = logging.getLogger("fedaegis")
@@ -74,7 +75,7 @@ class RunRecorder:
 
     def __init__(self, store: RunStore, run_id: int, run_uuid: str, cfg: RunConfig) -> None:
         self.store, self.run_id, self.cfg = store, run_id, cfg
-        self.checkpoint = checkpoint_dir(fedaegis_home()) / f"{run_uuid}.pt"
+        self.checkpoint = under(checkpoint_dir(fedaegis_home()), f"{run_uuid}.pt")
         self.site_errors: Counter[str] = Counter()  # distinct site errors of the run, with their counts
         self.trained = self.evaluated = 0  # rounds in which at least one site trained / evaluated
 
@@ -167,8 +168,9 @@ def run_federation(grid: Grid, cfg: RunConfig, flwr_run_id: int | str = "") -> i
     torch.manual_seed(cfg.seed)  # the initial global model is part of what a seed reproduces
     model = build_task_model(model_meta(cfg))
     strategy = build_strategy(cfg)
-    if cfg.secure_aggregation:
-        strategy = SecureEvaluation(strategy, timeout=cfg.round_timeout)
+    if cfg.secure_aggregation or cfg.secure_aggregation_train:
+        strategy = SecureAggregation(strategy, train=cfg.secure_aggregation_train, evaluate=cfg.secure_aggregation,
+                                     neighbours=cfg.secure_aggregation_neighbours, timeout=cfg.round_timeout)
     recorder = RunRecorder(store, run_id, run_uuid, cfg)
     try:
         RecordingStrategy(strategy, recorder, first_round=done + 1).start(
@@ -195,6 +197,16 @@ def run_federation(grid: Grid, cfg: RunConfig, flwr_run_id: int | str = "") -> i
     return run_id
 
 
+def refuse_shared_credentials(run_config: Mapping[str, Any]) -> None:
+    """Flower sends the run config to every site: a database password in it is refused."""
+    from sqlalchemy.engine import make_url
+
+    url = str(run_config.get("db-url", ""))
+    if url and make_url(url).password:
+        raise ConfigError("run config 'db-url' holds a password, and Flower sends the run config to every "
+                          "site; give the ServerApp $FEDAEGIS_DB_URL in its environment instead")
+
+
 def make_server_app(
     overrides: dict[str, Any] | None = None, wrap_grid: Callable[[Grid], Grid] | None = None
 ) -> ServerApp:
@@ -209,6 +221,7 @@ def make_server_app(
     def main(grid: Grid, context: Context) -> None:
         from ..shared.preflight import check_config, preflight
 
+        refuse_shared_credentials(dict(context.run_config))
         cfg = check_config({**dict(context.run_config), **(overrides or {})})
         if not cfg.resume_run:  # a resumed run is checked against its stored config (server/resume.py)
             preflight(cfg, None)  # the sites' data is theirs: the server checks config, model and database

@@ -23,7 +23,6 @@ def save_checkpoint(path: Path, state_dict: Mapping[str, torch.Tensor], meta: di
         raise ValueError(f"checkpoint meta lacks {missing}")
     buf = io.BytesIO()
     torch.save({"meta": dict(meta), "state_dict": dict(state_dict)}, buf)
-    path.parent.mkdir(parents=True, exist_ok=True)
     atomic_write(path, buf.getvalue())
     return path
 

@@ -13,6 +13,8 @@ from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
 
+from .paths import name_problem
+
 TASKS = ("classification", "segmentation")
 AGGREGATIONS = ("fedavg", "krum", "multikrum", "bulyan", "fedmedian", "fedtrimmedavg")
 THREATS = ("none", "backdoor", "label-flip")
@@ -71,7 +73,9 @@ class RunConfig:
     metric_epsilon: float = 1.0
     metric_delta: float = 1e-5
     metric_epsilon_budget: float = 10.0
-    secure_aggregation: bool = False
+    secure_aggregation: bool = False  # evaluation replies under SecAgg+ (server/secure_evaluation.py)
+    secure_aggregation_train: bool = False  # training updates too: quantised, masked FedAvg
+    secure_aggregation_neighbours: int = 12  # SecAgg+ neighbours per site (all sites if fewer)
     aggregation: str = "fedavg"
     num_malicious: int = 0
     krum_select: int = 0
@@ -185,9 +189,21 @@ class RunConfig:
             ("min-sites", self.min_sites >= 1, "must be >= 1"),
             ("round-timeout", self.round_timeout > 0, "must be > 0"),
             ("num-sites", self.num_sites >= 0, "must be >= 0 (0: not a simulation)"),
+            ("secure-aggregation-neighbours", self.secure_aggregation_neighbours >= 2, "must be >= 2"),
+            ("secure-aggregation-train", not self.secure_aggregation_train or self.aggregation == "fedavg",
+             f"aggregation '{self.aggregation}' needs each site's own update, which secure aggregation hides; "
+             "use aggregation = \"fedavg\" or secure-aggregation-train = false"),
+            ("secure-aggregation-train", not self.secure_aggregation_train or self.clip_norm == 0,
+             "clip-norm clips each site's update at the server, which secure aggregation hides; "
+             "bound updates at the sites (dp-epsilon) or set clip-norm = 0"),
         ]
         for key, ok, why in checks:
             if not ok:
+                raise ConfigError(f"run config '{key}' = {getattr(self, _attr(key))!r}: {why}")
+        # both become file names under the project home (checkpoints, sweep logs)
+        for key, colon in (("run-uuid", False), ("run-name", True)):
+            why = name_problem(getattr(self, _attr(key)), allow_colon=colon, allow_empty=True)
+            if why:
                 raise ConfigError(f"run config '{key}' = {getattr(self, _attr(key))!r}: {why}")
         self.epsilon_values  # noqa: B018 - parse now so a bad list fails at start-up
         self.attack_names  # noqa: B018

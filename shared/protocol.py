@@ -15,9 +15,11 @@ from collections.abc import Mapping
 
 from flwr.app import ArrayRecord, ConfigRecord, MetricRecord, RecordDict
 
+from .secagg import record_problems as secagg_record_problems
+
 ARRAYS_KEY = "arrays"
 METRICS_KEY = "metrics"
-SECAGG_KEY = "secagg"  # a site's public key for secure aggregation, and nothing else
+SECAGG_KEY = "secagg"  # public keys, signatures and encrypted shares of secure aggregation (shared/secagg.py)
 
 # The last dotted segment of every metric name must be an aggregate over a site's data.
 _AGGREGATE_NAMES = {"num-examples", "correct", "skipped", "queries", "successes", "failures"}
@@ -117,9 +119,7 @@ def check_reply(
                 if got != dict(expected_arrays):
                     problems.append("arrays differ from the global model's keys or shapes")
         elif key == SECAGG_KEY and isinstance(record, ConfigRecord) and not is_train:
-            value = record.get("public-key")
-            if set(record.keys()) != {"public-key"} or not isinstance(value, bytes) or len(value) != 32:
-                problems.append("the secagg record may hold one 32-byte public key only")
+            problems += secagg_record_problems(record)
         else:
             problems.append(f"record {key!r} ({type(record).__name__}) may not leave the site")
     if METRICS_KEY not in content and SECAGG_KEY not in content:

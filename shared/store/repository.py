@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import hashlib
-import os
 import time
 from collections.abc import Iterable
 from dataclasses import dataclass, field
@@ -16,6 +15,7 @@ from sqlalchemy.engine import Engine
 from sqlalchemy.exc import IntegrityError, OperationalError, ProgrammingError
 from sqlalchemy.orm import Session, selectinload, sessionmaker
 
+from ..paths import create_private_file, private_dir, write_private
 from .schema import Base, ConfigEntry, Metric, Round, Run, Site, utcnow
 
 
@@ -70,7 +70,7 @@ def make_engine(url: str) -> Engine:
     """An engine for ``url``; SQLite files get their folder, foreign keys and WAL."""
     url = normalize_url(url)
     if url.startswith("sqlite:///") and not url.startswith("sqlite:///:memory:"):
-        Path(url.removeprefix("sqlite:///")).expanduser().parent.mkdir(parents=True, exist_ok=True)
+        create_private_file(Path(url.removeprefix("sqlite:///")).expanduser())  # owner-only from the start
     engine = create_engine(url, pool_pre_ping=True)
     if engine.dialect.name == "sqlite":
         event.listen(engine, "connect", _sqlite_pragmas)
@@ -251,13 +251,9 @@ def _round_detail(rnd: Round) -> dict[str, Any]:
 
 
 def checkpoint_dir(home: Path) -> Path:
-    path = home / "checkpoints"
-    path.mkdir(parents=True, exist_ok=True)
-    return path
+    return private_dir(home / "checkpoints")
 
 
 def atomic_write(path: Path, data: bytes) -> None:
-    """Write via a temporary file so a crash never leaves a half-written checkpoint."""
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_bytes(data)
-    os.replace(tmp, path)
+    """Write via a temporary file so a crash never leaves a half-written checkpoint; owner-only."""
+    write_private(path, data)
