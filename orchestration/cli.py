@@ -150,9 +150,11 @@ def _resume_overrides(ctx: typer.Context, ref: str, db_url: str | None, sites: i
 def _run_and_report(overrides: dict[str, Any], sites: int, resources: Any, as_json: bool, verbose: bool) -> None:
     from ..orchestration.simulation import simulate as run_sim
 
+    from ..orchestration.runtime import RuntimeFailure
+
     try:
         run_uuid = run_sim(overrides, sites, resources, verbose=verbose)
-    except (ConfigError, ValueError) as exc:
+    except (ConfigError, ValueError, RuntimeFailure) as exc:
         _fail(str(exc))
     store = RunStore(str(overrides["db-url"]))
     run = store.get_run(run_uuid)

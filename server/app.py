@@ -154,6 +154,46 @@ def run_federation(grid: Grid, cfg: RunConfig, flwr_run_id: int | str = "") -> i
     return run_id
 
 
+LOG_PREFIX = "[fedaegis] "  # how fedaegis' lines start in Flower's log stream (simulate picks them out)
+
+
+def log_to_flower() -> None:
+    """Send fedaegis' log lines to the process's stderr, which Flower streams to ``flwr run``/``flwr log``.
+
+    Left alone where a caller already configured the logger (an in-process ServerApp).
+    """
+    if not log.handlers:
+        handler = logging.StreamHandler()
+        handler.setFormatter(logging.Formatter(LOG_PREFIX + "%(levelname)s %(message)s"))
+        log.addHandler(handler)
+        log.setLevel(logging.INFO)
+        log.propagate = False
+
+
+def with_data_shape(config: dict[str, Any]) -> dict[str, Any]:
+    """``config`` with in-channels, spatial-dims, image-size and num-classes read from its dataset.
+
+    Under ``flwr run`` the run config holds the defaults (PneumoniaMNIST's shape) unless the user
+    states them: where the classification dataset is readable from the server, each key still at
+    its default takes the dataset's value (logged); stated values are kept. A dataset the server
+    cannot read (a real consortium's, at the sites only) keeps the run config's values.
+    """
+    if config.get("task", "classification") != "classification" or not config.get("dataset"):
+        return config
+    from ..orchestration.datainfo import data_config
+
+    try:
+        shape = data_config(str(config["dataset"]))
+    except Exception as exc:  # noqa: BLE001 - the sites hold the data; the config says its shape
+        log.info("dataset %s is not readable here (%s): using the run config's shape", config["dataset"], exc)
+        return config
+    defaults = RunConfig().to_flower()
+    filled = {k: v for k, v in shape.items() if config.get(k, defaults[k]) == defaults[k] and v != defaults[k]}
+    if filled:
+        log.info("from %s: %s", config["dataset"], ", ".join(f"{k} = {v}" for k, v in filled.items()))
+    return {**config, **filled}
+
+
 def make_server_app(
     overrides: dict[str, Any] | None = None, wrap_grid: Callable[[Grid], Grid] | None = None
 ) -> ServerApp:
@@ -166,7 +206,8 @@ def make_server_app(
 
     @app.main()
     def main(grid: Grid, context: Context) -> None:
-        cfg = RunConfig.from_flower({**dict(context.run_config), **(overrides or {})})
+        log_to_flower()
+        cfg = RunConfig.from_flower(with_data_shape({**dict(context.run_config), **(overrides or {})}))
         run_federation(wrap_grid(grid) if wrap_grid else grid, cfg, flwr_run_id=context.run_id)
 
     return app
