@@ -79,8 +79,8 @@ def simulate(
     db_url: DbOption = None,
     ray_address: Annotated[str | None, typer.Option(help="Join an existing Ray cluster (e.g. ray://host:10001 or auto).")] = None,
     num_cpus: Annotated[int | None, typer.Option(help="CPUs of the local Ray instance.")] = None,
-    client_cpus: Annotated[float, typer.Option(help="CPUs reserved per Ray actor running sites (at least; the pool never exceeds the sites).")] = 1.0,
-    client_memory: Annotated[int, typer.Option(help="Memory (MB) reserved per Ray actor; the pool shrinks to fit it (0: no reservation).")] = 0,
+    client_cpus: Annotated[float, typer.Option(help="Whole CPUs reserved per Ray actor running sites (at least; the pool never exceeds the sites). Flower's Simulation Runtime takes no fractions: they are refused.")] = 1.0,
+    client_memory: Annotated[int, typer.Option(help="Memory (MB) per Ray actor; the pool shrinks to fit it (0: none). Flower's Simulation Runtime cannot make Ray reserve it.")] = 0,
     resume: Annotated[str | None, typer.Option(help="Resume an interrupted run (id or uuid): its stored config, its verified last checkpoint, its remaining rounds.")] = None,
     config: Annotated[list[str] | None, typer.Option("--config", "-c", help="Any run-config KEY=VALUE (repeatable).")] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print the stored run as JSON.")] = False,
@@ -361,12 +361,13 @@ def _print_run(run: dict[str, Any], with_config: bool = False) -> None:
 
 
 def _register_commands() -> None:
-    from . import audit, privacy_view, report, sweep
+    from . import audit, privacy_view, report, runtime, sweep
 
     privacy_view.register(app)
     report.register(app)
     audit.register(app)
     sweep.register(app)
+    runtime.register(app)
 
 
 _register_commands()

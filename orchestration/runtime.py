@@ -241,3 +241,26 @@ class ManagedSuperLink:
         except json.JSONDecodeError:
             return {}
         return runs[0] if runs else {}
+
+
+def export_app(folder: Path) -> Path:
+    """fedaegis as a minimal Flower App in ``folder``, for ``flwr run`` from an installed copy."""
+    from ..shared.config import RunConfig
+
+    return write_app(folder, {"serverapp": "fedaegis.server.app:app", "clientapp": "fedaegis.client.app:app"},
+                     RunConfig().to_flower())
+
+
+def flwr_app(folder: Path) -> None:
+    """Write fedaegis as a Flower App (one pyproject.toml) for ``flwr run FOLDER``: an installed copy
+    has no pyproject.toml of its own to submit."""
+    from rich.console import Console
+
+    path = export_app(folder) / "pyproject.toml"
+    Console(stderr=True).print(f"wrote {path}: submit it with `flwr run {folder} CONNECTION`")
+
+
+def register(app: Any) -> None:
+    """Add ``flwr-app FOLDER`` to the CLI (a second call is a no-op)."""
+    if not any(c.name == "flwr-app" for c in app.registered_commands):
+        app.command("flwr-app")(flwr_app)
