@@ -6,8 +6,9 @@ there is no script and no external URL. Every piece of text from the database is
 The JSON form (``--format json``) holds exactly the same content, without the images:
 both are rendered from :func:`build_report`.
 
-Sections, in order: run and its configuration; metrics per round; robustness; hardening
-trade-off; backdoor; inversion audit; privacy budget. A section whose rows the run did
+Sections, in order: metrics per round; robustness; hardening trade-off; backdoor; inversion
+audit; privacy budget; then the run and its configuration (results first). Several runs, or a
+sweep, make a comparison instead (:mod:`.report_compare`). A section whose rows the run did
 not record says so plainly (``"measured": false`` and a ``note`` in JSON) instead of
 disappearing, so a reader can tell "not measured" from "measured and fine".
 
@@ -372,19 +373,23 @@ def _series(rows: Iterable[Mapping[str, Any]], x: str, y: str) -> tuple[list[flo
 def _plot_rounds(rounds: list[dict[str, Any]]) -> str | None:
     if not rounds:
         return None
-    fig = _figure(9, 3.4)
-    ax_acc, ax_loss = fig.subplots(1, 2)
+    # train loss is class-weighted (class-weighting), test loss is not: separate axes, never one scale
+    fig = _figure(11, 3.4)
+    ax_acc, ax_loss, ax_train = fig.subplots(1, 3)
     for key, label, style in (("accuracy", "test accuracy", "o-"), ("train_accuracy", "train accuracy", "s--")):
         xs, ys = _series(rounds, "round", key)
         if xs:
             ax_acc.plot(xs, ys, style, label=label)
-    for key, label, style in (("loss", "test loss", "o-"), ("train_loss", "train loss", "s--")):
-        xs, ys = _series(rounds, "round", key)
-        if xs:
-            ax_loss.plot(xs, ys, style, label=label)
+    xs, ys = _series(rounds, "round", "loss")
+    if xs:
+        ax_loss.plot(xs, ys, "o-", label="test loss")
+    xs, ys = _series(rounds, "round", "train_loss")
+    if xs:
+        ax_train.plot(xs, ys, "s--", color="C1", label="train loss (class-weighted)")
     ax_acc.set(title="Accuracy per round", xlabel="round", ylabel="accuracy", ylim=(0, 1.02))
-    ax_loss.set(title="Loss per round", xlabel="round", ylabel="loss")
-    for ax, what in ((ax_acc, "accuracy"), (ax_loss, "loss")):
+    ax_loss.set(title="Test loss per round", xlabel="round", ylabel="test loss")
+    ax_train.set(title="Train loss per round", xlabel="round", ylabel="train loss (class-weighted)")
+    for ax, what in ((ax_acc, "accuracy"), (ax_loss, "test loss"), (ax_train, "train loss")):
         ax.grid(alpha=0.3)
         _round_axis(ax, [r["round"] for r in rounds])
         if ax.lines:
@@ -675,9 +680,9 @@ def _html_privacy(rep: dict[str, Any]) -> str:
     return _section("privacy", "Privacy budget spent", body)
 
 
-SECTIONS = (("configuration", "Configuration"), ("rounds", "Rounds"), ("robustness", "Robustness"),
-            ("hardening", "Hardening"), ("backdoor", "Backdoor"), ("inversion", "Inversion"),
-            ("privacy", "Privacy"))
+SECTIONS = (("rounds", "Rounds"), ("robustness", "Robustness"), ("hardening", "Hardening"),
+            ("backdoor", "Backdoor"), ("inversion", "Inversion"), ("privacy", "Privacy"),
+            ("configuration", "Configuration"))  # results first, the configuration after them
 
 
 def render_html(report: dict[str, Any]) -> str:
@@ -699,8 +704,8 @@ def render_html(report: dict[str, Any]) -> str:
         f'{_e(run.get("rounds_completed"))}/{_e(run.get("num_rounds"))} rounds &middot; '
         f'created {_e(run.get("created_at"))} &middot; report generated {_e(report["generated_at"])}</p>',
         f"<nav>{nav}</nav></header><main>",
-        _html_run(report), _html_rounds(report), _html_robustness(report), _html_hardening(report),
-        _html_backdoor(report), _html_inversion(report), _html_privacy(report),
+        _html_rounds(report), _html_robustness(report), _html_hardening(report),
+        _html_backdoor(report), _html_inversion(report), _html_privacy(report), _html_run(report),
         "</main></body></html>",
     ]
     return "\n".join(parts)
@@ -717,41 +722,71 @@ class ReportFormat(str, Enum):
 
 
 def report(
-    run: Annotated[str, typer.Argument(help="Run id or uuid.")],
+    runs: Annotated[list[str] | None, typer.Argument(help="Run ids or uuids; two or more make a comparison.",
+                                                     show_default=False)] = None,
+    sweep: Annotated[str | None, typer.Option("--sweep", help="Compare every run of this `fedaegis sweep` (by its name).")] = None,
     db_url: DbOption = None,
     output: Annotated[Path | None, typer.Option("--output", "-o", help="File to write ('-': stdout). Default: "
-                                                "./fedaegis-run-<id>.html; JSON goes to stdout.")] = None,
+                                                "./fedaegis-run-<id>.html (a comparison: ./fedaegis-compare-<ids>.html, "
+                                                "a sweep: ./fedaegis-sweep-<name>.html); JSON goes to stdout.")] = None,
     fmt: Annotated[ReportFormat, typer.Option("--format", help="html (self-contained page) or json.")] = ReportFormat.html,
 ) -> None:
-    """Write a self-contained HTML (or JSON) report of a stored run."""
+    """Write a self-contained HTML (or JSON) report of a stored run, or one comparing runs or a sweep."""
     from rich.console import Console
 
     from ..shared.config import default_db_url
     from ..shared.store import RunNotFoundError, RunStore
 
     err = Console(stderr=True)
-    try:
-        detail = RunStore(db_url or default_db_url()).get_run(run)
-    except RunNotFoundError as exc:
-        err.print(f"[bold red]error:[/] {exc}", markup=True, highlight=False)
+
+    def fail(message: str) -> None:
+        err.print(f"[bold red]error:[/] {message}", markup=True, highlight=False)
         raise typer.Exit(code=2)
+
+    refs = list(runs or [])
+    if not refs and not sweep:
+        fail("give a RUN (id or uuid), several to compare, or --sweep NAME")
+    store = RunStore(db_url or default_db_url())
+    try:
+        details = [store.get_run(ref) for ref in refs]
+    except RunNotFoundError as exc:
+        fail(str(exc))
+    if sweep:
+        found = [r for r in store.list_runs() if str(r["name"]).startswith(f"{sweep}:")]
+        if not found:
+            fail(f"--sweep {sweep}: no stored run is named {sweep}:HASH (see `fedaegis runs`)")
+        details += [store.get_run(r["id"]) for r in found if r["id"] not in {d["id"] for d in details}]
+    compare = len(details) > 1 or sweep is not None
+    if compare:
+        from .report_compare import comparison_html, comparison_json
+
+        title = f"fedaegis sweep {sweep}" if sweep else "fedaegis runs " + ", ".join(f"#{d['id']}" for d in details)
+        default = Path(f"fedaegis-sweep-{sweep}.html" if sweep else
+                       "fedaegis-compare-" + "-".join(str(d["id"]) for d in details) + ".html")
+        render = lambda: comparison_html(details, title)  # noqa: E731
+        as_json = lambda: comparison_json(details, title)  # noqa: E731
+        what = title
+    else:
+        detail = details[0]
+        default = Path(f"fedaegis-run-{detail['id']}.html")
+        render = lambda: report_html(detail)  # noqa: E731
+        as_json = lambda: report_json(detail)  # noqa: E731
+        what = f"report of run {detail['id']}"
     if fmt is ReportFormat.json:
-        text = report_json(detail)
+        text = as_json()
     else:
         try:
-            text = report_html(detail)
+            text = render()
         except ImportError as exc:
-            err.print(f"[bold red]error:[/] the HTML report needs matplotlib ({exc}); "
-                      "use --format json or install matplotlib")
-            raise typer.Exit(code=2)
+            fail(f"the HTML report needs matplotlib ({exc}); use --format json or install fedaegis[server]")
     if output is None and fmt is ReportFormat.html:
-        output = Path(f"fedaegis-run-{detail['id']}.html")
+        output = default
     if output is None or str(output) == "-":
         typer.echo(text)
         return
     output.parent.mkdir(parents=True, exist_ok=True)
     output.write_text(text + ("" if text.endswith("\n") else "\n"), encoding="utf-8")
-    err.print(f"report of run {detail['id']} written to {output}", highlight=False, markup=False)
+    err.print(f"{what} written to {output}", highlight=False, markup=False)
 
 
 def register(app: typer.Typer) -> None:
