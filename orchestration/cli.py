@@ -85,18 +85,26 @@ def simulate(
     config: Annotated[list[str] | None, typer.Option("--config", "-c", help="Any run-config KEY=VALUE (repeatable).")] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print the stored run as JSON.")] = False,
     verbose: Annotated[bool, typer.Option(help="Show Flower's own logs.")] = False,
+    mlflow: Annotated[str | None, typer.Option("--mlflow", help="Also log the run (config, metrics per round, robustness cells) to this MLflow tracking URI, e.g. file:///path/mlruns (needs fedaegis[mlflow]).")] = None,
 ) -> None:
     """Run a federated training and evaluation of simulated hospitals on Ray, and store it."""
     from ..orchestration.datainfo import data_config
     from ..orchestration.simulation import SimulationResources
 
     _setup_logging(verbose)
+    if mlflow is not None:
+        from ..orchestration.tracking import check_mlflow
+
+        try:
+            check_mlflow(mlflow)
+        except ValueError as exc:
+            _fail(str(exc))
     resources = SimulationResources(ray_address=ray_address, num_cpus=num_cpus, client_cpus=client_cpus,
                                     client_memory_mb=client_memory)
     if resume:
         overrides, sites = _resume_overrides(ctx, resume, db_url, sites)
         console.print(f"[bold]fedaegis[/]: resuming run {resume} with {sites} simulated sites")
-        _run_and_report(overrides, sites, resources, as_json, verbose)
+        _run_and_report(overrides, sites, resources, as_json, verbose, mlflow)
         return
     sites = 5 if sites is None else sites
     overrides: dict[str, Any] = {
@@ -118,7 +126,7 @@ def simulate(
         f"[bold]fedaegis[/]: {sites} simulated sites, {rounds} rounds, model {model}, "
         f"data {dataset} ({partitioning})"
     )
-    _run_and_report(overrides, sites, resources, as_json, verbose)
+    _run_and_report(overrides, sites, resources, as_json, verbose, mlflow)
 
 
 # options that make up a run's configuration: a resumed run keeps its stored one
@@ -147,7 +155,8 @@ def _resume_overrides(ctx: typer.Context, ref: str, db_url: str | None, sites: i
     return point.cfg.to_flower(), sites
 
 
-def _run_and_report(overrides: dict[str, Any], sites: int, resources: Any, as_json: bool, verbose: bool) -> None:
+def _run_and_report(overrides: dict[str, Any], sites: int, resources: Any, as_json: bool, verbose: bool,
+                    mlflow: str | None = None) -> None:
     from ..orchestration.simulation import simulate as run_sim
 
     from ..orchestration.runtime import RuntimeFailure
@@ -158,6 +167,11 @@ def _run_and_report(overrides: dict[str, Any], sites: int, resources: Any, as_js
         _fail(str(exc))
     store = RunStore(str(overrides["db-url"]))
     run = store.get_run(run_uuid)
+    if mlflow:
+        from ..orchestration.tracking import log_run
+
+        mlflow_id = log_run(run, mlflow, db_url=str(overrides["db-url"]))
+        console.print(f"MLflow run {mlflow_id} in {mlflow}", markup=False, highlight=False)
     if as_json:
         out.print_json(json.dumps(_run_json(run)))
     else:
