@@ -1,6 +1,6 @@
 """``fedaegis report RUN RUN ...`` / ``--sweep NAME``: one report that compares stored runs.
 
-A single run's report (:mod:`.report`) answers "what happened in this run"; a study asks
+A single run's report (:mod:`.report_content`) answers "what happened in this run"; a study asks
 "which configuration is more robust, and at what cost in clean accuracy". So this report puts
 the results first: robust accuracy against epsilon for every run and attack on one figure
 (each run its colour, each attack its marker and line style, curves nudged apart so that equal
@@ -24,7 +24,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from . import report as single
+from . import report_content, report_html, report_plots
 
 COMPARE_FORMAT = "fedaegis-comparison-report"
 Z95 = 1.959963984540054
@@ -49,15 +49,15 @@ def _clean(run: Mapping[str, Any]) -> dict[str, Any]:
     if not run["rounds"]:
         return {"accuracy": None, "ci": None, "n": None}
     m = run["rounds"][-1]["metrics"]
-    n, k = single._num(m.get("evaluate.num-examples")), single._num(m.get("evaluate.correct"))
-    return {"accuracy": single._num(m.get("evaluate.accuracy")), "ci": wilson(k, n), "n": n}
+    n, k = report_content._num(m.get("evaluate.num-examples")), report_content._num(m.get("evaluate.correct"))
+    return {"accuracy": report_content._num(m.get("evaluate.accuracy")), "ci": wilson(k, n), "n": n}
 
 
 def _cells(run: Mapping[str, Any]) -> list[dict[str, Any]]:
     """Attack cells of every round, with Wilson intervals from their counts."""
     out = []
     for rnd in run["rounds"]:
-        for cell in single._attack_cells(rnd):
+        for cell in report_content._attack_cells(rnd):
             n = cell.get("n_count")
             cell["robust_ci"] = wilson(cell.get("robust_correct"), n)
             cell["clean_ci"] = wilson(cell.get("clean_correct"), n)
@@ -66,12 +66,12 @@ def _cells(run: Mapping[str, Any]) -> list[dict[str, Any]]:
 
 
 def _hardening(run: Mapping[str, Any]) -> list[dict[str, Any]]:
-    sec = single._hardening(run)
+    sec = report_content._hardening(run)
     return sec.get("final", []) if sec.get("measured") else []
 
 
 def _segmentation(run: Mapping[str, Any]) -> dict[str, float]:
-    rows = single._rows(run["rounds"][-1], "segmentation") if run["rounds"] else []
+    rows = report_content._rows(run["rounds"][-1], "segmentation") if run["rounds"] else []
     return {r["name"]: r["value"] for r in rows if "dice" in r["name"] or "hd95" in r["name"]}
 
 
@@ -181,7 +181,7 @@ def _plot_epsilon(rep: dict[str, Any]) -> str | None:
               for attack in sorted({c["attack"] for c in run["final"]})]
     if not series:
         return None
-    fig = single._figure(9, 4.6)
+    fig = report_plots._figure(9, 4.6)
     ax = fig.subplots()
     step = min(0.06, 0.4 / max(1, len(series)))  # a nudge along epsilon (x/255): equal curves stay visible
     for j, (i, run, attack) in enumerate(series):
@@ -197,7 +197,7 @@ def _plot_epsilon(rep: dict[str, Any]) -> str | None:
            ylabel="robust accuracy", ylim=(0, 1.02))
     ax.grid(alpha=0.3)
     ax.legend(fontsize=7, ncol=2)
-    return single._png(fig)
+    return report_plots._png(fig)
 
 
 def _tradeoff_points(rep: dict[str, Any]) -> list[dict[str, Any]]:
@@ -226,7 +226,7 @@ def _tradeoff_points(rep: dict[str, Any]) -> list[dict[str, Any]]:
 def _plot_tradeoff(points: list[dict[str, Any]]) -> str | None:
     if not points:
         return None
-    fig = single._figure(9, 4.6)
+    fig = report_plots._figure(9, 4.6)
     ax = fig.subplots()
     for k, p in enumerate(points):
         nudge = (k - (len(points) - 1) / 2) * min(0.004, 0.04 / len(points))  # equal points stay visible
@@ -239,7 +239,7 @@ def _plot_tradeoff(points: list[dict[str, Any]]) -> str | None:
     ax.plot([0, 1], [0, 1], color="grey", lw=0.8, ls=":")
     ax.grid(alpha=0.3)
     ax.legend(fontsize=7)
-    return single._png(fig)
+    return report_plots._png(fig)
 
 
 def _plot_rounds(rep: dict[str, Any]) -> str | None:
@@ -254,7 +254,7 @@ def _plot_rounds(rep: dict[str, Any]) -> str | None:
             series.append((i, run, attack, eps, rows))
     if not series:
         return None
-    fig = single._figure(9, 4.2)
+    fig = report_plots._figure(9, 4.2)
     ax = fig.subplots()
     attacks = sorted({s[2] for s in series})
     for j, (i, run, attack, eps, rows) in enumerate(series):
@@ -264,12 +264,12 @@ def _plot_rounds(rep: dict[str, Any]) -> str | None:
         ax.errorbar(xs, ys, yerr=_err(ys, [c["robust_ci"] for c in rows]), color=f"C{i % 10}",
                     marker=MARKERS[k % len(MARKERS)], ls=LINES[k % len(LINES)], capsize=2, ms=5,
                     label=f"{run['label']} · {attack} @ {eps * 255:.3g}/255")
-    single._round_axis(ax, [c["round"] for s in series for c in s[4]])
+    report_plots._round_axis(ax, [c["round"] for s in series for c in s[4]])
     ax.set(title="Robust accuracy per round (largest epsilon)", xlabel="round", ylabel="robust accuracy",
            ylim=(0, 1.02))
     ax.grid(alpha=0.3)
     ax.legend(fontsize=7, ncol=2)
-    return single._png(fig)
+    return report_plots._png(fig)
 
 
 # -- html -----------------------------------------------------------------------------------
@@ -281,7 +281,7 @@ def _acc(value: float | None, ci: Sequence[float] | None) -> str:
 
 def render_comparison(rep: dict[str, Any]) -> str:
     """A self-contained HTML page (inline CSS, base64 PNG plots, no script, no URL)."""
-    e, table, section, img, note = single._e, single._table, single._section, single._img, single._note
+    e, table, section, img, note = report_html._e, report_html._table, report_html._section, report_html._img, report_html._note
     parts = []
     summary = [[e(r["label"]), e(r["status"]), e(r["rounds_completed"]), _acc(r["clean"]["accuracy"], r["clean"]["ci"]),
                 e(r["clean"]["n"])] for r in rep["runs"]]
@@ -289,8 +289,8 @@ def render_comparison(rep: dict[str, Any]) -> str:
     parts.append(section("summary", "Runs", body))
 
     plot = _plot_epsilon(rep)
-    rows = [[e(r["label"]), e(c["attack"]), single._eps(c["epsilon"]), _acc(c.get("clean_accuracy"), c["clean_ci"]),
-             _acc(c.get("robust_accuracy"), c["robust_ci"]), single._f(c.get("success_rate"), ".3f"), e(c.get("n_count"))]
+    rows = [[e(r["label"]), e(c["attack"]), report_html._eps(c["epsilon"]), _acc(c.get("clean_accuracy"), c["clean_ci"]),
+             _acc(c.get("robust_accuracy"), c["robust_ci"]), report_html._f(c.get("success_rate"), ".3f"), e(c.get("n_count"))]
             for r in rep["runs"] for c in r["final"]]
     body = (img(plot, "robust accuracy against epsilon, every run and attack") if plot else "") + (
         table(["run", "attack", "eps", "clean [95%]", "robust [95%]", "success", "n"], rows, "robustness", left=(0, 1))
@@ -299,7 +299,7 @@ def render_comparison(rep: dict[str, Any]) -> str:
 
     points = _tradeoff_points(rep)
     plot = _plot_tradeoff(points)
-    rows = [[e(p["label"]), single._eps(p["epsilon"]), _acc(p["clean"], p["clean_ci"]), _acc(p["robust"], p["robust_ci"])]
+    rows = [[e(p["label"]), report_html._eps(p["epsilon"]), _acc(p["clean"], p["clean_ci"]), _acc(p["robust"], p["robust_ci"])]
             for p in points]
     body = (img(plot, "clean against robust accuracy across runs and hardening methods") if plot else "") + (
         table(["run / method", "eps", "clean [95%]", "robust [95%]"], rows, "tradeoff", left=0) if rows
@@ -312,13 +312,13 @@ def render_comparison(rep: dict[str, Any]) -> str:
 
     seg = [(r, r["segmentation"]) for r in rep["runs"] if r["segmentation"]]
     if seg:
-        rows = [[e(r["label"]), e(name), single._f(v, ".4f")] for r, vals in seg for name, v in sorted(vals.items())]
+        rows = [[e(r["label"]), e(name), report_html._f(v, ".4f")] for r, vals in seg for name, v in sorted(vals.items())]
         parts.append(section("segmentation", "Segmentation (Dice, robust Dice, per class)",
                              table(["run", "metric", "value"], rows, "segmentation", left=(0, 1))))
     det = [(r, d) for r in rep["runs"] for d in r["detection"]]
     if det:
-        rows = [[e(r["label"]), e(d["kind"]), e(d.get("detector") or d.get("threat") or ""), single._eps(d.get("epsilon")),
-                 e(", ".join(f"{k} {single._f(v, '.3f')}" for k, v in sorted(d.items())
+        rows = [[e(r["label"]), e(d["kind"]), e(d.get("detector") or d.get("threat") or ""), report_html._eps(d.get("epsilon")),
+                 e(", ".join(f"{k} {report_html._f(v, '.3f')}" for k, v in sorted(d.items())
                              if isinstance(v, float) and k != "epsilon"))] for r, d in det]
         parts.append(section("detection", "Detection (ROC AUC, routed accuracy)",
                              table(["run", "kind", "detector / threat", "eps", "values"], rows, "detection",
@@ -350,7 +350,7 @@ def render_comparison(rep: dict[str, Any]) -> str:
         '<meta name="viewport" content="width=device-width, initial-scale=1">',
         '<meta http-equiv="Content-Security-Policy" content="default-src \'none\'; img-src data:; '
         'style-src \'unsafe-inline\'">',
-        f"<title>{e(title)}</title><style>{single.CSS}</style></head><body>",
+        f"<title>{e(title)}</title><style>{report_html.CSS}</style></head><body>",
         f"<header><h1>{e(title)}</h1><p class=\"meta\">{len(runs)} runs &middot; report generated "
         f"{e(rep['generated_at'])}</p></header><main>", *parts, "</main></body></html>",
     ])

@@ -48,9 +48,9 @@ def test_failed_run_raises_and_leaves_no_process(tmp_path, monkeypatch):
     monkeypatch.setenv("RAY_TMPDIR", str(ray_tmp))
     try:
         with pytest.raises(RuntimeFailure, match="ended finished:failed"):
-            simulate({"num-server-rounds": 1, "local-epochs": 1, "db-url": f"sqlite:///{tmp_path / 'runs.db'}"},
-                     num_sites=2, resources=SimulationResources(num_cpus=2),
-                     client_app="fedaegis.tests.no_such_module:app")  # flwr-simulation cannot import it
+            # the ServerApp fails inside Flower's process: there is no run "nope" to resume
+            simulate({"num-server-rounds": 1, "local-epochs": 1, "db-url": f"sqlite:///{tmp_path / 'runs.db'}",
+                      "resume-run": "nope"}, num_sites=2, resources=SimulationResources(num_cpus=2))
         assert not _mentioning(str(state), str(ray_tmp))
     finally:
         shutil.rmtree(ray_tmp, ignore_errors=True)
