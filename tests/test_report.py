@@ -289,7 +289,15 @@ def swept(db_url):
         rid = store.create_run(uuid=f"{i + 1}" * 32, name=f"{SWEEP}:{i:08x}",
                                config=_config(model=model, seed=seed), num_rounds=2)
         for n in (1, 2):
-            store.record_round(rid, _scaled_round(n, factor))
+            rec = _scaled_round(n, factor)
+            if i == 3:  # one run also segments, and routes through a detector
+                rec.metrics.extend([
+                    MetricValue("segmentation", "seg.clean.dice", 0.81),
+                    MetricValue("segmentation", "seg.clean.dice.class=1", 0.78),
+                    MetricValue("segmentation", "seg.attack.pgd.linf.eps=0.01569.dice", 0.42),
+                    MetricValue("detection", "auc", 0.93, attack="mahalanobis", epsilon=8 / 255),
+                    MetricValue("defence-adaptive", "robust-accuracy", 0.61, attack="routed", epsilon=8 / 255)])
+            store.record_round(rid, rec)
         store.finish_run(rid)
         ids.append(rid)
     other = store.create_run(uuid="9" * 32, name="other", config=_config(), num_rounds=1)
@@ -324,6 +332,10 @@ def test_comparison_content(swept):
             for r in rep["runs"]]
     assert pgd8[0] == pgd8[1] < pgd8[2] < pgd8[3]
     assert set(rep["attack_parameters"]) == {"fgsm", "pgd"} and rep["attack_parameters"]["pgd"]["steps"] == 10
+    assert rep["runs"][3]["segmentation"]["seg.attack.pgd.linf.eps=0.01569.dice"] == pytest.approx(0.42)
+    kinds = {d["kind"]: d for d in rep["runs"][3]["detection"]}
+    assert kinds["detector"]["auc"] == pytest.approx(0.93) and kinds["routed"]["robust_accuracy"] == pytest.approx(0.61)
+    assert not rep["runs"][0]["segmentation"] and not rep["runs"][0]["detection"]
     prov = rep["provenance"]
     assert prov["versions"]["flwr"] and prov["versions"]["torch"]
     assert len(prov["data_sha256"]["embedded:pneumoniamnist"]) == 64
@@ -375,7 +387,8 @@ def test_sweep_comparison_renders_in_chromium(swept, tmp_path):
     res = _chromium(["--dump-dom", page.as_uri()], tmp_path / "profile2")
     assert res.returncode == 0, res.stderr[-2000:]
     dom = _dom(res.stdout)
-    for cls in ("summary", "robustness", "tradeoff", "attack-parameters", "config-differs", "provenance"):
+    for cls in ("summary", "robustness", "tradeoff", "segmentation", "detection", "attack-parameters",
+                "config-differs", "provenance"):
         assert cls in dom.tables, f"table {cls!r} missing from the rendered DOM"
     assert len(dom.imgs) == 3 and all(i["src"].startswith("data:image/png;base64,") for i in dom.imgs)
     assert "script" not in dom.tags
