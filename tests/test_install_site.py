@@ -1,4 +1,4 @@
-"""A hospital installs ``fedaegis[site]`` alone: no Ray, no database driver, no plotting, and its
+"""A hospital installs ``fedaegis[site]`` alone: no Ray, no PostgreSQL driver, no plotting, and its
 ClientApp trains and evaluates against a real SuperLink.
 
 A fresh virtualenv (no system site-packages) gets torch (pinned by constraints.txt) and the site
@@ -33,7 +33,7 @@ RUN_TIMEOUT_S = 240
 
 
 def _pip(venv: Path, *args: str) -> None:
-    res = subprocess.run([str(venv / "bin" / "python"), "-m", "pip", "install", "-q", *args],
+    res = subprocess.run([str(venv / "bin" / "python"), "-m", "pip", "install", "-q", "--no-compile", *args],
                          capture_output=True, text=True, timeout=PIP_TIMEOUT_S, cwd=venv.parent)
     assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
 
@@ -52,7 +52,7 @@ def site_venv(tmp_path_factory) -> Path:
 def test_site_install_has_no_server_or_simulation_dependencies(site_venv):
     probe = ("import importlib.util, json, fedaegis.client.app, fedaegis; "
              "print(json.dumps({'file': fedaegis.__file__, 'missing': [m for m in "
-             "('ray', 'sqlalchemy', 'psycopg', 'matplotlib') if importlib.util.find_spec(m) is None]}))")
+             "('ray', 'psycopg', 'matplotlib') if importlib.util.find_spec(m) is None]}))")
     env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
     res = subprocess.run([str(site_venv / "bin" / "python"), "-c", probe], capture_output=True, text=True,
                          env=env, timeout=120, cwd=site_venv.parent)
@@ -61,7 +61,8 @@ def test_site_install_has_no_server_or_simulation_dependencies(site_venv):
 
     found = json.loads(res.stdout.strip().splitlines()[-1])
     assert found["file"].startswith(str(site_venv))
-    assert found["missing"] == ["ray", "sqlalchemy", "psycopg", "matplotlib"]
+    # (SQLAlchemy itself comes with Flower, which keeps its SuperNode state with it)
+    assert found["missing"] == ["ray", "psycopg", "matplotlib"]
 
 
 def test_site_install_runs_a_clientapp_against_a_superlink(site_venv, tmp_path):
