@@ -120,8 +120,12 @@ class AuditResult:
         }
 
 
-def _quarantine_grid(inner: Grid):
-    """An :class:`AuditingGrid` that hands the server an error in place of each violating reply."""
+def quarantine_grid(inner: Grid):
+    """An :class:`AuditingGrid` that hands the server an error in place of each violating reply.
+
+    It wraps the server's grid inside Flower's simulation process (``live_grid``), and the
+    replayed exchanges in ours, where its verdicts are read.
+    """
     from flwr.app import Error, Message, MetricRecord
 
     from ..server.audit import AuditingGrid
@@ -223,7 +227,7 @@ def run_audit(
     from ..shared.store import RunStore
     from .simulation import SimulationResources, simulate
 
-    app_obj = load_client_app(client_app)
+    load_client_app(client_app)  # a usage error here, not in Flower's process
     tmp = None if db_url else tempfile.TemporaryDirectory(prefix="fedaegis-audit-")
     url = db_url or f"sqlite:///{Path(tmp.name) / 'audit.db'}"  # type: ignore[union-attr]
     cfg: dict[str, Any] = {
@@ -239,13 +243,13 @@ def run_audit(
     grids: list = []
 
     def wrap(grid: Grid) -> Grid:
-        grids.append(_quarantine_grid(grid))
+        grids.append(quarantine_grid(grid))
         return grids[-1]
 
     server_error, run_uuid, status = "", str(cfg["run-uuid"]), ""
     try:
-        simulate(cfg, sites, SimulationResources(num_cpus=num_cpus), verbose=verbose,
-                            wrap_grid=wrap, client_app=app_obj)
+        simulate(cfg, sites, SimulationResources(num_cpus=num_cpus), verbose=verbose, wrap_grid=wrap,
+                 client_app=client_app, live_grid=f"{__name__}:quarantine_grid")
     except Exception as exc:  # the server failed: still report what the sites sent
         server_error = f"{type(exc).__name__}: {exc}"
         cause = exc.__cause__ or exc.__context__

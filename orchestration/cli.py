@@ -129,24 +129,32 @@ def simulate(
     db_url: DbOption = None,
     ray_address: Annotated[str | None, typer.Option(help="Join an existing Ray cluster (e.g. ray://host:10001 or auto).")] = None,
     num_cpus: Annotated[int | None, typer.Option(help="CPUs of the local Ray instance.")] = None,
-    client_cpus: Annotated[float, typer.Option(help="CPUs reserved per Ray actor running sites (at least; the pool never exceeds the sites).")] = 1.0,
-    client_memory: Annotated[int, typer.Option(help="Memory (MB) reserved per Ray actor; the pool shrinks to fit it (0: no reservation).")] = 0,
+    client_cpus: Annotated[float, typer.Option(help="Whole CPUs reserved per Ray actor running sites (at least; the pool never exceeds the sites). Flower's Simulation Runtime takes no fractions: they are refused.")] = 1.0,
+    client_memory: Annotated[int, typer.Option(help="Memory (MB) per Ray actor; the pool shrinks to fit it (0: none). Flower's Simulation Runtime cannot make Ray reserve it.")] = 0,
     resume: Annotated[str | None, typer.Option(help="Resume an interrupted run (id or uuid): its stored config, its verified last checkpoint, its remaining rounds.")] = None,
     config: Annotated[list[str] | None, typer.Option("--config", "-c", help="Any run-config KEY=VALUE (repeatable).")] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print the stored run as JSON.")] = False,
     verbose: Annotated[bool, typer.Option(help="Show Flower's own logs.")] = False,
+    mlflow: Annotated[str | None, typer.Option("--mlflow", help="Also log the run (config, metrics per round, robustness cells) to this MLflow tracking URI, e.g. file:///path/mlruns (needs fedaegis[mlflow]).")] = None,
 ) -> None:
     """Run a federated training and evaluation of simulated hospitals on Ray, and store it."""
     from ..orchestration.simulation import SimulationResources
 
     _setup_logging(verbose)
+    if mlflow is not None:
+        from ..orchestration.tracking import check_mlflow
+
+        try:
+            check_mlflow(mlflow)
+        except ValueError as exc:
+            _fail(str(exc))
     resources = SimulationResources(ray_address=ray_address, num_cpus=num_cpus, client_cpus=client_cpus,
                                     client_memory_mb=client_memory)
     if resume:
         overrides, sites = _resume_overrides(ctx, resume, db_url, sites)
         _preflight(overrides, sites, Names({"num-sites": "--sites", "db-url": "--db-url"}))
         console.print(f"[bold]fedaegis[/]: resuming run {resume} with {sites} simulated sites")
-        _run_and_report(overrides, sites, resources, as_json, verbose)
+        _run_and_report(overrides, sites, resources, as_json, verbose, mlflow)
         return
     if sites is not None and sites < 1:
         _fail(f"--sites: need at least 1 site, got {sites}")
@@ -171,7 +179,7 @@ def simulate(
         f"[bold]fedaegis[/]: {sites} simulated sites, {cfg.num_server_rounds} rounds, model {cfg.model}, "
         f"data {cfg.dataset} ({cfg.partitioning})"
     )
-    _run_and_report(cfg.to_flower(), sites, resources, as_json, verbose)
+    _run_and_report(cfg.to_flower(), sites, resources, as_json, verbose, mlflow)
 
 
 # run-config keys set by simulate's own options (the rest come with -c KEY=VALUE)
@@ -227,10 +235,12 @@ def _resume_overrides(ctx: typer.Context, ref: str, db_url: str | None, sites: i
     return point.cfg.to_flower(), sites
 
 
-def _run_and_report(overrides: dict[str, Any], sites: int, resources: Any, as_json: bool, verbose: bool) -> None:
+def _run_and_report(overrides: dict[str, Any], sites: int, resources: Any, as_json: bool, verbose: bool,
+                    mlflow: str | None = None) -> None:
     """Run, then print the stored run; a run that failed (or was interrupted) exits non-zero with its reason."""
     import uuid as uuidlib
 
+    from ..orchestration.runtime import RuntimeFailure
     from ..orchestration.simulation import simulate as run_sim
     from ..server.app import RunFailed
 
@@ -245,6 +255,9 @@ def _run_and_report(overrides: dict[str, Any], sites: int, resources: Any, as_js
         _exit_now(130)
     except RunFailed:
         run_uuid = str(overrides["run-uuid"])
+    except RuntimeFailure as exc:  # Flower says the run failed: the ServerApp stored why, or died first
+        run_uuid = str(overrides["run-uuid"])
+        _mark(store, run_uuid, "failed", str(exc))
     except (ConfigError, ValueError) as exc:
         _fail(str(exc))
     except Exception as exc:  # the runtime died: the run is stored as failed, with why
@@ -254,6 +267,11 @@ def _run_and_report(overrides: dict[str, Any], sites: int, resources: Any, as_js
         run = store.get_run(run_uuid)
     except RunNotFoundError:
         _fail("the run did not start (see the log above); nothing was stored", code=1)
+    if mlflow and run["status"] == "completed":
+        from ..orchestration.tracking import log_run
+
+        mlflow_id = log_run(run, mlflow, db_url=str(overrides["db-url"]))
+        console.print(f"MLflow run {mlflow_id} in {mlflow}", markup=False, highlight=False)
     if as_json:
         out.print_json(json.dumps(_run_json(run)))
     else:
@@ -520,12 +538,13 @@ def _print_run(run: dict[str, Any], with_config: bool = False) -> None:
 
 
 def _register_commands() -> None:
-    from . import audit, privacy_view, report, sweep
+    from . import audit, privacy_view, report, runtime, sweep
 
     privacy_view.register(app)
     report.register(app)
     audit.register(app)
     sweep.register(app)
+    runtime.register(app)
 
 
 _register_commands()

@@ -1,25 +1,31 @@
-"""Run a federation of simulated hospitals on Ray, in this process, through Flower.
+"""Run a federation of simulated hospitals through Flower's Simulation Runtime, on Ray.
 
-Ray is started here (bound to 127.0.0.1, or joined by address to an existing
-cluster) before Flower's simulation engine sees it, so the engine reuses it.
+Each run gets its own SuperLink in simulation mode (:mod:`.runtime`): Flower's supported path,
+the one ``flwr run`` takes (``flwr.simulation.run_simulation`` is deprecated). Its
+``flwr-simulation`` process starts the Ray instance the sites run on: a private one bound to
+127.0.0.1, or, with ``ray_address``, the existing cluster. The actor plan (CPUs, and GPUs, per
+site) travels as Flower's federation config, which takes whole CPUs only.
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 import os
+import signal
+import sys
+import tempfile
+import threading
 import uuid as uuidlib
-import warnings
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from ..shared.config import RunConfig, fedaegis_home
 
 if TYPE_CHECKING:
-    from flwr.clientapp import ClientApp
     from flwr.serverapp import Grid
 
 log = logging.getLogger("fedaegis")
@@ -37,8 +43,9 @@ class SimulationResources:
 
     ray_address: str | None = None  # None: a private local Ray instance
     num_cpus: int | None = None  # local Ray only; default: all cores
-    client_cpus: float = 1.0  # at least this many CPUs per actor
-    client_memory_mb: int = 0  # memory reserved per actor; 0: none
+    client_cpus: float = 1.0  # at least this many CPUs per actor (whole CPUs: see plan_actors)
+    client_memory_mb: int = 0  # memory per actor the pool must fit; 0: none
+    client_gpus: float = 0.0  # GPU share per actor (Flower takes fractions here)
 
 
 RAY_GRANULARITY = 10_000  # Ray counts resources in units of 1/10000
@@ -50,7 +57,8 @@ def _round_down(cpus: float) -> float:
 
 
 def plan_actors(
-    nodes: list[tuple[float, float]], client_cpus: float, client_memory: float, num_sites: int
+    nodes: list[tuple[float, float]], client_cpus: float, client_memory: float, num_sites: int,
+    *, whole: bool = False,
 ) -> tuple[float, int]:
     """CPUs to reserve per actor, and how many actors Flower will then start.
 
@@ -59,9 +67,12 @@ def plan_actors(
     memory would wait forever, and actors beyond the number of sites only cost memory. So
     the CPU share per actor is raised from ``client_cpus`` until the pool fits
     ``client_memory`` per actor on every node and holds at most ``num_sites`` actors.
+    ``whole`` keeps to whole CPUs, all that Flower's Simulation Runtime can express.
     """
     if client_cpus <= 0:
         raise ValueError(f"client_cpus: must be > 0, got {client_cpus}")
+    if whole and client_cpus != int(client_cpus):
+        raise ValueError(f"client_cpus: Flower's Simulation Runtime reserves whole CPUs per site, got {client_cpus}")
     nodes = [(cpu, mem) for cpu, mem in nodes if cpu > 0]
 
     def pool(c: float) -> int:
@@ -74,6 +85,8 @@ def plan_actors(
     candidates = {base} | {
         _round_down(cpu / k) for cpu, _ in nodes for k in range(1, int(cpu / base) + 1)
     } | {_round_down(cpu) + 1 / RAY_GRANULARITY for cpu, _ in nodes}  # leaves that node empty
+    if whole:
+        candidates = {float(math.floor(c)) for c in candidates} | {math.floor(cpu) + 1.0 for cpu, _ in nodes}
     for c in sorted(x for x in candidates if x >= base):
         if 1 <= pool(c) <= max(num_sites, 1) and fits(c):
             return c, pool(c)
@@ -119,20 +132,92 @@ def _start_ray(resources: SimulationResources) -> None:
         )
 
 
-def _client_resources(resources: SimulationResources, num_sites: int) -> dict[str, Any]:
-    """Flower's ``client_resources`` for this cluster: see :func:`plan_actors`."""
+def _cluster_nodes(resources: SimulationResources) -> list[tuple[float, float]]:
+    """(CPUs, memory bytes) of each node the sites will run on."""
+    if resources.ray_address is None:  # the private Ray that flwr-simulation will start here
+        memory = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") * 0.7  # Ray's default share
+        return [(float(resources.num_cpus or os.cpu_count() or 1), float(memory))]
     import ray
 
-    memory = resources.client_memory_mb * 2**20
-    nodes = [(float(n["Resources"].get("CPU", 0)), float(n["Resources"].get("memory", 0)))
-             for n in ray.nodes() if n.get("Alive") and n.get("Resources")]
-    cpus, actors = plan_actors(nodes, resources.client_cpus, memory, num_sites)
-    log.info("Ray: %d sites run by %d actors of %.4g CPUs%s each, on %d node(s)", num_sites, actors, cpus,
-             f" and {resources.client_memory_mb} MB" if memory else "", len(nodes))
-    client_resources: dict[str, Any] = {"num_cpus": cpus, "num_gpus": 0.0}
-    if memory:
-        client_resources["memory"] = memory
-    return client_resources
+    ray.init(address=resources.ray_address, include_dashboard=False, logging_level=logging.WARNING,
+             log_to_driver=False)
+    try:
+        return [(float(n["Resources"].get("CPU", 0)), float(n["Resources"].get("memory", 0)))
+                for n in ray.nodes() if n.get("Alive") and n.get("Resources")]
+    finally:
+        ray.shutdown()
+
+
+def federation_config(resources: SimulationResources, num_sites: int, verbose: bool = False) -> dict[str, Any]:
+    """Flower's federation config (``flwr run --federation-config``) for this actor plan.
+
+    Flower's Simulation Runtime takes whole CPUs per site (``client-resources-num-cpus`` is an
+    integer) and no memory reservation: a fractional ``client_cpus`` is refused, and
+    ``client_memory_mb`` shrinks the pool (more CPUs per actor) until it fits each node's
+    memory, without Ray reserving it.
+    """
+    if resources.client_cpus != int(resources.client_cpus):
+        raise ValueError(
+            f"--client-cpus {resources.client_cpus:g}: Flower's Simulation Runtime reserves whole CPUs "
+            "per site; use 1 or more"
+        )
+    if resources.client_gpus < 0:
+        raise ValueError(f"client_gpus: must be >= 0, got {resources.client_gpus}")
+    nodes = _cluster_nodes(resources)
+    cpus, actors = plan_actors(nodes, resources.client_cpus, resources.client_memory_mb * 2**20, num_sites,
+                               whole=True)
+    log.info("Ray: %d sites run by %d actors of %d CPUs%s%s each, on %d node(s)", num_sites, actors, cpus,
+             f" and {resources.client_gpus:g} GPUs" if resources.client_gpus else "",
+             f" (fitting {resources.client_memory_mb} MB)" if resources.client_memory_mb else "", len(nodes))
+    fed: dict[str, Any] = {"num-supernodes": num_sites, "client-resources-num-cpus": int(cpus),
+                           "client-resources-num-gpus": float(resources.client_gpus),
+                           "init-args-logging-level": "DEBUG" if verbose else "WARNING",
+                           "init-args-log-to-driver": True, "verbose": verbose}
+    if resources.ray_address is None:  # a cluster brings its own CPUs and GPUs
+        fed["init-args-num-cpus"] = int(nodes[0][0])
+        if not resources.client_gpus:
+            fed["init-args-num-gpus"] = 0
+    return fed
+
+
+def _runtime_env(resources: SimulationResources, exchange_log: Path, live_grid: str | None) -> dict[str, str]:
+    """The environment of the run's SuperLink, and so of flwr-simulation and its Ray."""
+    from .runtime_app import EXCHANGE_LOG, LIVE_GRID
+
+    env = {k: v for k, v in os.environ.items() if k != LIVE_GRID}
+    env.update({
+        "FLWR_TELEMETRY_ENABLED": "0", "FLWR_DISABLE_UPDATE_CHECK": "1",
+        "FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION": "1", "PYTHONUNBUFFERED": "1",
+        EXCHANGE_LOG: str(exchange_log),
+        # this process's import path (a checkout on PYTHONPATH, the current folder of `audit`)
+        "PYTHONPATH": os.pathsep.join(p or os.getcwd() for p in sys.path),
+    })
+    if live_grid:
+        env[LIVE_GRID] = live_grid
+    if resources.ray_address:
+        env["RAY_ADDRESS"] = resources.ray_address
+    else:
+        env["RAY_ADDRESS"] = "local"  # never join a cluster recorded in RAY_TMPDIR
+        # Ray binds a node to the loopback address only where clusters are off (its switch for this)
+        env["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] = "0"
+    return env
+
+
+def _relay(verbose: bool) -> Callable[[str], None]:
+    """Show fedaegis' lines of the run's log stream through our logger; Flower's with ``verbose``."""
+    from ..server.app import LOG_PREFIX
+
+    levels = {"DEBUG": logging.DEBUG, "INFO": logging.INFO, "WARNING": logging.WARNING, "ERROR": logging.ERROR,
+              "CRITICAL": logging.CRITICAL}
+
+    def on_line(line: str) -> None:
+        if line.startswith(LOG_PREFIX):
+            level, _, message = line[len(LOG_PREFIX):].partition(" ")
+            log.log(levels.get(level, logging.INFO), "%s", message)
+        elif verbose:
+            print(line, file=sys.stderr, flush=True)
+
+    return on_line
 
 
 def simulate(
@@ -142,13 +227,18 @@ def simulate(
     *,
     verbose: bool = False,
     wrap_grid: Callable[[Grid], Grid] | None = None,
-    client_app: ClientApp | None = None,
+    client_app: str | None = None,
+    live_grid: str | None = None,
 ) -> str:
     """Run a simulated federation; returns the run's uuid (its key in the database).
 
     ``overrides`` are run-config keys (kebab-case) on top of :class:`RunConfig` defaults.
-    ``client_app`` replaces fedaegis' own ClientApp at every site (``fedaegis audit`` uses it
-    to check another site implementation against the protocol).
+    ``client_app`` (``module:attr``) replaces fedaegis' own ClientApp at every site (``fedaegis
+    audit`` uses it to check another site implementation against the protocol).
+    The ServerApp runs in Flower's process, so ``wrap_grid`` sees the run's exchanges replayed
+    after it ended (:mod:`.runtime_app`), each reply as the server received it; ``live_grid``
+    (``module:attr`` of a grid wrapper) acts in the server while the run goes on.
+    Raises :class:`~.runtime.RuntimeFailure` when Flower reports the run failed.
     """
     if num_sites < 1:
         raise ValueError(f"num_sites: need at least one site, got {num_sites}")
@@ -156,6 +246,9 @@ def simulate(
         raise ValueError(
             f"run config 'num-sites' = {overrides['num-sites']} but the simulation has {num_sites} sites"
         )
+    if client_app is not None and not isinstance(client_app, str):
+        raise TypeError("client_app: Flower's Simulation Runtime loads the ClientApp by reference: "
+                        "pass 'module:attr'")
     overrides = {**overrides, "run-uuid": overrides.get("run-uuid") or uuidlib.uuid4().hex,
                  "num-sites": num_sites}
     cfg = RunConfig.from_flower(overrides)  # fail here, with the field named, not in Ray
@@ -167,24 +260,50 @@ def simulate(
         from ..shared.secagg import simulation_keys
 
         simulation_keys(Path(os.environ.get(KEYS_DIR_ENV) or fedaegis_home() / "simulation-keys"), num_sites)
-    _start_ray(resources)
+    fed = federation_config(resources, num_sites, verbose)
 
-    from flwr.simulation import run_simulation
+    from .runtime import ManagedSuperLink, write_app
+    from .runtime_app import read_events, replay
 
-    from ..server.app import make_server_app
-
-    if client_app is None:
-        from ..client.app import app as client_app
-
-    client_resources = _client_resources(resources, num_sites)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", DeprecationWarning)
-        run_simulation(
-            server_app=make_server_app(cfg.to_flower(), wrap_grid),
-            client_app=client_app,
-            num_supernodes=num_sites,
-            backend_name="ray",
-            backend_config={"client_resources": client_resources},
-            verbose_logging=verbose,
-        )
+    with tempfile.TemporaryDirectory(prefix="fedaegis-sim-") as tmp:
+        state = Path(tmp)
+        app_dir = write_app(state / "app", {"serverapp": "fedaegis.orchestration.runtime_app:app",
+                                            "clientapp": client_app or "fedaegis.client.app:app"},
+                            cfg.to_flower())
+        exchanges = state / "exchanges.pickle"
+        with _stop_on_sigterm(), ManagedSuperLink(state, _runtime_env(resources, exchanges, live_grid)) as link:
+            link.run(app_dir, fed, _relay(verbose), succeeded=lambda _: _stored_completed(cfg))
+        if wrap_grid is not None:
+            replay(read_events(exchanges), wrap_grid)
     return cfg.run_uuid
+
+
+def _stored_completed(cfg: RunConfig) -> bool:
+    """Whether the database holds the run as completed (the ServerApp's own verdict)."""
+    from ..shared.store import RunStore
+
+    store = RunStore(cfg.resolved_db_url)
+    try:
+        uuid = cfg.run_uuid
+        if cfg.resume_run:
+            return False  # resumed under the stored run's id: let Flower say
+        return any(r["uuid"] == uuid and r["status"] == "completed" for r in store.list_runs())
+    finally:
+        store.engine.dispose()
+
+
+@contextlib.contextmanager
+def _stop_on_sigterm() -> Iterator[None]:
+    """SIGTERM (a cancelled sweep point) unwinds like Ctrl-C, so the SuperLink is stopped by PID."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def stop(signum: int, frame: Any) -> None:
+        raise KeyboardInterrupt(f"signal {signum}")
+
+    previous = signal.signal(signal.SIGTERM, stop)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)

@@ -7,7 +7,7 @@ CONFIG is a TOML file with three tables::
     num-sites = 2        # simulated hospitals per run
     parallel = 2         # runs at once
     cpus-per-run = 1     # CPUs of each run's own Ray instance (its sites share them)
-    client-cpus = 1.0    # CPUs per simulated site inside a run
+    client-cpus = 1      # whole CPUs per simulated site inside a run
     ray-address = ""     # "": a local Ray on 127.0.0.1; else join this cluster
 
     [config]             # the base run config: [tool.flwr.app.config] keys
@@ -155,7 +155,8 @@ def _options(table: dict[str, Any], default_name: str) -> SweepOptions:
         ("num-sites", opts.num_sites >= 1, "must be >= 1"),
         ("parallel", opts.parallel >= 1, "must be >= 1"),
         ("cpus-per-run", opts.cpus_per_run >= 1, "must be >= 1"),
-        ("client-cpus", 0 < opts.client_cpus <= opts.cpus_per_run, "must be in (0, cpus-per-run]"),
+        ("client-cpus", 0 < opts.client_cpus <= opts.cpus_per_run and opts.client_cpus == int(opts.client_cpus),
+         "must be a whole number in [1, cpus-per-run] (Flower's Simulation Runtime reserves whole CPUs)"),
     ]
     for key, ok, why in checks:
         if not ok:

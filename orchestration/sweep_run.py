@@ -191,12 +191,13 @@ def _main() -> int:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     from ..server.app import RunFailed
+    from .runtime import RuntimeFailure
 
     try:
         simulate(spec["config"], spec["num-sites"],
                  SimulationResources(num_cpus=spec["num-cpus"], client_cpus=spec["client-cpus"]))
-    except RunFailed as exc:  # stored as failed, with its site errors: one line, not a traceback
-        print(f"error: {exc}", file=sys.stderr)
+    except (RunFailed, RuntimeFailure) as exc:  # stored as failed, with its site errors: one line, not a traceback
+        print(f"error: {str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__}", file=sys.stderr)
         return 1
     return 0
 

@@ -207,6 +207,46 @@ def refuse_shared_credentials(run_config: Mapping[str, Any]) -> None:
                           "site; give the ServerApp $FEDAEGIS_DB_URL in its environment instead")
 
 
+LOG_PREFIX = "[fedaegis] "  # how fedaegis' lines start in Flower's log stream (simulate picks them out)
+
+
+def log_to_flower() -> None:
+    """Send fedaegis' log lines to the process's stderr, which Flower streams to ``flwr run``/``flwr log``.
+
+    Left alone where a caller already configured the logger (an in-process ServerApp).
+    """
+    if not log.handlers:
+        handler = logging.StreamHandler()
+        handler.setFormatter(logging.Formatter(LOG_PREFIX + "%(levelname)s %(message)s"))
+        log.addHandler(handler)
+        log.setLevel(logging.INFO)
+        log.propagate = False
+
+
+def with_data_shape(config: dict[str, Any]) -> dict[str, Any]:
+    """``config`` with in-channels, spatial-dims, image-size and num-classes read from its dataset.
+
+    Under ``flwr run`` the run config holds the defaults (PneumoniaMNIST's shape) unless the user
+    states them: where the classification dataset is readable from the server, each key still at
+    its default takes the dataset's value (logged); stated values are kept. A dataset the server
+    cannot read (a real consortium's, at the sites only) keeps the run config's values.
+    """
+    if config.get("task", "classification") != "classification" or not config.get("dataset"):
+        return config
+    from ..orchestration.datainfo import data_config
+
+    try:
+        shape = data_config(str(config["dataset"]))
+    except Exception as exc:  # noqa: BLE001 - the sites hold the data; the config says its shape
+        log.info("dataset %s is not readable here (%s): using the run config's shape", config["dataset"], exc)
+        return config
+    defaults = RunConfig().to_flower()
+    filled = {k: v for k, v in shape.items() if config.get(k, defaults[k]) == defaults[k] and v != defaults[k]}
+    if filled:
+        log.info("from %s: %s", config["dataset"], ", ".join(f"{k} = {v}" for k, v in filled.items()))
+    return {**config, **filled}
+
+
 def make_server_app(
     overrides: dict[str, Any] | None = None, wrap_grid: Callable[[Grid], Grid] | None = None
 ) -> ServerApp:
@@ -221,8 +261,9 @@ def make_server_app(
     def main(grid: Grid, context: Context) -> None:
         from ..shared.preflight import check_config, preflight
 
+        log_to_flower()
         refuse_shared_credentials(dict(context.run_config))
-        cfg = check_config({**dict(context.run_config), **(overrides or {})})
+        cfg = check_config(with_data_shape({**dict(context.run_config), **(overrides or {})}))
         if not cfg.resume_run:  # a resumed run is checked against its stored config (server/resume.py)
             preflight(cfg, None)  # the sites' data is theirs: the server checks config, model and database
         run_federation(wrap_grid(grid) if wrap_grid else grid, cfg, flwr_run_id=context.run_id)

@@ -74,6 +74,8 @@ def test_flwr_run_local_simulation(tmp_path):
     (summary,) = store.list_runs()
     assert summary["status"] == "completed", summary
     assert summary["flwr_run_id"] and summary["flwr_run_id"] in text
+    # the fedaegis run id and its database, through Flower's log stream
+    assert f"[fedaegis] INFO fedaegis run {summary['id']} ({summary['uuid']}) stored in {db_url}" in text, text[-4000:]
     run = store.get_run(summary["uuid"])
     assert [r["number"] for r in run["rounds"]] == [1, 2]
     for rnd in run["rounds"]:

@@ -252,3 +252,143 @@ def test_report_renders_in_chromium(stored, tmp_path):
     assert len(dom.imgs) == 6
     assert all(i["src"].startswith("data:image/png;base64,") and i.get("alt") for i in dom.imgs)
     assert "script" not in dom.tags
+
+
+# -- comparisons: several runs, or a sweep -----------------------------------------------------------
+SWEEP = "study"
+
+
+def _scaled_round(number: int, factor: float) -> RoundRecord:
+    """A round whose attack cells are ``factor`` times as robust (capped by the clean count)."""
+    rec = _round(number, sites=False)
+    rows = []
+    for row in rec.metrics:
+        if row.phase == "attack" and row.name == "robust-correct":
+            row = MetricValue("attack", row.name, float(min(round(row.value * factor), 96)), attack=row.attack,
+                              epsilon=row.epsilon)
+        rows.append(row)
+    counts = {(r.attack, r.epsilon): {} for r in rows if r.phase == "attack"}
+    for r in rows:
+        if r.phase == "attack" and r.name in ("n-count", "clean-correct", "robust-correct"):
+            counts[(r.attack, r.epsilon)][r.name] = r.value
+    rows = [r for r in rows if not (r.phase == "attack" and r.name in ("robust-accuracy", "success-rate"))]
+    for (attack, eps), c in counts.items():
+        rows += [MetricValue("attack", "robust-accuracy", c["robust-correct"] / c["n-count"], attack=attack, epsilon=eps),
+                 MetricValue("attack", "success-rate", 1 - c["robust-correct"] / c["clean-correct"], attack=attack,
+                             epsilon=eps)]
+    return RoundRecord(number=number, train_replies=3, evaluate_replies=3, metrics=rows, site_metrics={})
+
+
+@pytest.fixture
+def swept(db_url):
+    """Four runs of one sweep (two models x two seeds; the first two give identical results) and one other run."""
+    store = RunStore(db_url)
+    ids = []
+    for i, (model, seed, factor) in enumerate((("cnn", 0, 1.0), ("cnn", 1, 1.0), ("resnet10", 0, 1.3),
+                                               ("resnet10", 1, 1.5))):
+        rid = store.create_run(uuid=f"{i + 1}" * 32, name=f"{SWEEP}:{i:08x}",
+                               config=_config(model=model, seed=seed), num_rounds=2)
+        for n in (1, 2):
+            rec = _scaled_round(n, factor)
+            if i == 3:  # one run also segments, and routes through a detector
+                rec.metrics.extend([
+                    MetricValue("segmentation", "seg.clean.dice", 0.81),
+                    MetricValue("segmentation", "seg.clean.dice.class=1", 0.78),
+                    MetricValue("segmentation", "seg.attack.pgd.linf.eps=0.01569.dice", 0.42),
+                    MetricValue("detection", "auc", 0.93, attack="mahalanobis", epsilon=8 / 255),
+                    MetricValue("defence-adaptive", "robust-accuracy", 0.61, attack="routed", epsilon=8 / 255)])
+            store.record_round(rid, rec)
+        store.finish_run(rid)
+        ids.append(rid)
+    other = store.create_run(uuid="9" * 32, name="other", config=_config(), num_rounds=1)
+    store.record_round(other, _round(1, sites=False))
+    store.finish_run(other)
+    return store, ids, other
+
+
+def test_wilson_interval():
+    from fedaegis.orchestration.report_compare import wilson
+
+    lo, hi = wilson(64, 128)
+    assert lo == pytest.approx(0.4142, abs=1e-3) and hi == pytest.approx(0.5858, abs=1e-3)  # about +-0.08
+    assert wilson(0, 20)[0] == 0.0 and wilson(20, 20)[1] == 1.0 and wilson(5, 0) is None
+
+
+def test_comparison_content(swept):
+    from fedaegis.orchestration.report_compare import build_comparison
+
+    store, ids, _ = swept
+    rep = build_comparison([store.get_run(i) for i in ids], "t")
+    assert [r["id"] for r in rep["runs"]] == ids
+    assert rep["config_differs"] == {"model": ["cnn", "cnn", "resnet10", "resnet10"], "seed": [0, 1, 0, 1]}
+    for run in rep["runs"]:
+        assert run["final_round"] == 2 and len(run["final"]) == 8 and len(run["per_round"]) == 16
+        lo, hi = run["clean"]["ci"]
+        assert lo < run["clean"]["accuracy"] < hi
+        for c in run["final"]:
+            lo, hi = c["robust_ci"]
+            assert lo <= c["robust_accuracy"] <= hi and hi - lo < 0.25  # n = 96 attacked images
+    pgd8 = [next(c["robust_accuracy"] for c in r["final"] if c["attack"] == "pgd" and round(c["epsilon"] * 255) == 8)
+            for r in rep["runs"]]
+    assert pgd8[0] == pgd8[1] < pgd8[2] < pgd8[3]
+    assert set(rep["attack_parameters"]) == {"fgsm", "pgd"} and rep["attack_parameters"]["pgd"]["steps"] == 10
+    assert rep["runs"][3]["segmentation"]["seg.attack.pgd.linf.eps=0.01569.dice"] == pytest.approx(0.42)
+    kinds = {d["kind"]: d for d in rep["runs"][3]["detection"]}
+    assert kinds["detector"]["auc"] == pytest.approx(0.93) and kinds["routed"]["robust_accuracy"] == pytest.approx(0.61)
+    assert not rep["runs"][0]["segmentation"] and not rep["runs"][0]["detection"]
+    prov = rep["provenance"]
+    assert prov["versions"]["flwr"] and prov["versions"]["torch"]
+    assert len(prov["data_sha256"]["embedded:pneumoniamnist"]) == 64
+
+
+def test_report_compares_runs_and_sweeps(swept, db_url, tmp_path, monkeypatch):
+    store, ids, other = swept
+    monkeypatch.chdir(tmp_path)
+    res = CliRunner().invoke(app, ["report", str(ids[0]), str(other), "--db-url", db_url])
+    assert res.exit_code == 0, res.output
+    page = (tmp_path / f"fedaegis-compare-{ids[0]}-{other}.html").read_text()
+    assert page.startswith("<!DOCTYPE html>") and "<script" not in page
+    res = CliRunner().invoke(app, ["report", "--sweep", SWEEP, "--db-url", db_url, "--format", "json"])
+    assert res.exit_code == 0, res.output
+    rep = json.loads(res.stdout)
+    assert rep["format"] == "fedaegis-comparison-report" and [r["id"] for r in rep["runs"]] == ids
+    res = CliRunner().invoke(app, ["report", "--sweep", "nope", "--db-url", db_url])
+    assert res.exit_code == 2 and "--sweep nope" in res.output
+    res = CliRunner().invoke(app, ["report", "--db-url", db_url])
+    assert res.exit_code == 2 and "--sweep NAME" in res.output
+
+
+def test_single_report_puts_results_before_configuration(stored):
+    store, full, _, _ = stored
+    page = report_mod.report_html(store.get_run(full))
+    assert page.index('id="rounds"') < page.index('id="robustness"') < page.index('id="configuration"')
+
+
+@pytest.mark.skipif(not CHROMIUM.exists(), reason="/usr/bin/chromium is absent (apt-get install -y chromium)")
+def test_sweep_comparison_renders_in_chromium(swept, tmp_path):
+    import numpy as np
+    from PIL import Image
+
+    from fedaegis.orchestration.report_compare import comparison_html
+
+    store, ids, _ = swept
+    page = tmp_path / "compare.html"
+    html_text = comparison_html([store.get_run(i) for i in ids], f"fedaegis sweep {SWEEP}")
+    page.write_text(html_text, encoding="utf-8")
+    assert html_text.index('id="robustness"') < html_text.index('id="config"')  # results first
+    shot = tmp_path / "compare.png"
+    res = _chromium([f"--screenshot={shot}", "--window-size=1280,3000", page.as_uri()], tmp_path / "profile1")
+    assert shot.is_file(), f"no screenshot (rc {res.returncode}): {res.stderr[-2000:]}"
+    px = np.asarray(Image.open(shot).convert("RGB")).astype(int)
+    assert (px.min(axis=2) < 235).mean() > 0.03
+    for rgb in ((0x1F, 0x77, 0xB4), (0xFF, 0x7F, 0x0E), (0x2C, 0xA0, 0x2C), (0xD6, 0x27, 0x28)):  # 4 runs, 4 colours
+        hits = int((np.abs(px - np.array(rgb)).max(axis=2) < 12).sum())
+        assert hits > 100, f"run colour {rgb} hardly appears in the screenshot ({hits} px)"
+    res = _chromium(["--dump-dom", page.as_uri()], tmp_path / "profile2")
+    assert res.returncode == 0, res.stderr[-2000:]
+    dom = _dom(res.stdout)
+    for cls in ("summary", "robustness", "tradeoff", "segmentation", "detection", "attack-parameters",
+                "config-differs", "provenance"):
+        assert cls in dom.tables, f"table {cls!r} missing from the rendered DOM"
+    assert len(dom.imgs) == 3 and all(i["src"].startswith("data:image/png;base64,") for i in dom.imgs)
+    assert "script" not in dom.tags

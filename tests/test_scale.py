@@ -30,6 +30,22 @@ def test_actor_pool_fits_cpus_memory_and_sites(nodes, cpus, memory, sites, expec
         assert int(cpu / per_actor) * per_actor <= cpu and int(cpu / per_actor) * memory <= mem
 
 
+def test_whole_cpus_for_flowers_simulation_runtime():
+    """Flower's federation config takes whole CPUs per site: the plan keeps to them."""
+    assert plan_actors([(16, 64 * G)], 1.0, 0, 3, whole=True) == (5.0, 3)
+    assert plan_actors([(16, 10 * G)], 1.0, 3 * G, 100, whole=True) == (5.0, 3)
+    assert plan_actors([(2, 10 * G)], 1.0, 0, 1, whole=True) == (2.0, 1)
+    with pytest.raises(ValueError, match="whole CPUs per site, got 0.5"):
+        plan_actors([(2, 10 * G)], 0.5, 0, 100, whole=True)
+
+
+def test_fractional_client_cpus_are_refused_before_anything_starts(tmp_path):
+    with pytest.raises(ValueError, match="--client-cpus 0.5: Flower's Simulation Runtime reserves whole CPUs"):
+        simulate({"db-url": f"sqlite:///{tmp_path / 'runs.db'}"}, num_sites=2,
+                 resources=SimulationResources(num_cpus=2, client_cpus=0.5))
+    assert not (tmp_path / "runs.db").exists()
+
+
 def test_no_node_fits_is_a_clear_error():
     with pytest.raises(ValueError, match="no Ray node can host a site with 1.0 CPUs and 2048 MB"):
         plan_actors([(2, 1 * G)], 1.0, 2 * G, 10)

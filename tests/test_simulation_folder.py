@@ -16,6 +16,13 @@ from fedaegis.shared.data.sources import embedded_path
 
 pytestmark = pytest.mark.slow
 
+try:
+    import mlflow  # noqa: F401 - optional extra: the run is also logged to MLflow when present
+
+    MLFLOW = True
+except ImportError:
+    MLFLOW = False
+
 
 def test_folder_dataset_skips_unreadable_files_and_reports_the_count(tmp_path, db_url, shared_data):
     root = tmp_path / "site"
@@ -35,6 +42,7 @@ def test_folder_dataset_skips_unreadable_files_and_reports_the_count(tmp_path, d
         "simulate", "--dataset", str(root), "--sites", "2", "--rounds", "1", "--local-epochs", "1",
         "--db-url", db_url, "--json", "--num-cpus", "2",
         "--attacks", "fgsm", "--epsilons", "8/255", "--attack-samples", "5",
+        *(["--mlflow", (tmp_path / "mlruns").as_uri()] if MLFLOW else []),
     ])
     assert res.exit_code == 0, res.output
     run = json.loads(res.stdout[res.stdout.index("{"):])
@@ -46,3 +54,10 @@ def test_folder_dataset_skips_unreadable_files_and_reports_the_count(tmp_path, d
     # 5 attacked images per site is below the minimum cell size (10): suppressed, marked, zero
     (cell,) = rnd["robustness"]
     assert cell["suppressed_count"] == 2 and cell["n_count"] == 0 and "robust_accuracy" not in cell
+    if MLFLOW:  # the same run, read back with MLflow's own client
+        from mlflow.tracking import MlflowClient
+
+        client = MlflowClient(tracking_uri=(tmp_path / "mlruns").as_uri())
+        (tracked,) = client.search_runs([client.get_experiment_by_name("fedaegis").experiment_id])
+        assert tracked.data.tags["fedaegis.uuid"] == run["uuid"] and tracked.info.status == "FINISHED"
+        assert tracked.data.metrics["evaluate.skipped"] == 2 and tracked.data.params["num-server-rounds"] == "1"
