@@ -20,8 +20,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ...attacks.square import p_schedule, window_mask
-from .common import _view, attack_mode, check_inputs, generator, goal_score, project, steepest
-from .common import Objective
+from .common import Objective, _view, attack_mode, check_inputs, generator, goal_score, project, steepest
 
 RHO, MOMENTUM = 0.75, 0.75
 SQUARE_QUERIES_PER_STEP = 20  # Square spends ``steps`` * this many queries (forward passes) per sample
