@@ -104,9 +104,11 @@ def _fit_detector(cfg: RunConfig, standard: nn.Module, train: ImageSet, calibrat
         return MahalanobisDetector(standard).fit(train)
     from ..shared.attacks import build_attack
 
+    # one share of the calibration images per evaluated budget: each score's orientation must hold at all
     cal = calibration.subset(torch.arange(min(len(calibration), MAX_COMBINER_FIT)))
-    x_adv = build_attack("pgd", eps=cfg.hardening_eps, steps=PGD_STEPS, seed=seed, early_stop=False).attack(
-        standard, cal.images, cal.labels).x_adv
+    shares = torch.arange(len(cal)).tensor_split(len(cfg.epsilon_values))
+    x_adv = [build_attack("pgd", eps=e, steps=PGD_STEPS, seed=seed, early_stop=False).attack(
+        standard, cal.images[s], cal.labels[s]).x_adv for e, s in zip(cfg.epsilon_values, shares) if len(s)]
     return KDBUDetector(standard, seed=seed).fit(train).fit_combiner(cal.images, x_adv)
 
 

@@ -62,9 +62,10 @@ def test_kd_bu_detects_better_than_chance() -> None:
     scores = detection_scores_of("kd-bu")
     aucs = {eps: _auc(c, a) for eps, (c, a) in scores.items()}
     print("\nKD+BU ROC AUC:", {f"{e:.4f}": round(v, 3) for e, v in aucs.items()},
-          "LR weights (log KD, BU):", detector.weight.tolist())
+          "orientation (log KD, BU):", detector.orientation.tolist(), "LR weights:", detector.weight.tolist())
     assert aucs[EPS] >= 0.7
-    assert detector.weight[0] < 0  # adversarial inputs have lower density, as Feinman et al. found
+    assert detector.orientation[0] == -1  # adversarial inputs have lower density, as Feinman et al. found
+    assert (detector.weight >= 0).all()
 
 
 @pytest.mark.parametrize("name", ["mahalanobis", "kd-bu"])

@@ -24,9 +24,11 @@ from .ensemble import AutoAttack
 from .fab import FAB
 from .fgsm import FGSM
 from .fmn import FMN, robust_accuracy_curve
+from .hopskipjump import HopSkipJump
 from .mifgsm import MIFGSM
 from .onepixel import OnePixel
 from .pgd import PGD
+from .rays import RayS
 from .square import Square
 from .tifgsm import TIFGSM
 from .universal import UniversalPerturbation
@@ -36,6 +38,8 @@ ATTACKS: dict[str, type[Attack]] = {
     cls.name: cls
     for cls in (FGSM, BIM, PGD, MIFGSM, TIFGSM, CW, DeepFool, APGD, APGDT, FAB, Square,
                 OnePixel, UniversalPerturbation, Watermark, FMN, AutoAttack)
+} | {
+    cls.name: cls for cls in (HopSkipJump, RayS)  # label-only, with a query-budget grid
 }
 
 DEFAULT_EPSILONS: tuple[float, ...] = (1 / 255, 2 / 255, 4 / 255, 8 / 255)

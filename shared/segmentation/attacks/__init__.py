@@ -11,16 +11,20 @@ from .dag import dag_attack
 from .ensemble import AttackOutcome, RobustResult, l2_radius, predict, robust_dice, run_attack, worst_case
 from .multiscale import multiscale_attack
 from .pgd import pgd_attack
-from .registry import ATTACKS, TARGETED, get_attack
+from .registry import ATTACKS, ROG, TARGETED, get_attack
+from .rog import apgd_ce_attack, apgd_dlr_attack, rog_attack, square_attack
 from .targets import TARGET_KINDS, make_target, remove_structure, shift_structure
 
 __all__ = [
     "ATTACKS",
+    "ROG",
     "TARGETED",
     "TARGET_KINDS",
     "AttackOutcome",
     "RobustResult",
     "SegAttack",
+    "apgd_ce_attack",
+    "apgd_dlr_attack",
     "asma_attack",
     "attack_mode",
     "dag_attack",
@@ -33,7 +37,9 @@ __all__ = [
     "project",
     "remove_structure",
     "robust_dice",
+    "rog_attack",
     "run_attack",
     "shift_structure",
+    "square_attack",
     "worst_case",
 ]
