@@ -83,6 +83,7 @@ def simulate(
     client_memory: Annotated[int, typer.Option(help="Memory (MB) reserved per Ray actor; the pool shrinks to fit it (0: no reservation).")] = 0,
     resume: Annotated[str | None, typer.Option(help="Resume an interrupted run (id or uuid): its stored config, its verified last checkpoint, its remaining rounds.")] = None,
     config: Annotated[list[str] | None, typer.Option("--config", "-c", help="Any run-config KEY=VALUE (repeatable).")] = None,
+    site_policy: Annotated[str | None, typer.Option(help="Site privacy policy (TOML) every simulated site runs under (default: the built-in one).")] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print the stored run as JSON.")] = False,
     verbose: Annotated[bool, typer.Option(help="Show Flower's own logs.")] = False,
 ) -> None:
@@ -93,10 +94,17 @@ def simulate(
     _setup_logging(verbose)
     resources = SimulationResources(ray_address=ray_address, num_cpus=num_cpus, client_cpus=client_cpus,
                                     client_memory_mb=client_memory)
+    if site_policy:
+        from ..shared.site_policy import PolicyError, SitePolicy
+
+        try:
+            SitePolicy.from_toml(site_policy)
+        except PolicyError as exc:
+            _fail(f"--site-policy: {exc}")
     if resume:
         overrides, sites = _resume_overrides(ctx, resume, db_url, sites)
         console.print(f"[bold]fedaegis[/]: resuming run {resume} with {sites} simulated sites")
-        _run_and_report(overrides, sites, resources, as_json, verbose)
+        _run_and_report(overrides, sites, resources, as_json, verbose, site_policy)
         return
     sites = 5 if sites is None else sites
     overrides: dict[str, Any] = {
@@ -118,7 +126,7 @@ def simulate(
         f"[bold]fedaegis[/]: {sites} simulated sites, {rounds} rounds, model {model}, "
         f"data {dataset} ({partitioning})"
     )
-    _run_and_report(overrides, sites, resources, as_json, verbose)
+    _run_and_report(overrides, sites, resources, as_json, verbose, site_policy)
 
 
 # options that make up a run's configuration: a resumed run keeps its stored one
@@ -147,11 +155,12 @@ def _resume_overrides(ctx: typer.Context, ref: str, db_url: str | None, sites: i
     return point.cfg.to_flower(), sites
 
 
-def _run_and_report(overrides: dict[str, Any], sites: int, resources: Any, as_json: bool, verbose: bool) -> None:
+def _run_and_report(overrides: dict[str, Any], sites: int, resources: Any, as_json: bool, verbose: bool,
+                    site_policy: str | None = None) -> None:
     from ..orchestration.simulation import simulate as run_sim
 
     try:
-        run_uuid = run_sim(overrides, sites, resources, verbose=verbose)
+        run_uuid = run_sim(overrides, sites, resources, verbose=verbose, site_policy=site_policy)
     except (ConfigError, ValueError) as exc:
         _fail(str(exc))
     store = RunStore(str(overrides["db-url"]))
@@ -285,6 +294,8 @@ def _run_json(run: dict[str, Any]) -> dict[str, Any]:
             "robustness": _robustness(r),
             "defences": defence_cells(r),
             "detection": detection_cells(r),
+            "refusals": [{"site": node, "request": row["attack"], "field": row["name"]}
+                         for node, rows in r.get("sites", {}).items() for row in rows if row["phase"] == "refusal"],
         }
         for r in run["rounds"]
     ]
@@ -350,6 +361,15 @@ def _print_run(run: dict[str, Any], with_config: bool = False) -> None:
             qual = row["attack"] + (f" {_eps(row['epsilon'])}" if row["epsilon"] is not None else "")
             more.add_row(str(number), row["phase"], row["name"], qual, _fmt(row["value"]))
         out.print(more)
+    refusals = [(r["number"], node, row) for r in run["rounds"] for node, rows in r.get("sites", {}).items()
+                for row in rows if row["phase"] == "refusal"]
+    if refusals:
+        ref = Table(title="requests refused by the sites' policies")
+        for col in ("round", "site", "request", "policy field"):
+            ref.add_column(col)
+        for number, node, row in refusals:
+            ref.add_row(str(number), str(node), row["attack"], row["name"])
+        out.print(ref)
     skipped = run["rounds"][-1]["metrics"].get("evaluate.skipped") if run["rounds"] else None
     out.print(f"run id {run['id']} (uuid {run['uuid']}), status {run['status']}")
     if skipped:
@@ -359,8 +379,9 @@ def _print_run(run: dict[str, Any], with_config: bool = False) -> None:
 
 
 def _register_commands() -> None:
-    from . import audit, privacy_view, report, sweep
+    from . import audit, privacy_view, report, site_cli, sweep
 
+    site_cli.register(app)
     privacy_view.register(app)
     report.register(app)
     audit.register(app)

@@ -143,12 +143,15 @@ def simulate(
     verbose: bool = False,
     wrap_grid: Callable[[Grid], Grid] | None = None,
     client_app: ClientApp | None = None,
+    site_policy: str | None = None,
 ) -> str:
     """Run a simulated federation; returns the run's uuid (its key in the database).
 
     ``overrides`` are run-config keys (kebab-case) on top of :class:`RunConfig` defaults.
     ``client_app`` replaces fedaegis' own ClientApp at every site (``fedaegis audit`` uses it
-    to check another site implementation against the protocol).
+    to check another site implementation against the protocol). ``site_policy`` is a
+    policy TOML file every simulated site runs under (default: each site's own, see
+    :mod:`fedaegis.shared.site_policy`).
     """
     if num_sites < 1:
         raise ValueError(f"num_sites: need at least one site, got {num_sites}")
@@ -159,6 +162,11 @@ def simulate(
     overrides = {**overrides, "run-uuid": overrides.get("run-uuid") or uuidlib.uuid4().hex,
                  "num-sites": num_sites}
     cfg = RunConfig.from_flower(overrides)  # fail here, with the field named, not in Ray
+    if site_policy:
+        from ..shared.site_policy import SitePolicy
+
+        site_policy = str(Path(site_policy).expanduser().resolve())
+        SitePolicy.from_toml(site_policy)  # a bad file fails here, with the field named
     if cfg.min_sites > num_sites:
         raise ValueError(f"run config 'min-sites' = {cfg.min_sites} exceeds the {num_sites} sites")
     _quiet_environment()
@@ -170,6 +178,10 @@ def simulate(
 
     if client_app is None:
         from ..client.app import app as client_app
+    if site_policy:
+        from ..client.app import simulated_site_app
+
+        client_app = simulated_site_app(site_policy, client_app)
 
     client_resources = _client_resources(resources, num_sites)
     with warnings.catch_warnings():
