@@ -72,8 +72,10 @@ def site_guard(msg: Message, context: Context, call_next: ClientAppCallable) -> 
             mech = release_epsilon(cfg, policy)
             from .site import site_ledger
 
-            if mech.kind != "none" and site_ledger(context.node_config).spent()[0] + mech.epsilon > \
-                    policy.dp_lifetime_epsilon + 1e-9:
+            needed = mech.epsilon if mech.kind != "none" else 0.0
+            if msg.metadata.message_type == MessageType.TRAIN and cfg.dp_epsilon > 0:
+                needed += cfg.dp_epsilon  # the DP-SGD update itself (Opacus' accountant) is a release too
+            if needed and site_ledger(context.node_config).spent()[0] + needed > policy.dp_lifetime_epsilon + 1e-9:
                 raise Refusal("dp.lifetime-epsilon")
         return call_next(msg, context)
     except Refusal as refusal:
@@ -156,6 +158,11 @@ def metric_dp(msg: Message, context: Context, call_next: ClientAppCallable) -> M
     if not charged:
         released = withhold(metrics, cfg, is_train, keep=_keep(msg))
         eps = 0.0
+    if is_train and ARRAYS_KEY in reply.content:  # the update: DP-SGD's epsilon (Opacus' accountant), or clear
+        dpsgd = float(raw.get("dpsgd.epsilon-sum", 0.0))
+        site_ledger(context.node_config).charge(
+            lifetime=float("inf"), epsilon=dpsgd, delta=cfg.dp_delta if dpsgd else 0.0, run=str(msg.metadata.run_id),
+            round=server_round, kind="train-update", values=0, clear=dpsgd == 0)
     if mech.kind != "none":
         released[EPSILON_KEY] = eps
         released.setdefault("dp-withheld-count", 0)

@@ -104,9 +104,15 @@ def evaluation_subset(data: ImageSet, requested: int, cfg: RunConfig, node_confi
     return data.subset(torch.randperm(len(data), generator=gen)[:size].sort().values)
 
 
+_logged: set[tuple[str, str]] = set()
+
+
 def _log_skipped(data: ImageSet, source: str) -> None:
-    for name, why in dict(getattr(data, "skipped", {}) or {}).items():
-        log.warning("site data %s: skipped %s: %s", source, name, why)
+    """Name every skipped or rejected file and why, in the site's own log (once per process)."""
+    for name, why in data.skipped.items():
+        if (source, name) not in _logged:
+            _logged.add((source, name))
+            log.warning("site data %s: skipped %s: %s", source, name, why)
 
 
 def site_data(cfg: RunConfig, node_config: Mapping[str, object]) -> SiteData:

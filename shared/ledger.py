@@ -27,13 +27,19 @@ LEDGER_FILE = "privacy-ledger.sqlite"
 def site_secret(state_dir: Path) -> bytes:
     """The site's secret, created on first use (never sent anywhere)."""
     path = state_dir / SECRET_FILE
-    state_dir.mkdir(parents=True, exist_ok=True)
-    try:
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    except FileExistsError:
+    if path.exists():
         return path.read_bytes()
+    state_dir.mkdir(parents=True, exist_ok=True)
+    tmp = state_dir / f".{SECRET_FILE}.{os.getpid()}"
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     with os.fdopen(fd, "wb") as f:
         f.write(os.urandom(32))
+    try:
+        os.link(tmp, path)  # atomic: the first site process to get here sets the secret
+    except FileExistsError:
+        pass
+    finally:
+        tmp.unlink()
     return path.read_bytes()
 
 

@@ -84,7 +84,9 @@ FAMILIES: tuple[Family, ...] = (
     Family("training", (
         Key(r"train-correct", "count"),
         Key(r"train-loss-sum", "sum"),
-        Key(rf"train-(?P<hcount>{_NAME})-count", "count"),  # a hardening method's own counts
+        # SSAT's unlabelled pool (its size) and how many of it were pseudo-labelled in the last epoch
+        Key(r"train-unlabelled-count", "size", size="train-unlabelled-count"),
+        Key(r"train-pseudo-labelled-count", "count", size="train-unlabelled-count"),
     ), lambda cfg, train: train and _classification(cfg), lambda cfg: 8),
     Family("dp-sgd", (Key(r"dpsgd\.epsilon-sum", "meta"),),
            lambda cfg, train: train and cfg.dp_epsilon > 0, lambda cfg: 1),
