@@ -51,3 +51,7 @@ def test_default_policy_keeps_the_figures_and_records_refusals(db_url, tmp_path)
     as_json = CliRunner().invoke(app, ["show", refused["uuid"], "--db-url", db_url, "--json"])
     refusals = json.JSONDecoder().raw_decode(as_json.stdout[as_json.stdout.index("{"):])[0]["rounds"][0]["refusals"]
     assert sorted(r["field"] for r in refusals) == ["release.min-cell-size"] * 2
+    from fedaegis.orchestration.report import build_report
+
+    reported = build_report(RunStore(db_url).get_run(refused["uuid"]))["privacy"]["refusals"]
+    assert [(r["request"], r["field"]) for r in reported] == [("train", "release.min-cell-size")] * 2
