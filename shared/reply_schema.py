@@ -131,12 +131,15 @@ FAMILIES: tuple[Family, ...] = (
         lambda cfg: len(cfg.epsilon_values) * (1 + 2 * 9999),
         lambda cfg: {"detector": {cfg.detector}, "eps": _eps_set(cfg)}),
     Family("segmentation", (
+        Key(r"seg\.(?:volumes|samples|voxels)-count", "size"),  # the site's test volumes, slices, voxels
+        Key(r"train-loss-sum", "sum"),
         Key(r"seg\.train\.samples-count", "size", size="seg.train.samples-count"),
         Key(r"seg\.train\.(?:voxels|steps|adversarial)-count", "meta"),
-        Key(r"seg\.train\.loss-sum", "sum"),
-        Key(rf"seg\.{_SEG_ATTACKS}\.(?:n|volumes|samples)-count", "size", size=".n-count"),
+        Key(rf"seg\.{_SEG_ATTACKS}\.n-count", "size", size=".n-count"),
         Key(rf"seg\.{_SEG_ATTACKS}\.[a-z0-9\-]+-count", "count", size=".n-count"),
-        Key(rf"seg\.{_SEG_ATTACKS}\.dice-class[0-9]+-sum", "sum", bound=1.0, size=".n-count"),
+        # Dice and IoU per volume lie in [0, 1]
+        Key(rf"seg\.{_SEG_ATTACKS}\.(?:dice|dice-class[0-9]+|target-iou|clean-target-iou)-sum", "sum", bound=1.0,
+            size=".n-count"),
         Key(rf"seg\.{_SEG_ATTACKS}\.[a-z0-9\-]+-sum", "sum", size=".n-count"),
     ), lambda cfg, train: cfg.task == "segmentation",
         lambda cfg: 64 * (2 + len(cfg.epsilon_values) * (1 + len(cfg.seg_attacks.split(",")))) * cfg.num_classes,

@@ -210,3 +210,24 @@ def test_policy_file_mistakes_are_named(tmp_path):
     assert policy.release_min_cell_size == 20
     with pytest.raises(mods.Refusal, match="updates.mode"):
         check_request(RunConfig(min_cell_size=20), policy, is_train=True, node_config={})
+
+
+def test_the_hospital_reads_its_ledger(real_site, tmp_path):
+    import json
+
+    from typer.testing import CliRunner
+
+    from fedaegis.orchestration.cli import app as cli
+
+    policy = _policy_file(tmp_path, f"[dp]\nlifetime-epsilon = 1.5\n[site]\nstate-dir = '{tmp_path / 'state'}'\n")
+    missing = CliRunner().invoke(cli, ["site", "ledger", "--policy", policy])
+    assert missing.exit_code == 1 and "no ledger" in missing.output
+    assert not ask(app, "evaluate", {}, {**real_site, "policy": policy}, run_id=42).has_error()
+    res = CliRunner().invoke(cli, ["site", "ledger", "--policy", policy, "--json"])
+    book = json.loads(res.stdout)
+    assert res.exit_code == 0 and book["epsilon_spent"] == pytest.approx(1.0) and book["lifetime_epsilon"] == 1.5
+    assert book["exhausted"] and [e["run"] for e in book["entries"]] == ["42"]
+    text = CliRunner(env={"COLUMNS": "200"}).invoke(cli, ["site", "ledger", "--policy", policy]).stdout
+    assert "budget spent: the site releases nothing more" in text
+    bad = CliRunner().invoke(cli, ["site", "check", "--policy", _policy_file(tmp_path, "[dp]\nmax-epsilon = -1\n")])
+    assert bad.exit_code == 2 and "'dp.max-epsilon'" in bad.output
