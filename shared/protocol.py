@@ -22,8 +22,8 @@ if TYPE_CHECKING:
 
 # The only error codes a fedaegis site sends; the reason is fixed text or a site-policy field.
 PROTOCOL_VIOLATION = 7301  # a reply broke the reply schema and was withheld
-POLICY_REFUSAL = 7302  # the request exceeds the site's policy: reason "site policy: <field>"
-SITE_ERROR = 7303  # anything else went wrong at the site (details in the site's own log)
+POLICY_REFUSAL = 7310  # the request exceeds the site's policy: reason "site policy: <field>"
+SITE_ERROR = 7311  # anything else went wrong at the site (details in the site's own log)
 SITE_CODES = {PROTOCOL_VIOLATION: "protocol", POLICY_REFUSAL: "refusal", SITE_ERROR: "site-error"}
 REFUSAL_PREFIX = "site policy: "
 
