@@ -118,7 +118,7 @@ FAMILIES: tuple[Family, ...] = (
             size=".n-count"),
         Key(rf"defence\.(?:hardening|transfer|adaptive)\.(?P<system>{_NAME})(?:\.eps={_EPS})?\.(?:clean|robust)-correct",
             "count", size=".n-count"),
-        Key(rf"defence\.transfer\.routed\.eps={_EPS}\.routed-count", "count"),
+        Key(rf"defence\.transfer\.routed(?:\.eps={_EPS})?\.routed-count", "count"),
     ), lambda cfg, train: not train and bool(cfg.defence_models),
         lambda cfg: 4 * (len(cfg.defence_model_names) + 2) * (len(cfg.epsilon_values) + 1) * 3,
         lambda cfg: {"system": set(cfg.defence_model_names) | {"routed", "ensemble"}, "eps": _eps_set(cfg)}),
