@@ -96,8 +96,10 @@ FAMILIES: tuple[Family, ...] = (
             size=".n-count"),
         Key(rf"attack\.(?P<attack>{_NAME})\.eps={_EPS}\.(?:linf-sum|l2-sum)", "sum", size=".n-count"),
         Key(rf"attack\.(?P<attack>{_NAME})\.eps={_EPS}\.queries", "sum", size=".n-count"),
+        # an attack's own counts, e.g. AutoAttack's robust-after-<stage>-count: samples of the set
+        Key(rf"attack\.(?P<attack>{_NAME})\.eps={_EPS}\.[a-z0-9\-]+-count", "count", size=".n-count"),
     ), lambda cfg, train: not train and bool(cfg.attack_names),
-        lambda cfg: 8 * len(cfg.attack_names) * len(cfg.epsilon_values),
+        lambda cfg: 16 * len(cfg.attack_names) * len(cfg.epsilon_values),
         lambda cfg: {"attack": set(cfg.attack_names), "eps": _eps_set(cfg)}),
     Family("backdoor", (
         Key(r"backdoor\.num-examples", "size", size="backdoor.num-examples"),
