@@ -26,6 +26,10 @@ def test_sensitivities_are_declared_once_next_to_their_keys():
     key = declaration(f"detector.mahalanobis.eps={EPS}.clean-bin007-count", det, False)
     assert key.kind == "count" and key.sensitivity == 2  # a patient gives a clean and an attacked input
     assert declaration("num-examples", CFG, False).kind == "size"
+    auto = RunConfig(attacks="autoattack", epsilons="8/255")
+    assert declaration(f"attack.autoattack.eps={EPS}.robust-after-apgd-ce-count", auto, False).kind == "count"
+    assert declaration(f"attack.pgd.eps={EPS}.n-count", auto, False) is None  # an attack the request did not name
+    assert declaration("attack.autoattack.eps=0.5.n-count", auto, False) is None  # nor an epsilon it did not ask
     assert declaration("loss-sum", CFG, False).bound is None  # unbounded: withheld under DP
     assert noised_keys(METRICS, CFG, False) == {"correct": (1.0, True), "skipped": (4.0, True),
                                                 f"attack.pgd.eps={EPS}.robust-correct": (1.0, True)}
