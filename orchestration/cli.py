@@ -373,7 +373,9 @@ def _print_run(run: dict[str, Any], with_config: bool = False) -> None:
     skipped = run["rounds"][-1]["metrics"].get("evaluate.skipped") if run["rounds"] else None
     out.print(f"run id {run['id']} (uuid {run['uuid']}), status {run['status']}")
     if skipped:
-        out.print(f"files skipped by the sites (unreadable or rejected): {int(skipped)}")
+        noised = any(row["phase"] == "privacy" for r in run["rounds"] for row in r["metric_rows"])
+        out.print(f"files skipped by the sites (unreadable or rejected): {int(skipped)}"
+                  + (" (a DP-noised count, clamped at 0 at each site)" if noised else ""))
     if run["checkpoint_path"]:
         out.print(f"final global model: {run['checkpoint_path']}")
 

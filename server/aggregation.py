@@ -36,7 +36,11 @@ def sum_metric_records(records: list[RecordDict], weighted_by_key: str) -> Metri
 
 def derived_ratios(totals: dict[str, float]) -> dict[str, float]:
     out = {}
+    # under the sites' DP, sums without a known bound (losses, PSNR) are withheld as 0: no ratio
+    withheld = totals.get("dp.epsilon-sum", 0) > 0
     for name, (num, den) in RATIOS.items():
+        if withheld and num.endswith("-sum") and totals.get(num) == 0:
+            continue
         if num in totals and totals.get(den, 0) > 0:
             out[name] = float(totals[num]) / float(totals[den])
     return out
