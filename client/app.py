@@ -1,7 +1,9 @@
 """The fedaegis ClientApp, run at each hospital: trains and evaluates on local data only.
 
-Replies carry the updated model (train) and counts and sums over the site's data;
-:func:`~fedaegis.client.mods.protocol_guard` refuses any other reply.
+The run config in each message is a request: :func:`~fedaegis.client.mods.site_guard`
+checks it against the site's own policy before any data is touched. Replies carry the
+updated model (train) and counts and sums over the site's data;
+:func:`~fedaegis.client.mods.protocol_guard` refuses anything the request did not ask for.
 """
 
 from __future__ import annotations
@@ -13,21 +15,18 @@ from flwr.clientapp import ClientApp
 from ..shared.config import RunConfig
 from ..shared.tasks import build_task_model, model_meta
 from ..shared.protocol import ARRAYS_KEY, METRICS_KEY
-from .mods import cell_suppression, metric_dp, protocol_guard
+from .mods import ROUND_KEY, cell_suppression, metric_dp, protocol_guard, request_config, site_guard
 from .secure_aggregation import answer_query, secure_aggregation
 from .robustness import evaluate_robustness
-from .site import site_data
+from .site import evaluation_subset, site_data, site_seed
 from .training import evaluate_local
 from .classification_round import backdoor_metrics, train_classifier_round
 
-ROUND_KEY = "server-round"
+__all__ = ["ROUND_KEY", "app"]
 
 
 def _setup(msg: Message, context: Context) -> tuple[RunConfig, torch.nn.Module, int]:
-    config = dict(msg.content["config"])
-    server_round = int(config.pop(ROUND_KEY, 0))  # type: ignore[arg-type]
-    # secagg-* entries steer the secure_aggregation mod, not the run
-    cfg = RunConfig.from_flower({k: v for k, v in config.items() if not k.startswith("secagg-")})
+    cfg, server_round = request_config(msg)
     model = build_task_model(model_meta(cfg))
     model.load_state_dict(msg.content[ARRAYS_KEY].to_torch_state_dict())
     return cfg, model, server_round
@@ -37,9 +36,10 @@ def _seed(cfg: RunConfig, server_round: int, context: Context) -> int:
     return cfg.seed * 100_003 + server_round * 1_009 + int(context.node_config.get("partition-id", 0))
 
 
-# Outermost first: the guard checks the reply exactly as sent (masked, if secure
-# aggregation is on), after DP noise on counts that suppression has screened.
-app = ClientApp(mods=[protocol_guard, secure_aggregation, metric_dp, cell_suppression])
+# Outermost first: the site's policy decides before anything runs and keeps errors at the
+# site; the guard checks the reply exactly as sent (masked, if secure aggregation is on),
+# after DP noise on counts that suppression has screened.
+app = ClientApp(mods=[site_guard, protocol_guard, secure_aggregation, metric_dp, cell_suppression])
 
 
 @app.train()
@@ -76,12 +76,14 @@ def evaluate(msg: Message, context: Context) -> Message:
         return _reply(msg, evaluate_segmentation_site(model, cfg, context.node_config, seed))
     data = site_data(cfg, context.node_config)
     metrics = evaluate_local(model, data.test)
-    metrics.update(evaluate_robustness(model, data.test, cfg, seed))
+    if cfg.attack_names:  # on the site's own fixed set of a policy size, never one the server picks
+        metrics.update(evaluate_robustness(model, evaluation_subset(data.test, cfg.attack_samples, cfg,
+                                                                    context.node_config), cfg, seed))
     metrics.update(backdoor_metrics(model, cfg, data.test))
     if cfg.defence_models:
         from .defence_comparison import evaluate_defences
 
-        metrics.update(evaluate_defences(model, cfg, data.train, data.test, seed))
+        metrics.update(evaluate_defences(model, cfg, data.train, data.test, seed, node_config=context.node_config))
     metrics["skipped"] = data.skipped
     return _reply(msg, metrics)
 
@@ -90,3 +92,22 @@ def evaluate(msg: Message, context: Context) -> Message:
 def query(msg: Message, context: Context) -> Message:
     """Secure-aggregation key exchange and dropout unmasking (no data involved)."""
     return answer_query(msg, context)
+
+
+def simulated_site_app(policy: str, inner: ClientApp | None = None) -> ClientApp:
+    """The ClientApp of simulated sites that all run under the policy file ``policy``.
+
+    A simulated site's node config holds only its partition; this puts ``policy`` beside
+    it, as a hospital's SuperNode does with ``--node-config "policy='...'"``.
+    """
+    site = inner or app
+    wrapper = ClientApp()
+
+    def handle(msg: Message, context: Context) -> Message:
+        context.node_config["policy"] = policy
+        return site(msg, context)
+
+    wrapper.train()(handle)
+    wrapper.evaluate()(handle)
+    wrapper.query()(handle)
+    return wrapper

@@ -22,7 +22,12 @@ from .training import train_local
 
 
 def is_malicious(cfg: RunConfig, node_config: Mapping[str, object]) -> bool:
-    return cfg.threat != "none" and int(node_config.get("partition-id", -1)) < cfg.num_malicious  # type: ignore[arg-type]
+    """Only a simulated site (a partition id, no data of its own) below ``num-malicious`` plays the threat."""
+    from ..shared.site_policy import is_simulated
+
+    if cfg.threat == "none" or not is_simulated(node_config):
+        return False
+    return int(node_config["partition-id"]) < cfg.num_malicious  # type: ignore[arg-type]
 
 
 def _poisoned(cfg: RunConfig, data: ImageSet, seed: int) -> ImageSet:
@@ -66,8 +71,11 @@ def train_classifier_round(
 ) -> tuple[dict[str, torch.Tensor], dict[str, float | int]]:
     """Train in place; return the state to send and the reply's counts and sums."""
     global_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
+    from ..shared.site_policy import check_train_size, site_policy
+
     malicious = is_malicious(cfg, node_config)
     train_set, unlabelled = labelled_split(cfg, _poisoned(cfg, data, seed) if malicious else data)
+    check_train_size(site_policy(node_config), len(train_set))  # no update of a handful of images leaves
     metrics: dict[str, float | int] = {}
     if cfg.inversion_audit and server_round == 1:  # the first update is the most revealing
         metrics.update(_audit(model, cfg, data, seed))

@@ -25,6 +25,8 @@ Everything leaves the site as counts (:mod:`fedaegis.shared.defence_report`,
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+
 import math
 
 import torch
@@ -87,7 +89,8 @@ def evaluation_split(test: ImageSet, max_samples: int, seed: int) -> tuple[Image
 
     At most ``max_samples`` (0: no limit) and at most half of the split are evaluated;
     the rest calibrates the detector's threshold, so it is set on clean data held
-    out from both the model's training and the evaluation.
+    out from both the model's training and the evaluation. At a site, ``max_samples`` is
+    one of its policy's fixed sizes and ``seed`` its own secret one (see ``evaluate_defences``).
     """
     n = len(test)
     n_eval = math.ceil(n / 2) if max_samples == 0 else min(max_samples, math.ceil(n / 2))
@@ -168,9 +171,13 @@ def _transfer_and_detection(cfg: RunConfig, standard: nn.Module, hardened_name: 
     return out
 
 
-def evaluate_defences(model: nn.Module, cfg: RunConfig, train: ImageSet, test: ImageSet, seed: int
-                      ) -> dict[str, int]:
-    """The site's defence-comparison counts (see the module docstring); {} without ``defence-models``."""
+def evaluate_defences(model: nn.Module, cfg: RunConfig, train: ImageSet, test: ImageSet, seed: int,
+                      node_config: Mapping[str, object] | None = None) -> dict[str, int]:
+    """The site's defence-comparison counts (see the module docstring); {} without ``defence-models``.
+
+    With ``node_config`` (at a site) the evaluation set is the site's: a size from its
+    policy, drawn from its secret, so the server's seed and sample count select nothing.
+    """
     if not isinstance(model, MemberSet):
         return {}
     from ..shared.defence_report import encode_table
@@ -180,7 +187,15 @@ def evaluate_defences(model: nn.Module, cfg: RunConfig, train: ImageSet, test: I
     torch.manual_seed(seed)
     model.eval()
     members = dict(model.members.items())
-    evaluation, calibration = evaluation_split(test, cfg.attack_samples, seed)
+    if node_config is None:
+        evaluation, calibration = evaluation_split(test, cfg.attack_samples, seed)
+    else:
+        from ..shared.site_policy import eval_size, site_policy
+        from .site import site_seed
+
+        half = math.ceil(len(test) / 2)
+        size = eval_size(site_policy(node_config), cfg.attack_samples, half)
+        evaluation, calibration = evaluation_split(test, size, site_seed(cfg, node_config, "defences", len(test), size))
     eps = cfg.epsilon_values
     out = encode_table("hardening", evaluate_hardening(members, evaluation, eps, steps=PGD_STEPS, seed=seed),
                        members, eps)

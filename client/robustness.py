@@ -20,10 +20,10 @@ def attack_subset(data: ImageSet, max_samples: int, seed: int) -> ImageSet:
 
 
 def evaluate_robustness(model: nn.Module, data: ImageSet, cfg: RunConfig, seed: int) -> dict[str, int | float]:
-    """Counts and sums per (attack, epsilon), in the wire format of :mod:`fedaegis.shared.robustness`."""
+    """Counts and sums per (attack, epsilon) on ``data`` (the site's chosen evaluation set), in the
+    wire format of :mod:`fedaegis.shared.robustness`."""
     if not cfg.attack_names:
         return {}
     torch.manual_seed(seed)
-    subset = attack_subset(data, cfg.attack_samples, seed)
-    results = evaluate_attacks(model, (subset.images, subset.labels), list(cfg.attack_names), cfg.epsilon_values)
+    results = evaluate_attacks(model, (data.images, data.labels), list(cfg.attack_names), cfg.epsilon_values)
     return encode(results)

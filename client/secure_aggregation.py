@@ -4,7 +4,7 @@ The server drives four steps (see :mod:`fedaegis.shared.secagg`): ``keys`` and
 ``share`` and ``unmask`` are queries (:func:`answer_query`); the masked reply
 rides on the train or evaluate message itself (:func:`secure_aggregation`, a
 client mod, so it masks the reply exactly as it will be sent). Nothing the server
-sends is taken on trust: the site's :class:`SitePolicy` comes from its own node
+sends is taken on trust: the site's :class:`SecAggSettings` come from its own node
 config, and the site refuses (an error reply naming the check) to
 
 - sign keys for a context of another run, or one it has used before;
@@ -48,7 +48,7 @@ KEYS_DIR_ENV = "FEDAEGIS_SECAGG_KEYS"  # simulated sites' keys (default $FEDAEGI
 
 
 @dataclass(frozen=True)
-class SitePolicy:
+class SecAggSettings:
     """What this site demands of secure aggregation; read from its node config, never from the server.
 
     Node config: ``secagg-signing-key`` (the SuperNode's authentication key, OpenSSH or
@@ -65,7 +65,7 @@ class SitePolicy:
     require_train: bool = False
 
     @classmethod
-    def from_node_config(cls, node_config: dict[str, Any]) -> SitePolicy:
+    def from_node_config(cls, node_config: dict[str, Any]) -> SecAggSettings:
         key, roster = node_config.get("secagg-signing-key"), node_config.get("secagg-roster")
         sim = Path(os.environ.get(KEYS_DIR_ENV) or fedaegis_home() / "simulation-keys")
         if key is None and "partition-id" in node_config and sim.is_dir():  # a simulated site
@@ -75,13 +75,20 @@ class SitePolicy:
             signing_key=_load_key(str(key)) if key else None,
             roster=_load_roster(str(roster), os.stat(roster).st_mtime_ns) if roster else {},
             allow_unsigned=_flag(node_config.get("secagg-allow-unsigned", False)),
-            require_train=_flag(node_config.get("secagg-require-train", False)),
+            require_train=_flag(node_config.get("secagg-require-train", False)) or _policy_requires_train(node_config),
         )
+
+
+def _policy_requires_train(node_config: dict[str, Any]) -> bool:
+    """The hospital's site policy (:mod:`fedaegis.shared.site_policy`) says ``[updates] mode = "secure-aggregation"``."""
+    from ..shared.site_policy import site_policy
+
+    return site_policy(node_config).updates_mode == "secure-aggregation"
 
 
 def requires_secure_training(node_config: dict[str, Any]) -> bool:
     """Whether this site demands secure aggregation of its training updates (hook for the site policy)."""
-    return SitePolicy.from_node_config(node_config).require_train
+    return SecAggSettings.from_node_config(node_config).require_train
 
 
 def _flag(value: object) -> bool:
@@ -122,7 +129,7 @@ def _check(ok: bool, why: str) -> None:
 def answer_query(msg: Message, context: Context) -> Message:
     """The server's secure-aggregation queries: ``keys``, ``share`` or ``unmask``."""
     config = msg.content["config"]
-    policy = SitePolicy.from_node_config(dict(context.node_config))
+    policy = SecAggSettings.from_node_config(dict(context.node_config))
     state = _load(context)
     step = {"keys": _keys, "share": _share, "unmask": _unmask}.get(str(config.get("secagg-stage")))
     if step is None:
@@ -136,7 +143,7 @@ def answer_query(msg: Message, context: Context) -> Message:
     return Message(RecordDict({SECAGG_KEY: ConfigRecord(record)}), reply_to=msg)
 
 
-def _keys(config: dict, state: dict, policy: SitePolicy, context: Context) -> dict:
+def _keys(config: dict, state: dict, policy: SecAggSettings, context: Context) -> dict:
     ctx = str(config.get("secagg-context", ""))
     _check(ctx.startswith(f"{context.run_id}/"), f"context {ctx!r} is not of this run ({context.run_id})")
     _check(ctx not in state["used"], f"context {ctx!r} was used before")
@@ -160,7 +167,7 @@ def _session(config: dict, state: dict, stage: str) -> dict:
     return s
 
 
-def _share(config: dict, state: dict, policy: SitePolicy, context: Context) -> dict:
+def _share(config: dict, state: dict, policy: SecAggSettings, context: Context) -> dict:
     s = _session(config, state, "keys")
     me, ctx = context.node_id, s["context"]
     all_nodes = [int(n) for n in config["secagg-nodes"]]  # everyone: the site derives its neighbours
@@ -225,7 +232,7 @@ def _receive_shares(config: dict, s: dict, me: int) -> list[int]:
     return received
 
 
-def _unmask(config: dict, state: dict, policy: SitePolicy, context: Context) -> dict:
+def _unmask(config: dict, state: dict, policy: SecAggSettings, context: Context) -> dict:
     s = _session(config, state, "submitted")
     s["stage"] = "unmasked"  # one answer per context, whatever happens next
     me = context.node_id
@@ -251,7 +258,7 @@ def secure_aggregation(msg: Message, context: Context, call_next: ClientAppCalla
     config = msg.content["config"] if "config" in msg.content else None
     kind = msg.metadata.message_type
     secure = config is not None and "secagg-context" in config
-    if kind == MessageType.TRAIN and not secure and SitePolicy.from_node_config(dict(context.node_config)).require_train:
+    if kind == MessageType.TRAIN and not secure and SecAggSettings.from_node_config(dict(context.node_config)).require_train:
         return _refuse(msg, "this site sends training updates only under secure aggregation (secagg-require-train)")
     if kind not in (MessageType.TRAIN, MessageType.EVALUATE) or not secure:
         return call_next(msg, context)

@@ -8,14 +8,20 @@ per process, so Ray actors read files once, not every round.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Mapping
 from dataclasses import dataclass
 from functools import lru_cache
+from pathlib import Path
 
 import torch
 
 from ..shared.config import RunConfig
 from ..shared.data import DataValidationError, ImageSet, load_site_data, partition_indices
+from ..shared.ledger import PrivacyLedger, derived_seed, site_secret
+from ..shared.site_policy import SitePolicy, eval_size, is_simulated, site_policy
+
+log = logging.getLogger("fedaegis.site")  # the site's own log: never sent to the server
 
 
 @dataclass(frozen=True)
@@ -66,6 +72,49 @@ def _partitions(
     )
 
 
+def state_dir(policy: SitePolicy, node_config: Mapping[str, object]) -> Path:
+    """The site's state folder (ledger, secret, log); each simulated site has its own below it."""
+    if is_simulated(node_config):
+        return policy.state_dir / f"simulated-{node_config['partition-id']}-of-{node_config.get('num-partitions', 0)}"
+    return policy.state_dir
+
+
+def site_ledger(node_config: Mapping[str, object]) -> PrivacyLedger:
+    return PrivacyLedger(state_dir(site_policy(node_config), node_config))
+
+
+def site_seed(cfg: RunConfig, node_config: Mapping[str, object], *purpose: object) -> int:
+    """A seed only the site knows: its secret with the dataset and a purpose, nothing the server picks."""
+    policy = site_policy(node_config)
+    data = node_config.get("data-path") or cfg.dataset
+    return derived_seed(site_secret(state_dir(policy, node_config)), data, cfg.image_size, *purpose)
+
+
+def evaluation_subset(data: ImageSet, requested: int, cfg: RunConfig, node_config: Mapping[str, object]) -> ImageSet:
+    """The site's fixed evaluation set of one of its policy's sizes for a request of ``requested`` samples.
+
+    Each size is its own draw from the site's secret (no set is a prefix of another), the
+    same in every round and run: the server's seed, round and sample count cannot select
+    samples within it, so two requests never differ by one patient.
+    """
+    size = eval_size(site_policy(node_config), requested, len(data))
+    if size >= len(data):
+        return data
+    gen = torch.Generator().manual_seed(site_seed(cfg, node_config, "evaluation", len(data), size))
+    return data.subset(torch.randperm(len(data), generator=gen)[:size].sort().values)
+
+
+_logged: set[tuple[str, str]] = set()
+
+
+def _log_skipped(data: ImageSet, source: str) -> None:
+    """Name every skipped or rejected file and why, in the site's own log (once per process)."""
+    for name, why in data.skipped.items():
+        if (source, name) not in _logged:
+            _logged.add((source, name))
+            log.warning("site data %s: skipped %s: %s", source, name, why)
+
+
 def site_data(cfg: RunConfig, node_config: Mapping[str, object]) -> SiteData:
     """Load (once) and validate this site's train and test splits."""
     if node_config.get("data-path"):
@@ -73,6 +122,8 @@ def site_data(cfg: RunConfig, node_config: Mapping[str, object]) -> SiteData:
         key = ((cfg.image_size,) * cfg.spatial_dims, cfg.num_classes, cfg.seed,
                _codes(node_config.get("modality")), _codes(node_config.get("body-part")))
         data = SiteData(_load(source, "train", *key), _load(source, "test", *key))
+        for split in (data.train, data.test):
+            _log_skipped(split, source)
     else:
         if "partition-id" not in node_config or "num-partitions" not in node_config:
             raise DataValidationError(

@@ -133,6 +133,7 @@ def simulate(
     client_memory: Annotated[int, typer.Option(help="Memory (MB) per Ray actor; the pool shrinks to fit it (0: none). Flower's Simulation Runtime cannot make Ray reserve it.")] = 0,
     resume: Annotated[str | None, typer.Option(help="Resume an interrupted run (id or uuid): its stored config, its verified last checkpoint, its remaining rounds.")] = None,
     config: Annotated[list[str] | None, typer.Option("--config", "-c", help="Any run-config KEY=VALUE (repeatable).")] = None,
+    site_policy: Annotated[str | None, typer.Option(help="Site privacy policy (TOML) every simulated site runs under (default: the built-in one).")] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print the stored run as JSON.")] = False,
     verbose: Annotated[bool, typer.Option(help="Show Flower's own logs.")] = False,
     mlflow: Annotated[str | None, typer.Option("--mlflow", help="Also log the run (config, metrics per round, robustness cells) to this MLflow tracking URI, e.g. file:///path/mlruns (needs fedaegis[mlflow]).")] = None,
@@ -150,11 +151,18 @@ def simulate(
             _fail(str(exc))
     resources = SimulationResources(ray_address=ray_address, num_cpus=num_cpus, client_cpus=client_cpus,
                                     client_memory_mb=client_memory)
+    if site_policy:
+        from ..shared.site_policy import PolicyError, SitePolicy
+
+        try:
+            SitePolicy.from_toml(site_policy)
+        except PolicyError as exc:
+            _fail(f"--site-policy: {exc}")
     if resume:
         overrides, sites = _resume_overrides(ctx, resume, db_url, sites)
         _preflight(overrides, sites, Names({"num-sites": "--sites", "db-url": "--db-url"}))
         console.print(f"[bold]fedaegis[/]: resuming run {resume} with {sites} simulated sites")
-        _run_and_report(overrides, sites, resources, as_json, verbose, mlflow)
+        _run_and_report(overrides, sites, resources, as_json, verbose, mlflow, site_policy)
         return
     if sites is not None and sites < 1:
         _fail(f"--sites: need at least 1 site, got {sites}")
@@ -179,7 +187,7 @@ def simulate(
         f"[bold]fedaegis[/]: {sites} simulated sites, {cfg.num_server_rounds} rounds, model {cfg.model}, "
         f"data {cfg.dataset} ({cfg.partitioning})"
     )
-    _run_and_report(cfg.to_flower(), sites, resources, as_json, verbose, mlflow)
+    _run_and_report(cfg.to_flower(), sites, resources, as_json, verbose, mlflow, site_policy)
 
 
 # run-config keys set by simulate's own options (the rest come with -c KEY=VALUE)
@@ -236,7 +244,7 @@ def _resume_overrides(ctx: typer.Context, ref: str, db_url: str | None, sites: i
 
 
 def _run_and_report(overrides: dict[str, Any], sites: int, resources: Any, as_json: bool, verbose: bool,
-                    mlflow: str | None = None) -> None:
+                    mlflow: str | None = None, site_policy: str | None = None) -> None:
     """Run, then print the stored run; a run that failed (or was interrupted) exits non-zero with its reason."""
     import uuid as uuidlib
 
@@ -247,7 +255,7 @@ def _run_and_report(overrides: dict[str, Any], sites: int, resources: Any, as_js
     overrides = {**overrides, "run-uuid": overrides.get("run-uuid") or uuidlib.uuid4().hex}
     store = RunStore(str(overrides["db-url"]))
     try:
-        run_uuid = run_sim(overrides, sites, resources, verbose=verbose)
+        run_uuid = run_sim(overrides, sites, resources, verbose=verbose, site_policy=site_policy)
     except KeyboardInterrupt:
         _mark(store, str(overrides["run-uuid"]), "interrupted", "interrupted (Ctrl-C); go on with --resume")
         console.print(f"interrupted: run {overrides['run-uuid']} is stored as interrupted; "
@@ -462,6 +470,8 @@ def _run_json(run: dict[str, Any]) -> dict[str, Any]:
             "robustness": _robustness(r),
             "defences": defence_cells(r),
             "detection": detection_cells(r),
+            "refusals": [{"site": node, "request": row["attack"], "field": row["name"]}
+                         for node, rows in r.get("sites", {}).items() for row in rows if row["phase"] == "refusal"],
         })
     return result
 
@@ -527,19 +537,31 @@ def _print_run(run: dict[str, Any], with_config: bool = False) -> None:
             qual = row["attack"] + (f" {_eps(row['epsilon'])}" if row["epsilon"] is not None else "")
             more.add_row(str(number), row["phase"], row["name"], qual, _fmt(row["value"]))
         out.print(more)
+    refusals = [(r["number"], node, row) for r in run["rounds"] for node, rows in r.get("sites", {}).items()
+                for row in rows if row["phase"] == "refusal"]
+    if refusals:
+        ref = Table(title="requests refused by the sites' policies")
+        for col in ("round", "site", "request", "policy field"):
+            ref.add_column(col)
+        for number, node, row in refusals:
+            ref.add_row(str(number), str(node), row["attack"], row["name"])
+        out.print(ref)
     skipped = run["rounds"][-1]["metrics"].get("evaluate.skipped") if run["rounds"] else None
     out.print(f"run id {run['id']} (uuid {run['uuid']}), status {run['status']}")
     if run.get("error"):
         out.print(f"why: {mask_secrets(run['error'], _secrets())}", highlight=False, markup=False)
     if skipped:
-        out.print(f"files skipped by the sites (unreadable or rejected): {int(skipped)}")
+        noised = any(row["phase"] == "privacy" for r in run["rounds"] for row in r["metric_rows"])
+        out.print(f"files skipped by the sites (unreadable or rejected): {int(skipped)}"
+                  + (" (a DP-noised count, clamped at 0 at each site)" if noised else ""))
     if run["checkpoint_path"]:
         out.print(f"final global model: {run['checkpoint_path']}")
 
 
 def _register_commands() -> None:
-    from . import audit, privacy_view, report, runtime, sweep
+    from . import audit, privacy_view, report, runtime, site_cli, sweep
 
+    site_cli.register(app)
     privacy_view.register(app)
     report.register(app)
     audit.register(app)

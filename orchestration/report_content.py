@@ -274,7 +274,11 @@ def _privacy(run: Mapping[str, Any]) -> dict[str, Any]:
                 if r["phase"] == "privacy" and r["name"] == "epsilon-spent":
                     per_site.append({"round": rnd["number"], "site": str(node), "epsilon_spent": _num(r["value"])})
     settings = {k: config[k] for k in PRIVACY_CONFIG_KEYS if k in config}
-    result: dict[str, Any] = {"secure_aggregation": secure, "settings": settings}
+    # requests a site's own policy refused (fedaegis.shared.site_policy), per site and round
+    refusals = [{"round": rnd["number"], "site": str(node), "request": r["attack"], "field": r["name"]}
+                for rnd in run["rounds"] for node, site_rows in rnd.get("sites", {}).items()
+                for r in site_rows if r["phase"] == "refusal"]
+    result: dict[str, Any] = {"secure_aggregation": secure, "settings": settings, "refusals": refusals}
     if not per_round and not per_site:
         return {"measured": False, "note": NOT_MEASURED["privacy"], **result}
     if not per_round:  # only site rows: the federation-wide figure is the worst site

@@ -175,6 +175,11 @@ def _html_privacy(rep: dict[str, Any]) -> str:
     if sec["settings"]:
         body += _table(["setting", "value"], [[_e(k), _v(v)] for k, v in sec["settings"].items()],
                        "privacy-settings", left=2)
+    if sec.get("refusals"):
+        body += "<h3>Requests refused by the sites' policies</h3>"
+        body += _table(["round", "site", "request", "policy field"],
+                       [[_e(r["round"]), _e(r["site"]), _e(r["request"]), _e(r["field"])] for r in sec["refusals"]],
+                       "privacy-refusals", left=(1, 2, 3))
     if not sec["measured"]:
         return _section("privacy", "Privacy budget spent", body + _note(sec["note"]))
     total, budget = sec.get("epsilon_spent_total"), sec.get("epsilon_budget")

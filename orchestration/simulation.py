@@ -229,6 +229,7 @@ def simulate(
     wrap_grid: Callable[[Grid], Grid] | None = None,
     client_app: str | None = None,
     live_grid: str | None = None,
+    site_policy: str | None = None,
 ) -> str:
     """Run a simulated federation; returns the run's uuid (its key in the database).
 
@@ -239,6 +240,8 @@ def simulate(
     after it ended (:mod:`.runtime_app`), each reply as the server received it; ``live_grid``
     (``module:attr`` of a grid wrapper) acts in the server while the run goes on.
     Raises :class:`~.runtime.RuntimeFailure` when Flower reports the run failed.
+    ``site_policy`` is a policy TOML file every simulated site runs under (given to the sites as
+    ``$FEDAEGIS_SITE_POLICY``; default: each site's own, see :mod:`fedaegis.shared.site_policy`).
     """
     if num_sites < 1:
         raise ValueError(f"num_sites: need at least one site, got {num_sites}")
@@ -252,6 +255,11 @@ def simulate(
     overrides = {**overrides, "run-uuid": overrides.get("run-uuid") or uuidlib.uuid4().hex,
                  "num-sites": num_sites}
     cfg = RunConfig.from_flower(overrides)  # fail here, with the field named, not in Ray
+    if site_policy:
+        from ..shared.site_policy import SitePolicy
+
+        site_policy = str(Path(site_policy).expanduser().resolve())
+        SitePolicy.from_toml(site_policy)  # a bad file fails here, with the field named
     if cfg.min_sites > num_sites:
         raise ValueError(f"run config 'min-sites' = {cfg.min_sites} exceeds the {num_sites} sites")
     _quiet_environment()
@@ -271,7 +279,12 @@ def simulate(
                                             "clientapp": client_app or "fedaegis.client.app:app"},
                             cfg.to_flower())
         exchanges = state / "exchanges.pickle"
-        with _stop_on_sigterm(), ManagedSuperLink(state, _runtime_env(resources, exchanges, live_grid)) as link:
+        env = _runtime_env(resources, exchanges, live_grid)
+        if site_policy:
+            from ..shared.site_policy import POLICY_ENV
+
+            env[POLICY_ENV] = str(Path(site_policy).resolve())
+        with _stop_on_sigterm(), ManagedSuperLink(state, env) as link:
             link.run(app_dir, fed, _relay(verbose), succeeded=lambda _: _stored_completed(cfg))
         if wrap_grid is not None:
             replay(read_events(exchanges), wrap_grid)

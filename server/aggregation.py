@@ -48,7 +48,11 @@ def derived_ratios(totals: dict[str, float], withheld: float = 0.0) -> dict[str,
     A ratio whose every example was withheld is left out, never reported as 0.
     """
     out = {}
+    # under the sites' DP, sums without a known bound (losses, PSNR) are withheld as 0: no ratio
+    dp_withheld = totals.get("dp.epsilon-sum", 0) > 0
     for name, (num, den) in RATIOS.items():
+        if dp_withheld and num.endswith("-sum") and totals.get(num) == 0:
+            continue
         reported = totals.get(den, 0) - (withheld if den == "num-examples" else 0)
         if num in totals and reported > 0:
             out[name] = float(totals[num]) / float(reported)

@@ -107,6 +107,11 @@ class RunRecorder:
         if outcome.evaluate_metrics is not None:
             record.metrics += dp_rows(self.cfg, outcome.evaluate_metrics, outcome.site_evaluate)  # type: ignore[arg-type]
             record.metrics += defence_rows(outcome.evaluate_metrics)  # type: ignore[arg-type]
+        for node, phase, policy_field in outcome.refusals:  # a site's policy said no: stored per site and round
+            record.site_metrics.setdefault(node, []).append(MetricValue("refusal", policy_field, 1.0, attack=phase))
+        for policy_field in sorted({f for _, _, f in outcome.refusals}):
+            count = sum(f == policy_field for _, _, f in outcome.refusals)
+            record.metrics.append(MetricValue("refusal", policy_field, float(count)))
         for phase, sites in (("train", outcome.site_train), ("evaluate", outcome.site_evaluate)):
             for node, values in sites.items():
                 record.site_metrics.setdefault(node, []).extend(
@@ -119,6 +124,9 @@ class RunRecorder:
         self.store.record_round(self.run_id, record, checkpoint=(self.checkpoint, file_sha256(pending)))
         os.replace(pending, self.checkpoint)
         ev = outcome.evaluate_metrics or {}
+        for node, phase, policy_field in outcome.refusals:
+            log.warning("round %d: site %s refused the %s request (its policy: %s)", outcome.number, node, phase,
+                        policy_field)
         if ev.get("suppressed-count"):  # small sites: min-cell-size zeroes their counts (client/mods.py)
             log.warning(
                 "round %d: %d of %d sites withheld their evaluation (fewer than min-cell-size = %d test samples); "

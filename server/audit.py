@@ -14,7 +14,8 @@ from flwr.app import Message, MessageType, RecordDict
 from flwr.supercore.run import Run
 from flwr.serverapp import Grid
 
-from ..shared.protocol import ARRAYS_KEY, check_reply
+from ..shared.config import ConfigError
+from ..shared.protocol import ARRAYS_KEY, check_reply, request_config
 
 
 @dataclass(frozen=True)
@@ -88,5 +89,11 @@ class AuditingGrid(Grid):
             expected = None
             if is_train and request is not None and ARRAYS_KEY in request.content:
                 expected = {k: tuple(a.shape) for k, a in request.content[ARRAYS_KEY].items()}
-            problems = check_reply(reply.content, is_train=is_train, expected_arrays=expected)
+            cfg = None
+            if request is not None and "config" in request.content and mtype != MessageType.QUERY:
+                try:
+                    cfg = request_config(request.content)[0]  # the reply schema of what was asked
+                except ConfigError:
+                    cfg = None
+            problems = check_reply(reply.content, is_train=is_train, expected_arrays=expected, request=cfg)
             self.entries.append(AuditEntry(node, mtype, tuple(problems)))

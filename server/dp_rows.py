@@ -6,29 +6,27 @@ from collections.abc import Mapping
 
 from ..shared import robustness
 from ..shared.config import RunConfig
-from ..shared.metric_dp import CountMechanism, is_dp_count, ratio_interval
+from ..shared.metric_dp import EPSILON_KEY, STD_KEY, WITHHELD, ratio_interval
 from ..shared.store import MetricValue
 
 
 def dp_rows(
     cfg: RunConfig, totals: Mapping[str, float], sites: Mapping[str, Mapping[str, float]]
 ) -> list[MetricValue]:
-    """Privacy rows (epsilon spent, noise std) and 95% intervals of accuracy and robust accuracy.
+    """Privacy rows (epsilon of this release, noise std) and 95% intervals of accuracy and robust accuracy.
 
-    The intervals cover the DP noise only (each of ``len(sites)`` sites adds noise of
-    the same, public scale to every count); sampling error comes on top.
+    Each site decides its own DP (its policy) and declares what it applied: the epsilon of
+    the release and the noise std of a sensitivity-1 count. The intervals cover the DP
+    noise only (the largest declared std, for every site); sampling error comes on top.
     """
-    if cfg.metric_dp == "none" or not sites:
+    noised = [v for v in sites.values() if EPSILON_KEY in v]
+    if not noised:
         return []
-    mech = CountMechanism(cfg.metric_dp, cfg.metric_epsilon, cfg.metric_delta)
-    one_site = next(iter(sites.values()))
-    std = mech.noise_std(sum(1 for k in one_site if is_dp_count(k)))
-    spent = [v.get("dp.epsilon-sum", 0.0) for v in sites.values()]
+    std = max(float(v.get(STD_KEY, 0.0)) for v in noised)
     rows = [
-        MetricValue("privacy", "epsilon-spent", max(spent)),
-        MetricValue("privacy", "epsilon-budget", cfg.metric_epsilon_budget),
+        MetricValue("privacy", "epsilon-spent", max(float(v[EPSILON_KEY]) for v in noised)),
         MetricValue("privacy", "noise-std", std),
-        MetricValue("privacy", "withheld-sites", sum(v.get("dp-withheld-count", 0) for v in sites.values())),
+        MetricValue("privacy", "withheld-sites", sum(v.get(WITHHELD, 0) for v in sites.values())),
     ]
     n = len(sites)
     ci = ratio_interval(totals.get("correct", 0), totals.get("num-examples", 0), n, std)

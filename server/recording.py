@@ -15,7 +15,7 @@ from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord
 from flwr.serverapp import Grid
 from flwr.serverapp.strategy import Strategy
 
-from ..shared.protocol import METRICS_KEY
+from ..shared.protocol import METRICS_KEY, POLICY_REFUSAL, REFUSAL_PREFIX
 from ..shared.store.schema import utcnow
 
 
@@ -34,6 +34,7 @@ class RoundOutcome:
     site_train: dict[str, dict[str, float]] = field(default_factory=dict)
     site_evaluate: dict[str, dict[str, float]] = field(default_factory=dict)
     errors: list[str] = field(default_factory=list)
+    refusals: list[tuple[str, str, str]] = field(default_factory=list)  # (node, phase, site-policy field)
 
 
 def ordered(replies: Iterable[Message]) -> list[Message]:
@@ -94,7 +95,7 @@ class RecordingStrategy(Strategy):
         server_round += self.offset
         replies = ordered(replies)
         outcome = self._current(server_round)
-        outcome.train_replies = self._collect(replies, outcome.site_train, outcome)
+        outcome.train_replies = self._collect(replies, outcome.site_train, outcome, "train")
         self._count_missing(replies, outcome)
         arrays, metrics = self.inner.aggregate_train(server_round, replies)
         if arrays is not None:
@@ -115,7 +116,7 @@ class RecordingStrategy(Strategy):
         server_round += self.offset
         replies = ordered(replies)
         outcome = self._current(server_round)
-        outcome.evaluate_replies = self._collect(replies, outcome.site_evaluate, outcome)
+        outcome.evaluate_replies = self._collect(replies, outcome.site_evaluate, outcome, "evaluate")
         self._count_missing(replies, outcome)
         metrics = self.inner.aggregate_evaluate(server_round, replies)
         outcome.evaluate_metrics = metrics
@@ -142,15 +143,17 @@ class RecordingStrategy(Strategy):
 
     @staticmethod
     def _collect(
-        replies: list[Message], per_site: dict[str, dict[str, float]], outcome: RoundOutcome
+        replies: list[Message], per_site: dict[str, dict[str, float]], outcome: RoundOutcome, phase: str
     ) -> int:
-        """Keep each replying site's aggregates; count failed replies. Returns the successes."""
+        """Keep each replying site's aggregates; count failed replies and refusals. Returns the successes."""
         ok = 0
         for msg in replies:
             node = str(msg.metadata.src_node_id)
             if msg.has_error():
                 outcome.failures += 1
                 outcome.errors.append(f"node {node}: {msg.error.reason}")
+                if msg.error.code == POLICY_REFUSAL and msg.error.reason.startswith(REFUSAL_PREFIX):
+                    outcome.refusals.append((node, phase, msg.error.reason[len(REFUSAL_PREFIX):][:80]))
                 continue
             ok += 1
             if METRICS_KEY in msg.content:

@@ -13,9 +13,20 @@ import math
 import re
 from collections.abc import Mapping
 
+from typing import TYPE_CHECKING
+
 from flwr.app import ArrayRecord, ConfigRecord, MetricRecord, RecordDict
 
 from .secagg import record_problems as secagg_record_problems
+if TYPE_CHECKING:
+    from .config import RunConfig
+
+# The only error codes a fedaegis site sends; the reason is fixed text or a site-policy field.
+PROTOCOL_VIOLATION = 7301  # a reply broke the reply schema and was withheld
+POLICY_REFUSAL = 7310  # the request exceeds the site's policy: reason "site policy: <field>"
+SITE_ERROR = 7311  # anything else went wrong at the site (details in the site's own log)
+SITE_CODES = {PROTOCOL_VIOLATION: "protocol", POLICY_REFUSAL: "refusal", SITE_ERROR: "site-error"}
+REFUSAL_PREFIX = "site policy: "
 
 ARRAYS_KEY = "arrays"
 METRICS_KEY = "metrics"
@@ -34,7 +45,7 @@ def is_aggregate_name(name: str) -> bool:
     )
 
 
-SIZE_KEYS = ("num-examples", "n-count")
+SIZE_KEYS = ("num-examples", "n-count", "images-count")  # the group sizes of shared/reply_schema.py
 SUPPRESSED = "suppressed-count"
 
 
@@ -102,17 +113,39 @@ def check_metrics(metrics: Mapping[str, object]) -> list[str]:
     return problems
 
 
+ROUND_KEY = "server-round"
+
+
+def request_config(content: RecordDict) -> tuple[RunConfig, int]:
+    """A request's run config (what the coordinator asks for) and its round number."""
+    from .config import RunConfig
+
+    config = dict(content["config"])  # type: ignore[arg-type]
+    server_round = int(config.pop(ROUND_KEY, 0))  # type: ignore[arg-type]
+    # secagg-* entries steer secure aggregation, not the run
+    return RunConfig.from_flower({k: v for k, v in config.items() if not k.startswith("secagg-")}), server_round
+
+
 def check_reply(
     content: RecordDict,
     *,
     is_train: bool,
     expected_arrays: Mapping[str, tuple[int, ...]] | None = None,
+    request: RunConfig | None = None,
 ) -> list[str]:
-    """All protocol violations of one reply's content (an empty list means it may be sent)."""
+    """All protocol violations of one reply's content (an empty list means it may be sent).
+
+    With the ``request`` (its run config), the metrics must also fit the reply schema of
+    what it asked for (:func:`fedaegis.shared.reply_schema.check`).
+    """
     problems: list[str] = []
     for key, record in content.items():
         if key == METRICS_KEY and isinstance(record, MetricRecord):
             problems += check_metrics(record)
+            if request is not None:
+                from .reply_schema import check
+
+                problems += [p for p in check(record, request, is_train) if p not in problems]
         elif key == ARRAYS_KEY and isinstance(record, ArrayRecord) and is_train:
             if expected_arrays is not None:
                 got = {k: tuple(a.shape) for k, a in record.items()}

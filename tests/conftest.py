@@ -16,6 +16,9 @@ os.environ["FLWR_TELEMETRY_ENABLED"] = "0"
 os.environ["RAY_USAGE_STATS_ENABLED"] = "0"
 os.environ["FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION"] = "1"
 os.environ.pop("FEDAEGIS_DB_URL", None)
+# the sites' own policy (their environment, inherited by Ray workers and SuperNodes): permissive,
+# so end-to-end figures are exact; the site-policy tests name their own files or the defaults
+os.environ["FEDAEGIS_SITE_POLICY"] = str(Path(__file__).resolve().parent / "policies" / "permissive.toml")
 if os.environ.get("PYTEST_XDIST_WORKER"):
     # two test processes share the machine's cores: one torch thread each, not two each
     os.environ["OMP_NUM_THREADS"] = "1"

@@ -26,7 +26,7 @@ app = ClientApp()  # no mods: nothing stops the leak at the site
 
 @app.train()
 def train(msg: Message, context: Context) -> Message:
-    return real.train(msg, context)
+    return real.app(msg, context)  # fedaegis' own site, mods included: its training replies are clean
 
 
 @app.evaluate()

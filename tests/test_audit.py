@@ -85,3 +85,19 @@ def test_fedaegis_client_passes_the_audit(small_dataset):
     assert "4 replies from 2 sites" in res.stdout
     for name in ("num-examples", "correct", "loss-sum", "train-correct"):
         assert name in res.stdout
+
+
+@pytest.mark.slow
+def test_labels_in_keys_names_and_float_bits_fail_the_audit(small_dataset):
+    """Issue 13: 1000 per-sample keys, labels in a name and in a float's bits all passed the old audit."""
+    res = CliRunner().invoke(app, ["audit", "--client-app", "fedaegis.tests.leaky_encodings:app", "--sites", "2",
+                                   "--rounds", "1", "--json", "--dataset", small_dataset, "--num-cpus", "2"])
+    assert res.exit_code == 1, res.output
+    out = _json(res.stdout)
+    evaluate = [r for r in out["replies"] if r["message_type"] == "evaluate"]
+    assert len(evaluate) == 2
+    for reply in evaluate:
+        found = " ".join(reply["violations"])
+        assert "'sample-0-count' is not a key this request asked for" in found
+        assert "'correct." in found and "more than the" in found
+        assert "'loss-sum' is not on the release grid" in found

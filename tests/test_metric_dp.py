@@ -1,4 +1,4 @@
-"""DP on reported counts: noise of the configured scale, withheld sums, and the budget."""
+"""DP on released values: OpenDP's mechanisms at the declared sensitivities, withheld sums, accounting."""
 
 from __future__ import annotations
 
@@ -7,45 +7,65 @@ import math
 import numpy as np
 import pytest
 
-from fedaegis.shared.metric_dp import CountMechanism, interval, privatize, ratio_interval
+from fedaegis.shared.config import RunConfig
+from fedaegis.shared.metric_dp import CountMechanism, interval, noised_keys, privatize, ratio_interval, withhold
 from fedaegis.shared.protocol import check_metrics
+from fedaegis.shared.reply_schema import FILES_PER_PATIENT, check, declaration
 
-METRICS = {"num-examples": 200, "correct": 150, "loss-sum": 80.0,
-           "attack.pgd.eps=0.0314.n-count": 100, "attack.pgd.eps=0.0314.robust-correct": 40,
-           "attack.pgd.eps=0.0314.linf-sum": 2.0, "suppressed-count": 0}
+CFG = RunConfig(attacks="pgd", epsilons="8/255")
+EPS = f"{8 / 255:.6g}"
+METRICS = {"num-examples": 200, "correct": 150, "loss-sum": 80.0, "skipped": 0,
+           f"attack.pgd.eps={EPS}.n-count": 100, f"attack.pgd.eps={EPS}.robust-correct": 40,
+           f"attack.pgd.eps={EPS}.linf-sum": 2.0, "suppressed-count": 0}
+
+
+def test_sensitivities_are_declared_once_next_to_their_keys():
+    assert declaration("correct", CFG, False).sensitivity == 1
+    assert declaration("skipped", CFG, False).sensitivity == FILES_PER_PATIENT  # files, not patients
+    det = RunConfig(defence_models="none,pgd-at", detector="mahalanobis", epsilons="8/255")
+    key = declaration(f"detector.mahalanobis.eps={EPS}.clean-bin007-count", det, False)
+    assert key.kind == "count" and key.sensitivity == 2  # a patient gives a clean and an attacked input
+    assert declaration("num-examples", CFG, False).kind == "size"
+    auto = RunConfig(attacks="autoattack", epsilons="8/255")
+    assert declaration(f"attack.autoattack.eps={EPS}.robust-after-apgd-ce-count", auto, False).kind == "count"
+    assert declaration(f"attack.pgd.eps={EPS}.n-count", auto, False) is None  # an attack the request did not name
+    assert declaration("attack.autoattack.eps=0.5.n-count", auto, False) is None  # nor an epsilon it did not ask
+    assert declaration("loss-sum", CFG, False).bound is None  # unbounded: withheld under DP
+    assert noised_keys(METRICS, CFG, False) == {"correct": (1.0, True), "skipped": (4.0, True),
+                                                f"attack.pgd.eps={EPS}.robust-correct": (1.0, True)}
 
 
 @pytest.mark.parametrize("kind", ["laplace", "gaussian"])
-def test_noise_has_the_configured_scale(kind):
-    mech = CountMechanism(kind, epsilon=2.0, delta=1e-5)
-    rng = np.random.default_rng(0)
-    draws = np.array([privatize(METRICS, mech, spent=0, budget=1e9, rng=rng)[0]["correct"] for _ in range(4000)])
-    m = 4  # num-examples, correct, n-count, robust-correct
-    expected = math.sqrt(2) * m / 2.0 if kind == "laplace" else math.sqrt(m) * math.sqrt(2 * math.log(1.25e5)) / 2.0
-    assert mech.noise_std(m) == pytest.approx(expected)
-    assert draws.mean() == pytest.approx(150, abs=4 * expected / math.sqrt(len(draws)) + 0.05)
-    assert draws.std() == pytest.approx(expected, rel=0.06)
+def test_opendp_accounting_matches_the_requested_epsilon(kind):
+    mech = CountMechanism(kind, epsilon=1.0, delta=1e-6)
+    eps, delta = mech.loss(list(noised_keys(METRICS, CFG, False).values()))
+    assert eps == pytest.approx(1.0, rel=1e-6) and delta == (0.0 if kind == "laplace" else 1e-6)
 
 
-def test_sums_without_known_sensitivity_are_withheld_and_budget_is_charged():
-    mech = CountMechanism("laplace", epsilon=1.0)
-    rng = np.random.default_rng(1)
-    out, spent = privatize(METRICS, mech, spent=0.0, budget=2.5, rng=rng)
-    assert out["loss-sum"] == 0.0 and out["attack.pgd.eps=0.0314.linf-sum"] == 0.0
-    assert out["suppressed-count"] == 0 and out["dp-withheld-count"] == 0 and spent == 1.0
-    assert out["correct"] != 150
-    assert check_metrics(out) == []
-    out, spent = privatize(METRICS, mech, spent=spent, budget=2.5, rng=rng)
-    assert spent == 2.0
-    out, spent = privatize(METRICS, mech, spent=spent, budget=2.5, rng=rng)  # 3.0 > 2.5: nothing released
-    assert spent == 2.0 and out["dp-withheld-count"] == 1 and out["correct"] == 0 and out["num-examples"] == 0
+@pytest.mark.parametrize("kind", ["laplace", "gaussian"])
+def test_noise_is_integer_with_the_declared_scale(kind):
+    mech = CountMechanism(kind, epsilon=2.0, delta=1e-6)
+    draws = np.array([privatize(METRICS, mech, cfg=CFG, is_train=False)[0]["correct"] for _ in range(3000)])
+    assert draws.dtype.kind == "i"  # discrete: no floating-point artefacts reveal the count
+    expected = mech.noise_std(3)  # correct, skipped, robust-correct share the release
+    assert draws.mean() == pytest.approx(150, abs=5 * expected / math.sqrt(len(draws)))
+    assert draws.std() == pytest.approx(expected, rel=0.08)
+
+
+def test_sums_without_a_bound_are_withheld_counts_clamped():
+    out, (eps, _) = privatize(METRICS, CountMechanism("laplace", 1.0), cfg=CFG, is_train=False)
+    assert out["loss-sum"] == 0.0 and out[f"attack.pgd.eps={EPS}.linf-sum"] == 0.0
+    assert out["num-examples"] == 200 and out[f"attack.pgd.eps={EPS}.n-count"] == 100  # sizes: public
+    assert 0 <= out[f"attack.pgd.eps={EPS}.robust-correct"] <= 100 and 0 <= out["skipped"] <= 200
+    assert eps == pytest.approx(1.0) and check_metrics(out) == [] and check(out, CFG, False) == []
+    gone = withhold(METRICS, CFG, False)
+    assert gone["correct"] == 0 and gone["num-examples"] == 200 and gone["dp-withheld-count"] == 1
 
 
 def test_training_weight_is_kept():
-    mech = CountMechanism("gaussian", epsilon=1.0)
-    out, _ = privatize({"num-examples": 50, "train-correct": 40}, mech, spent=0, budget=5,
-                       rng=np.random.default_rng(2), keep=("num-examples",))
-    assert out["num-examples"] == 50 and out["train-correct"] != 40
+    out, _ = privatize({"num-examples": 50, "train-correct": 40}, CountMechanism("gaussian", 1.0), cfg=CFG,
+                       is_train=True, keep=("num-examples",))
+    assert out["num-examples"] == 50 and set(out) == {"num-examples", "train-correct", "dp.noise-std-sum"}
 
 
 def test_intervals_cover_the_truth_at_the_nominal_rate():
@@ -53,12 +73,10 @@ def test_intervals_cover_the_truth_at_the_nominal_rate():
     std = mech.noise_std(2)
     rng = np.random.default_rng(3)
     hits = 0
-    for _ in range(2000):
-        correct = 600 + sum(rng.laplace(0, 2.0) for _ in range(5))
-        n = 800 + sum(rng.laplace(0, 2.0) for _ in range(5))
-        low, high = ratio_interval(correct, n, 5, std)
+    for _ in range(1000):
+        low, high = ratio_interval(600 + rng.laplace(0, 2.0, size=5).sum(), 800, 5, std)
         hits += low <= 0.75 <= high
-    assert 0.93 <= hits / 2000 <= 0.99
+    assert 0.93 <= hits / 1000 <= 0.995
     low, high = interval(100.0, 4, 2.0)
     assert high - low == pytest.approx(2 * 1.96 * 2.0 * 2)
 

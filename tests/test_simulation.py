@@ -8,6 +8,7 @@ from flwr.app import ArrayRecord, MessageType, MetricRecord
 from fedaegis.orchestration.simulation import SimulationResources, simulate
 from fedaegis.server.audit import AuditingGrid
 from fedaegis.shared.protocol import is_aggregate_name
+from fedaegis.shared.reply_schema import RESOLUTION
 from fedaegis.shared.store import RunStore
 
 pytestmark = pytest.mark.slow
@@ -89,7 +90,8 @@ def test_robust_accuracy_per_attack_eps_and_round(federated_run):
         for cell in cells.values():
             assert cell["n_count"] == 3 * 32  # every site attacked 32 of its test images
             assert cell["robust_accuracy"] <= cell["clean_accuracy"]
-            assert cell["mean_linf"] <= cell["epsilon"] + 1e-6
+            # each site's sum is rounded to the release grid (shared/reply_schema.py): 3 sites, half a step each
+            assert cell["mean_linf"] <= cell["epsilon"] + 3 * RESOLUTION / 2 / cell["successes"] + 1e-6
         assert cells[("pgd", 8)]["robust_accuracy"] < cells[("pgd", 8)]["clean_accuracy"]
         assert cells[("pgd", 8)]["robust_accuracy"] <= cells[("pgd", 2)]["robust_accuracy"]
 
