@@ -9,7 +9,7 @@ from __future__ import annotations
 import pytest
 
 from fedaegis.orchestration.simulation import SimulationResources, simulate
-from fedaegis.server.app import RunFailed
+from fedaegis.orchestration.runtime import RuntimeFailure
 from fedaegis.shared.store import RunStore
 
 pytestmark = pytest.mark.slow
@@ -18,17 +18,17 @@ SMALL = {"num-server-rounds": 2, "local-epochs": 1, "attacks": "fgsm", "epsilons
 
 
 def test_a_run_where_every_site_fails_is_stored_failed(db_url):
-    from fedaegis.tests.broken_client import FAILURE, app as broken
+    from fedaegis.tests.broken_client import FAILURE
 
-    with pytest.raises(RunFailed) as exc:
+    with pytest.raises(RuntimeFailure) as exc:
         simulate({**SMALL, "db-url": db_url, "run-name": "broken", "run-uuid": "b" * 32}, num_sites=2,
-                 resources=SimulationResources(num_cpus=2), client_app=broken)
+                 resources=SimulationResources(num_cpus=2), client_app="fedaegis.tests.broken_client:app")
     run = RunStore(db_url).get_run("b" * 32)
     assert run["status"] == "failed"
     # 2 sites x 2 rounds x (train + evaluate): one distinct error, counted
     assert run["error"].startswith("no site trained in any round; site errors: 8x ")
     assert FAILURE in run["error"] and run["error"].count(FAILURE) == 1
-    assert FAILURE in str(exc.value)
+    assert exc.value is not None  # Flower reports the run failed; the store says why
 
 
 def _stored_numbers(db_url: str, ref: str) -> list[tuple]:
