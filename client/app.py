@@ -41,6 +41,10 @@ def _seed(cfg: RunConfig, server_round: int, context: Context) -> int:
 # after DP noise on counts that suppression has screened.
 app = ClientApp(mods=[site_guard, protocol_guard, secure_aggregation, metric_dp, cell_suppression])
 
+# The same config and seed give the same figures: torch's deterministic kernels where it has them
+# (warn_only: an op without one runs as before rather than failing the site).
+torch.use_deterministic_algorithms(True, warn_only=True)
+
 
 @app.train()
 def train(msg: Message, context: Context) -> Message:

@@ -19,7 +19,7 @@ from ..shared.preflight import Names, PreflightError
 from ..shared.redact import known_secrets, mask_secrets
 from ..shared.store import RunNotFoundError, RunStore
 from .defence_view import defence_cells, detection_cells, print_defences
-from .options import DbOption
+from .options import JSON_SCHEMA, DbOption
 
 app = typer.Typer(
     help="Federated robustness evaluation of medical imaging models.",
@@ -29,7 +29,6 @@ app = typer.Typer(
 )
 console = Console(stderr=True, emoji=False)
 out = Console(emoji=False)
-JSON_SCHEMA = 1  # version of every --json document (see README, "Scripting")
 _debug = False
 
 

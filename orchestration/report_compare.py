@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from . import report_content, report_html, report_plots
+from .options import JSON_SCHEMA
 
 COMPARE_FORMAT = "fedaegis-comparison-report"
 Z95 = 1.959963984540054
@@ -154,7 +155,7 @@ def build_comparison(runs: Sequence[Mapping[str, Any]], title: str) -> dict[str,
     differing = {k: [c.get(k) for c in configs] for k in keys if len({json.dumps(c.get(k)) for c in configs}) > 1}
     common = {k: configs[0].get(k) for k in keys if k not in differing} if configs else {}
     return {
-        "format": COMPARE_FORMAT, "version": 1, "title": title,
+        "schema": JSON_SCHEMA, "format": COMPARE_FORMAT, "version": 1, "title": title,
         "generated_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "runs": entries, "config_differs": differing, "config_common": common,
         "attack_parameters": _attack_parameters(attacks), "provenance": provenance(runs),

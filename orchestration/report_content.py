@@ -67,6 +67,8 @@ from collections.abc import Mapping
 from datetime import datetime, timezone
 from typing import Any
 
+from .options import JSON_SCHEMA
+
 REPORT_FORMAT = "fedaegis-run-report"
 REPORT_VERSION = 1
 
@@ -312,6 +314,7 @@ def build_report(run: Mapping[str, Any]) -> dict[str, Any]:
             "created_at", "finished_at", "checkpoint_path", "checkpoint_sha256")
     rounds = _round_metrics(run)
     return {
+        "schema": JSON_SCHEMA,
         "format": REPORT_FORMAT,
         "version": REPORT_VERSION,
         "generated_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
