@@ -22,6 +22,8 @@ checkpoint); ``--db-url`` keeps it.
 
 from __future__ import annotations
 
+import re
+
 import copy
 import importlib
 import json
@@ -232,7 +234,7 @@ def run_audit(
     url = db_url or f"sqlite:///{Path(tmp.name) / 'audit.db'}"  # type: ignore[union-attr]
     cfg: dict[str, Any] = {
         "num-server-rounds": rounds, "local-epochs": 1, "attacks": "", "attack-samples": 32,
-        "min-sites": min(2, sites), "run-name": f"audit {client_app}", **(overrides or {}), "db-url": url,
+        "min-sites": min(2, sites), "run-name": "audit:" + re.sub(r"[^A-Za-z0-9._:-]", "-", client_app)[:140], **(overrides or {}), "db-url": url,
     }
     cfg["run-uuid"] = cfg.get("run-uuid") or uuidlib.uuid4().hex
     cfg.setdefault("dataset", "embedded:pneumoniamnist")

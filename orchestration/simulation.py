@@ -273,13 +273,16 @@ def simulate(
     from .runtime import ManagedSuperLink, write_app
     from .runtime_app import read_events, replay
 
+    run_config, secret_db_url = _without_db_password(cfg.to_flower())
     with tempfile.TemporaryDirectory(prefix="fedaegis-sim-") as tmp:
         state = Path(tmp)
         app_dir = write_app(state / "app", {"serverapp": "fedaegis.orchestration.runtime_app:app",
                                             "clientapp": client_app or "fedaegis.client.app:app"},
-                            cfg.to_flower())
+                            run_config)
         exchanges = state / "exchanges.pickle"
         env = _runtime_env(resources, exchanges, live_grid)
+        if secret_db_url:  # the ServerApp's environment, never the run config Flower sends to every site
+            env["FEDAEGIS_DB_URL"] = secret_db_url
         if site_policy:
             from ..shared.site_policy import POLICY_ENV
 
@@ -289,6 +292,23 @@ def simulate(
         if wrap_grid is not None:
             replay(read_events(exchanges), wrap_grid)
     return cfg.run_uuid
+
+
+def _without_db_password(run_config: dict[str, Any]) -> tuple[dict[str, Any], str]:
+    """The run config without a ``db-url`` that holds a password, and that URL ("" when none).
+
+    Flower sends the run config to every site and the ServerApp refuses a password in it
+    (:func:`fedaegis.server.app.refuse_shared_credentials`): such a URL reaches the ServerApp
+    as ``$FEDAEGIS_DB_URL`` instead.
+    """
+    url = str(run_config.get("db-url") or "")
+    if not url:
+        return run_config, ""
+    from sqlalchemy.engine import make_url
+
+    if not make_url(url).password:
+        return run_config, ""
+    return {**run_config, "db-url": ""}, url
 
 
 def _stored_completed(cfg: RunConfig) -> bool:
