@@ -125,11 +125,10 @@ def autoattack_seeds(model, x, y, classes: int, eps: float, seeds: int, square_q
             xs, ys = x[lost], y[lost]
             mine = dict(ens.components())
             for i in range(lost.numel()):
+                xi, yi = xs[i:i + 1], ys[i:i + 1]
                 their_stage = next((name for name, atk in zip(STAGES, theirs._autoattack.attacks)
-                                    if bool(outcome(model, xs[i:i + 1], ys[i:i + 1], atk(xs[i:i + 1], ys[i:i + 1]))[0][0])),
-                                   "?")
-                ours_alone = [name for name in STAGES
-                              if mine[name].attack(model, xs[i:i + 1], ys[i:i + 1]).successes]
+                                    if bool(outcome(model, xi, yi, atk(xi, yi))[0][0])), "?")
+                ours_alone = [name for name in STAGES if mine[name].attack(model, xi, yi).successes]
                 notes.append(f"#{int(lost[i])}: {their_stage} -> {','.join(ours_alone) or 'none'}")
         print(f"  {seed:4d} {int(fm.sum()):11d} {int(ft.sum()):7d} {int((ft & ~fm).sum()):11d} "
               f"{int((fm & ~ft).sum()):9d} {t1 - t0:11.1f} {t2 - t1:9.1f}  {'; '.join(notes)}", flush=True)
