@@ -145,8 +145,8 @@ def test_early_stop_only_saves_work(pneu):
 
 def test_fab_without_early_stop_keeps_shrinking_the_norm(pneu):
     x, y = pneu.x[:64], pneu.y[:64]
-    fast = build_attack("fab", eps=8 / 255, steps=10, seed=1).attack(pneu.model, x, y)
-    full = build_attack("fab", eps=8 / 255, steps=10, seed=1, early_stop=False).attack(pneu.model, x, y)
+    fast = build_attack("fab", eps=8 / 255, steps=10, seed=1, early_stop=True).attack(pneu.model, x, y)
+    full = build_attack("fab", eps=8 / 255, steps=10, seed=1).attack(pneu.model, x, y)  # the default
     assert fast.queries < full.queries
     assert full.robust_correct <= fast.robust_correct
     # minimum-norm behaviour: every sample runs all steps, so successes end up smaller

@@ -148,7 +148,9 @@ def evaluate_attacks(
     (tuples or dicts). A suite entry is a name or ``{"name": ..., "label": ...,
     "eps": [...], **params}``; an entry's ``eps`` overrides ``epsilons``. The clean
     forward pass is made once per batch and shared; FMN yields all epsilons from
-    one run; universal perturbations are fitted once on all data per epsilon.
+    one run; universal perturbations are fitted once on all data per epsilon, in
+    increasing order, each starting from the previous one (so their fooling rate on
+    ``data`` never falls as epsilon grows).
     Keys are ``(label, eps)``; values hold n, clean_correct, robust_correct,
     successes, linf_sum, l2_sum, queries (and attack-specific counts).
     """
@@ -171,9 +173,10 @@ def evaluate_attacks(
     batches = [(xb.to(device), yb.to(device)) for xb, yb in _batches(data, batch_size)]
     batches = [check_batch(xb, yb) for xb, yb in batches]
     for _, name, attacks in plans:
-        if name == "universal":
-            for atk in attacks.values():
-                atk.fit(model, batches)
+        if name == "universal":  # smallest budget first, each fit starting from the last one
+            prev = None
+            for e in sorted(attacks):
+                prev = attacks[e].fit(model, batches, init=prev)
 
     totals: dict[tuple[str, float], AttackResult] = {}
     for xb, yb in batches:

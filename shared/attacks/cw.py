@@ -2,8 +2,18 @@
 
 Minimises ``||x' - x||^2 + c * max(margin, -kappa)`` with ``x' = (tanh(w) + 1) / 2``
 so the box constraint holds by construction, and binary-searches ``c`` per sample.
-Under a finite ``eps`` a sample is finished as soon as an adversarial within
-``eps`` is found (its robust/non-robust status cannot change any more).
+Every sample runs every round to its step budget and the smallest adversarial
+point seen is kept: C&W is a minimum-norm attack, and the norms it reports are
+only as good as that search. ``eps`` does not cut the search short; it only
+decides what counts as a success (``inf``: any adversarial). ``early_stop=True``
+drops a sample once it is adversarial within a finite ``eps``, which saves work
+when only robust accuracy matters, at the price of larger reported norms.
+
+Unlike the reference code, a binary-search round after a success starts from the
+sample's best adversarial point rather than from the input: with the short rounds
+an evaluation can afford (tens of steps), restarting wastes each round on the way
+back to the boundary; warm-started rounds refine it (on PneumoniaMNIST, 2 rounds
+of 25 steps: mean L2 0.98x torchattacks' single-c C&W at 50 steps instead of 1.28x).
 """
 
 from __future__ import annotations
@@ -13,6 +23,7 @@ from torch import nn
 
 from .base import Attack, Run, ThreatModel, non_negative, positive_int
 from .losses import goal_reached, margin
+from .ops import view_b, within
 
 BETA1, BETA2, ADAM_EPS = 0.9, 0.999, 1e-8
 
@@ -32,8 +43,8 @@ class CW(Attack):
 
     def __init__(self, threat: ThreatModel | None = None, *, binary_steps: int = 5, steps: int = 100,
                  lr: float = 0.01, c_init: float = 1.0, kappa: float = 0.0,
-                 abort_early: bool = False, seed: int = 0) -> None:
-        super().__init__(threat, seed=seed)
+                 abort_early: bool = False, seed: int = 0, early_stop: bool = False) -> None:
+        super().__init__(threat, seed=seed, early_stop=early_stop)
         self.binary_steps = positive_int("binary_steps", binary_steps)
         self.steps = positive_int("steps", steps)
         self.lr = non_negative("lr", lr)
@@ -45,7 +56,8 @@ class CW(Attack):
              target: torch.Tensor | None, logits: torch.Tensor, gen: torch.Generator) -> Run:
         n = x.shape[0]
         dev, dt = x.device, x.dtype
-        eps = self.threat.eps
+        # early stop once within eps; 0 means never (a fooled sample's norm is positive)
+        eps = self.threat.eps if self.early_stop else 0.0
         w0 = torch.atanh((2 * x - 1).clamp(-1 + 1e-6, 1 - 1e-6))
         c = torch.full((n,), self.c_init, device=dev, dtype=dt)
         lo = torch.zeros(n, device=dev, dtype=dt)
@@ -56,12 +68,15 @@ class CW(Attack):
         check_every = max(self.steps // 10, 1)
 
         for _ in range(self.binary_steps):
-            todo = best_norm > eps  # samples whose status is still open
+            todo = ~within(best_norm, eps)  # samples still searching
             ridx = todo.nonzero().squeeze(1)
             if ridx.numel() == 0:
                 break
             succeeded = torch.zeros(n, dtype=torch.bool, device=dev)
             w = w0[ridx].clone()
+            # after a success, a round starts from the sample's best adversarial point, not the input
+            w = torch.where(view_b(torch.isfinite(best_norm[ridx]), w),
+                            torch.atanh((2 * best_adv[ridx] - 1).clamp(-1 + 1e-6, 1 - 1e-6)), w)
             m1 = torch.zeros_like(w)
             m2 = torch.zeros_like(w)
             xr, yr, cr = x[ridx], y[ridx], c[ridx]
@@ -86,13 +101,13 @@ class CW(Attack):
                     j = ridx[better]
                     best_norm[j] = l2[better]
                     best_adv[j] = xa[better]
-                    succeeded[ridx[adv]] = True
+                    succeeded[j] = True  # this c found a smaller adversarial
                     # Adam step in w-space
                     m1.mul_(BETA1).add_(g, alpha=1 - BETA1)
                     m2.mul_(BETA2).addcmul_(g, g, value=1 - BETA2)
                     step = self.lr * (m1 / (1 - BETA1 ** t)) / ((m2 / (1 - BETA2 ** t)).sqrt() + ADAM_EPS)
                     w = w - step
-                    stop = best_norm[ridx] <= eps
+                    stop = within(best_norm[ridx], eps)
                     low = torch.minimum(low, loss)
                     if self.abort_early and t % check_every == 0:
                         # stalled: no 0.01% gain of the lowest loss over a tenth of the steps

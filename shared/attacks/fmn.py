@@ -41,7 +41,7 @@ from .base import (
     summarize,
 )
 from .losses import goal_reached, margin
-from .ops import input_grad, norm_of, normalize, project, view_b
+from .ops import input_grad, norm_of, normalize, project, view_b, within
 
 # Norms within this relative slack of a radius count as inside it: a point
 # projected onto a ball can land an ulp outside it.
@@ -70,7 +70,8 @@ def fmn_core(
     stop_below: float = 0.0,
     grid: torch.Tensor | None = None,
 ) -> MinNorms:
-    """Minimum-norm search; samples are dropped once their best norm is <= ``stop_below``."""
+    """Minimum-norm search; samples are dropped once their best norm is <= ``stop_below``
+    (0: never, every sample runs every step)."""
     n = x.shape[0]
     dual_linf = norm == "linf"
     best_norm = torch.full((n,), float("inf"), device=x.device, dtype=x.dtype)
@@ -123,7 +124,7 @@ def fmn_core(
         eps = torch.where(adv, shrink, torch.where(found[idx], grow, to_boundary))
         eps = torch.minimum(eps, worst)
 
-        done = bn <= stop_below * (1 + RTOL)
+        done = within(bn, stop_below, RTOL)
         if done.any():
             keep = ~done
             idx, xc, yc, delta, g, eps, worst = idx[keep], xc[keep], yc[keep], delta[keep], g[keep], eps[keep], worst[keep]
@@ -139,15 +140,20 @@ def fmn_core(
 
 
 class FMN(Attack):
-    """FMN (Linf or L2). As an :class:`Attack` it succeeds where its minimum norm is within ``eps``."""
+    """FMN (Linf or L2). As an :class:`Attack` it succeeds where its minimum norm is within ``eps``.
+
+    Every sample runs all ``steps`` and keeps its smallest adversarial point; ``eps``
+    (``inf`` allowed) does not cut the search short unless ``early_stop=True``.
+    """
 
     name = "fmn"
     needs_finite_eps = False
 
     def __init__(self, threat: ThreatModel | None = None, *, steps: int = 100,
                  alpha_init: float | None = None, alpha_final: float | None = None,
-                 gamma_init: float = 0.05, gamma_final: float = 0.001, seed: int = 0) -> None:
-        super().__init__(threat, seed=seed)
+                 gamma_init: float = 0.05, gamma_final: float = 0.001, seed: int = 0,
+                 early_stop: bool = False) -> None:
+        super().__init__(threat, seed=seed, early_stop=early_stop)
         self.steps = positive_int("steps", steps)
         default_alpha = 0.5 if self.threat.norm == "linf" else 1.0
         self.alpha_init = default_alpha if alpha_init is None else non_negative("alpha_init", alpha_init)
@@ -167,7 +173,8 @@ class FMN(Attack):
 
     def _run(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor,
              target: torch.Tensor | None, logits: torch.Tensor, gen: torch.Generator) -> Run:
-        res = self.min_norms(model, x, y, target, stop_below=self.threat.eps)
+        res = self.min_norms(model, x, y, target,
+                             stop_below=self.threat.eps if self.early_stop else 0.0)
         return Run(res.x_adv, res.pred, res.queries)
 
     def curve(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor,

@@ -34,6 +34,15 @@ def norm_of(delta: torch.Tensor, norm: str) -> torch.Tensor:
     return flat.abs().amax(1) if norm == "linf" else flat.norm(dim=1)
 
 
+def within(norms: torch.Tensor, eps: float | torch.Tensor, rtol: float = 0.0) -> torch.Tensor:
+    """Per-sample: a perturbation was found (finite norm) and its norm is at most ``eps``.
+
+    Minimum-norm attacks mark "none found" with ``inf``; a plain ``norms <= eps`` would
+    count those as inside an ``eps=inf`` budget.
+    """
+    return torch.isfinite(norms) & (norms <= eps * (1 + rtol))
+
+
 def box(x: torch.Tensor, eps: float) -> tuple[torch.Tensor, torch.Tensor]:
     """Elementwise bounds of the Linf ball intersected with [0, 1]."""
     return (x - eps).clamp_(min=0.0), (x + eps).clamp_(max=1.0)

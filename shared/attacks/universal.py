@@ -69,14 +69,46 @@ class UniversalPerturbation(Attack):
     def _goal(self, pred: torch.Tensor, ref: torch.Tensor) -> torch.Tensor:
         return pred == self.threat.target if self.threat.targeted else pred != ref
 
-    def fit(self, model: nn.Module, data: Batches) -> torch.Tensor:
-        """Fit the universal perturbation on ``(x, y)`` or an iterable of batches; returns it."""
+    def _to_ball(self, v: torch.Tensor) -> torch.Tensor:
+        """The perturbation scaled (L2) or clipped (Linf) into the budget; its sign is free
+        (``project`` would clip it to [0, 1] as if it were an image)."""
+        eps = self.threat.eps
+        if self.threat.norm == "linf":
+            return v.clamp(-eps, eps)
+        n = float(v.norm())
+        return v * (eps / n) if n > eps else v
+
+    def _hits(self, model: nn.Module, batches: list[tuple[torch.Tensor, torch.Tensor]],
+              refs: list[torch.Tensor], v: torch.Tensor) -> tuple[int, int]:
+        """Fitting inputs on which ``v`` reaches the goal, and the queries spent counting them."""
+        hits = queries = 0
+        for (xb, _), ref in zip(batches, refs):
+            with torch.no_grad():
+                pred = model((xb + v).clamp(0.0, 1.0)).argmax(1)
+            queries += xb.shape[0]
+            hits += int(self._goal(pred, ref).sum())
+        return hits, queries
+
+    def fit(self, model: nn.Module, data: Batches, *, init: torch.Tensor | None = None) -> torch.Tensor:
+        """Fit the universal perturbation on ``(x, y)`` or an iterable of batches; returns it.
+
+        The perturbation that reached the goal on most fitting inputs is kept (checked
+        after every epoch, and for the starting point), not the last iterate. ``init``
+        (e.g. the perturbation fitted at a smaller budget, projected into this one) is
+        the starting point instead of zero: the fit then never does worse on its
+        fitting set than ``init`` does.
+        """
         gen = torch.Generator().manual_seed(self.seed)
         batches = self._batches(data, gen)
         require(len(batches) > 0, "data", "no batches to fit the universal perturbation on")
         norm, eps = self.threat.norm, self.threat.eps
         x0 = batches[0][0]
         v = torch.zeros_like(x0[:1])
+        if init is not None:
+            init = torch.as_tensor(init).to(x0.device, x0.dtype)
+            require(init.shape == x0.shape[1:], "init", f"shape {tuple(init.shape)} does not match "
+                    f"the inputs {tuple(x0.shape[1:])}")
+            v = self._to_ball(init[None])
         queries = 0
         with attack_mode(model):
             refs = []
@@ -85,6 +117,13 @@ class UniversalPerturbation(Attack):
                     refs.append(model(xb).argmax(1))
                 queries += xb.shape[0]
             tgt = self.threat.target
+            total = sum(xb.shape[0] for xb, _ in batches)
+            if init is None:  # zero perturbation: the goal holds where the clean prediction has it
+                best_hits = sum(int(self._goal(ref, ref).sum()) for ref in refs)
+            else:
+                best_hits, n_q = self._hits(model, batches, refs, v)
+                queries += n_q
+            best = v.clone()
             for _ in range(self.epochs):
                 for (xb, _), ref in zip(batches, refs):
                     xa = (xb + v).clamp(0.0, 1.0)
@@ -99,18 +138,14 @@ class UniversalPerturbation(Attack):
                     if not todo.any():
                         continue
                     step = normalize(g[todo].sum(0, keepdim=True), norm)
-                    v = project(torch.zeros_like(v), v + self.alpha * step, norm, eps) if norm == "l2" \
-                        else (v + self.alpha * step).clamp(-eps, eps)
-                hits = total = 0
-                for (xb, _), ref in zip(batches, refs):
-                    with torch.no_grad():
-                        pred = model((xb + v).clamp(0.0, 1.0)).argmax(1)
-                    queries += xb.shape[0]
-                    hits += int(self._goal(pred, ref).sum())
-                    total += xb.shape[0]
-                if hits >= self.stop_rate * total:
+                    v = self._to_ball(v + self.alpha * step)
+                hits, n_q = self._hits(model, batches, refs, v)
+                queries += n_q
+                if hits > best_hits:
+                    best, best_hits = v.clone(), hits
+                if best_hits >= self.stop_rate * total:
                     break
-        self.perturbation = v[0].detach()
+        self.perturbation = best[0].detach()
         self.fit_queries = queries
         return self.perturbation
 
