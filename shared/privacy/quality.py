@@ -35,7 +35,9 @@ def matched_scores(recon: torch.Tensor, orig: torch.Tensor, data_range: float = 
     ssim = SSIMMetric(spatial_dims=spatial, data_range=data_range, win_size=min(7, *orig.shape[2:]), reduction="none")
     psnr_all = _pairwise(psnr, recon, orig).nan_to_num(0.0, PSNR_CAP_DB).clamp(max=PSNR_CAP_DB)
     rows, cols = linear_sum_assignment(psnr_all.numpy(), maximize=True)
-    ssim_m = ssim(recon[rows], orig[cols]).reshape(-1)
+    # SSIM lies in [-1, 1], but MONAI computes it in float32: a near-exact reconstruction can
+    # score 1 + a few ulps (1.0000004 seen), so clamp to the metric's range.
+    ssim_m = ssim(recon[rows], orig[cols]).reshape(-1).clamp(-1.0, 1.0)
     return psnr_all[rows, cols], ssim_m
 
 
