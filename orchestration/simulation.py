@@ -287,10 +287,12 @@ def simulate(
             from ..shared.site_policy import POLICY_ENV
 
             env[POLICY_ENV] = str(Path(site_policy).resolve())
-        with _stop_on_sigterm(), ManagedSuperLink(state, env) as link:
-            link.run(app_dir, fed, _relay(verbose), succeeded=lambda _: _stored_completed(cfg))
-        if wrap_grid is not None:
-            replay(read_events(exchanges), wrap_grid)
+        try:
+            with _stop_on_sigterm(), ManagedSuperLink(state, env) as link:
+                link.run(app_dir, fed, _relay(verbose), succeeded=lambda _: _stored_completed(cfg))
+        finally:  # a failed run's exchanges too: an audit reports what the sites sent before it failed
+            if wrap_grid is not None and exchanges.exists():
+                replay(read_events(exchanges), wrap_grid)
     return cfg.run_uuid
 
 
