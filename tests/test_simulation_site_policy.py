@@ -46,7 +46,13 @@ def test_default_policy_keeps_the_figures_and_records_refusals(db_url, tmp_path)
     assert abs(cell["robust-accuracy"] - ref["robust-accuracy"]) <= 4 * privacy["noise-std"] * 2**0.5 / 128 * 2
 
     # a request the defaults forbid (one image's inversion audit): training refused, evaluation still served
-    refused = _run(db_url, str(defaults), **{"inversion-audit": "idlg", "inversion-images": 1})
+    from fedaegis.orchestration.runtime import RuntimeFailure
+
+    with pytest.raises(RuntimeFailure):  # no site trained: the run is stored as failed, and Flower says so
+        simulate({**REQUEST, "db-url": db_url, "run-uuid": "r" * 32, "inversion-audit": "idlg", "inversion-images": 1},
+                 num_sites=2, resources=SimulationResources(num_cpus=2), site_policy=str(defaults))
+    refused = RunStore(db_url).get_run("r" * 32)
+    assert refused["status"] == "failed" and "release.min-cell-size" in refused["error"]
     rnd = refused["rounds"][0]
     assert rnd["train_replies"] == 0 and rnd["evaluate_replies"] == 2
     assert rnd["metrics"]["refusal.release.min-cell-size"] == 2.0
