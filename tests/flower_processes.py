@@ -8,63 +8,17 @@ from __future__ import annotations
 
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
 import tomllib
 from pathlib import Path
 
+# one home for free ports and process trees: the Simulation Runtime's own helpers
+from fedaegis.orchestration.runtime import _parents, free_port, process_tree, stop_tree  # noqa: F401
+
 ROOT = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent  # the venv's bin: flwr, flower-superlink, flower-supernode
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _parents() -> dict[int, int]:
-    """pid -> ppid of every live (non-zombie) process, from /proc."""
-    out = {}
-    for stat in Path("/proc").glob("[0-9]*/stat"):
-        try:
-            fields = stat.read_text().rsplit(")", 1)[1].split()
-        except (OSError, IndexError):
-            continue
-        if fields[0] != "Z":
-            out[int(stat.parent.name)] = int(fields[1])
-    return out
-
-
-def process_tree(pid: int) -> list[int]:
-    """``pid`` and all its live descendants (SuperExec, ServerApp, Ray, ...)."""
-    parents = _parents()
-    tree, todo = [], [pid]
-    while todo:
-        p = todo.pop()
-        if p in parents and p not in tree:
-            tree.append(p)
-            todo += [c for c, pp in parents.items() if pp == p]
-    return tree
-
-
-def stop_tree(pid: int, grace_s: float = 15.0) -> None:
-    """SIGTERM ``pid`` and its descendants (collected first), SIGKILL what is left."""
-    pids = process_tree(pid)
-    for sig in (signal.SIGTERM, signal.SIGKILL):
-        for p in pids:
-            try:
-                os.kill(p, sig)
-            except ProcessLookupError:
-                pass
-        deadline = time.monotonic() + grace_s
-        while time.monotonic() < deadline and any(p in _parents() for p in pids):
-            time.sleep(0.2)
-        pids = [p for p in pids if p in _parents()]
-        if not pids:
-            return
 
 
 def pids_with_args(program: str, marker: str) -> list[int]:
