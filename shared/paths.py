@@ -45,9 +45,17 @@ def private_dir(path: Path) -> Path:
 
 
 def create_private_file(path: Path) -> Path:
-    """Create ``path`` empty and owner-only if it does not exist (e.g. before SQLite opens it)."""
+    """Create ``path`` empty and owner-only if it does not exist (e.g. before SQLite opens it).
+
+    An existing file is never opened: closing any descriptor of an SQLite file drops every POSIX
+    lock this process holds on it (SQLite's "how to corrupt" list), so opening it here while
+    another engine of this process has it open let a second process write at the same time.
+    """
     private_dir(path.parent)
-    fd = os.open(path, os.O_CREAT | os.O_WRONLY, 0o600)
+    try:
+        fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o600)
+    except FileExistsError:
+        return path
     os.close(fd)
     return path
 

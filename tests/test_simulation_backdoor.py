@@ -9,7 +9,6 @@ robust rule must keep.
 from __future__ import annotations
 
 import pytest
-import sqlalchemy.exc
 from typer.testing import CliRunner
 
 from fedaegis.orchestration.cli import app as cli
@@ -28,10 +27,6 @@ def _run(db_url: str, **overrides) -> tuple[str, dict]:
     return run_uuid, RunStore(db_url).get_run(run_uuid)["rounds"][-1]["metrics"]
 
 
-# Known open bug (see the session note): the third simulation of this test into one SQLite file
-# finds it "malformed" when the test process opens it after the run; any other failure still fails.
-@pytest.mark.xfail(raises=sqlalchemy.exc.DatabaseError, strict=False,
-                   reason="open bug: SQLite 'database disk image is malformed' after repeated simulations into one file")
 def test_backdoor_succeeds_under_fedavg_and_multikrum_blocks_it(db_url):
     _, clean = _run(db_url, **{"num-malicious": 0})
     _, fedavg = _run(db_url, aggregation="fedavg")

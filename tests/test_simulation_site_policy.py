@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 
 import pytest
-import sqlalchemy.exc
 from typer.testing import CliRunner
 
 from fedaegis.orchestration.cli import app
@@ -24,10 +23,6 @@ def _run(db_url: str, policy: str | None, **extra) -> dict:
     return RunStore(db_url).get_run(uuid)
 
 
-# Known open bug (see the session note): the third simulation of this test into one SQLite file
-# finds it "malformed" when the test process opens it after the run; any other failure still fails.
-@pytest.mark.xfail(raises=sqlalchemy.exc.DatabaseError, strict=False,
-                   reason="open bug: SQLite 'database disk image is malformed' after repeated simulations into one file")
 def test_default_policy_keeps_the_figures_and_records_refusals(db_url, tmp_path):
     # the built-in defaults, with the same site secrets (so the same fixed sets) as the suite's permissive policy
     defaults = tmp_path / "defaults.toml"
