@@ -28,6 +28,7 @@ from ..shared.protocol import (
 )
 from ..shared.protocol import request_config as _request_config
 from ..shared.site_policy import PolicyError, Refusal, SitePolicy, check_request, site_policy
+from .site_log import relay_simulated_site_log
 
 log = logging.getLogger("fedaegis.site")  # the site's own log: stays at the site
 
@@ -63,6 +64,7 @@ def site_guard(msg: Message, context: Context, call_next: ClientAppCallable) -> 
     ``Error(SITE_ERROR, "site error")``. Exception text, paths and file names go to the
     site's own log only (Flower would otherwise send the exception text to the server).
     """
+    relay_simulated_site_log(context.node_config)
     try:
         if _is_request(msg):
             policy = site_policy(context.node_config)

@@ -211,8 +211,9 @@ def _relay(verbose: bool) -> Callable[[str], None]:
               "CRITICAL": logging.CRITICAL}
 
     def on_line(line: str) -> None:
-        if line.startswith(LOG_PREFIX):
-            level, _, message = line[len(LOG_PREFIX):].partition(" ")
+        at = line.find(LOG_PREFIX)  # a simulated site's line comes prefixed by Ray with its actor
+        if at >= 0:
+            level, _, message = line[at + len(LOG_PREFIX):].partition(" ")
             log.log(levels.get(level, logging.INFO), "%s", message)
         elif verbose:
             print(line, file=sys.stderr, flush=True)
@@ -255,11 +256,13 @@ def simulate(
     overrides = {**overrides, "run-uuid": overrides.get("run-uuid") or uuidlib.uuid4().hex,
                  "num-sites": num_sites}
     cfg = RunConfig.from_flower(overrides)  # fail here, with the field named, not in Ray
-    if site_policy:
-        from ..shared.site_policy import SitePolicy
+    from ..shared.site_policy import POLICY_ENV, SitePolicy
 
+    if site_policy:
         site_policy = str(Path(site_policy).expanduser().resolve())
         SitePolicy.from_toml(site_policy)  # a bad file fails here, with the field named
+    elif os.environ.get(POLICY_ENV):  # the simulated sites inherit it: a bad one would fail at each
+        SitePolicy.from_toml(os.environ[POLICY_ENV])
     if cfg.min_sites > num_sites:
         raise ValueError(f"run config 'min-sites' = {cfg.min_sites} exceeds the {num_sites} sites")
     _quiet_environment()

@@ -215,7 +215,7 @@ def refuse_shared_credentials(run_config: Mapping[str, Any]) -> None:
                           "site; give the ServerApp $FEDAEGIS_DB_URL in its environment instead")
 
 
-LOG_PREFIX = "[fedaegis] "  # how fedaegis' lines start in Flower's log stream (simulate picks them out)
+from ..shared.protocol import LOG_PREFIX  # noqa: E402 - re-exported: how fedaegis' lines start in Flower's log stream
 
 
 def log_to_flower() -> None:

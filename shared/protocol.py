@@ -27,6 +27,7 @@ POLICY_REFUSAL = 7310  # the request exceeds the site's policy: reason "site pol
 SITE_ERROR = 7311  # anything else went wrong at the site (details in the site's own log)
 SITE_CODES = {PROTOCOL_VIOLATION: "protocol", POLICY_REFUSAL: "refusal", SITE_ERROR: "site-error"}
 REFUSAL_PREFIX = "site policy: "
+LOG_PREFIX = "[fedaegis] "  # how fedaegis' lines start in Flower's log stream (simulate picks them out)
 
 ARRAYS_KEY = "arrays"
 METRICS_KEY = "metrics"
