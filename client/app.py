@@ -8,6 +8,8 @@ updated model (train) and counts and sums over the site's data;
 
 from __future__ import annotations
 
+import logging
+
 import torch
 from flwr.app import ArrayRecord, Context, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
@@ -15,14 +17,17 @@ from flwr.clientapp import ClientApp
 from ..shared.config import RunConfig
 from ..shared.tasks import build_task_model, model_meta
 from ..shared.protocol import ARRAYS_KEY, METRICS_KEY
+from ..shared.site_policy import site_policy
 from .mods import ROUND_KEY, cell_suppression, metric_dp, protocol_guard, request_config, site_guard
 from .secure_aggregation import answer_query, secure_aggregation
 from .robustness import evaluate_robustness
-from .site import evaluation_subset, site_data, site_seed
+from .site import evaluation_subset, site_data, site_seed, state_dir
 from .training import evaluate_local
 from .classification_round import backdoor_metrics, train_classifier_round
 
 __all__ = ["ROUND_KEY", "app"]
+
+log = logging.getLogger("fedaegis.site")  # the site's own log: stays at the site
 
 
 def _setup(msg: Message, context: Context) -> tuple[RunConfig, torch.nn.Module, int]:
@@ -89,7 +94,21 @@ def evaluate(msg: Message, context: Context) -> Message:
 
         metrics.update(evaluate_defences(model, cfg, data.train, data.test, seed, node_config=context.node_config))
     metrics["skipped"] = data.skipped
+    if server_round == cfg.num_server_rounds and site_policy(context.node_config).site_visual_report:
+        _visual_report(model, cfg, data, context, seed)
     return _reply(msg, metrics)
+
+
+def _visual_report(model: torch.nn.Module, cfg: RunConfig, data, context: Context, seed: int) -> None:
+    """The site's own visual report (its policy asked for it), after the reply's figures; never sent."""
+    from .visual_report import report_dir, write_site_report
+
+    out = report_dir(state_dir(site_policy(context.node_config), context.node_config), context.run_id)
+    try:
+        path = write_site_report(model, cfg, data.train, data.test, out, seed)
+        log.info("visual report written to %s", path)
+    except Exception:  # noqa: BLE001 - the site's own convenience: its failure is logged here, the reply stands
+        log.exception("visual report not written")
 
 
 @app.query()

@@ -40,6 +40,8 @@ Example (every field optional; these are the defaults)::
 
     [site]
     state-dir = ""              # ledger and secret; default $FEDAEGIS_HOME/site
+    visual-report = false       # after the final round, a page for the site's own staff in
+                                # <state-dir>/reports (client/visual_report.py); never sent
 """
 
 from __future__ import annotations
@@ -96,6 +98,7 @@ class SitePolicy:
     updates_mode: str = "clear"
     updates_max_dp_sgd_epsilon: float = 8.0
     site_state_dir: str = ""
+    site_visual_report: bool = False
     source: str = field(default="built-in defaults", compare=False)
 
     def __post_init__(self) -> None:
