@@ -107,7 +107,7 @@ def _examples(model: nn.Module, x: torch.Tensor, x_adv: torch.Tensor, y: torch.T
     fig, axes = plt.subplots(k, 5, figsize=(10, 2.1 * k), squeeze=False)
     for row, i in enumerate(order.tolist()):
         delta = x_adv[i] - x[i]
-        amp = (delta - delta.min()) / (delta.max() - delta.min() + 1e-12)
+        amp = 0.5 + delta / (2 * delta.abs().max().clamp_min(1e-12))  # grey: untouched
         panels = [("clean", lambda ax: _show(ax, x[i])), ("adversarial", lambda ax: _show(ax, x_adv[i])),
                   ("perturbation (amplified)", lambda ax: _show(ax, amp)),
                   ("Grad-CAM clean", lambda ax: _overlay(ax, x[i], cam_clean[row])),
