@@ -199,7 +199,7 @@ def check_sites(cfg: RunConfig, num_sites: int, names: Names = Names()) -> None:
 
     try:
         for split in REQUIRED_SPLITS:
-            data = _load(cfg.dataset, split, (cfg.image_size,) * cfg.spatial_dims, cfg.num_classes, cfg.seed, None, None)
+            data = _load(cfg.dataset, split, cfg.shape.image_size, cfg.shape.classes, cfg.seed, None, None)
             if len(data) < num_sites:
                 raise PreflightError(
                     f"{names('num-sites')} = {num_sites}: the {split} split of {cfg.dataset} holds only "
