@@ -344,6 +344,12 @@ class HardeningSection(Section):
         yield "hardening.trades.beta", self.hardening_trades_beta > 0, "must be > 0"
         yield "hardening.mart.beta", self.hardening_mart_beta > 0, "must be > 0"
         yield "hardening.ssat.threshold", 0 < self.hardening_ssat_threshold < 1, "must be in (0, 1)"
+        used = {self.hardening, *self.defence_model_names}
+        for f in fields(HardeningSection):  # also catches `flwr run --run-config hardening.x.y=...`, which
+            if "method" in f.metadata and getattr(self, f.name) != f.default:  # drops an unquoted `hardening`
+                yield (key_of(f), f.metadata["method"] in used,
+                       f"is set but hardening {self.hardening!r} does not use it (nor defence-models); quote "
+                       "dotted keys in TOML and --run-config")
 
     @property
     def defence_model_names(self) -> tuple[str, ...]:
