@@ -29,7 +29,6 @@ from .paths import name_problem
 
 TASKS = ("classification", "segmentation")
 THREATS = ("none", "backdoor", "label-flip")
-PARTITIONINGS = ("iid", "dirichlet", "quantity")
 OPTIMIZERS = ("adam", "sgd")
 CLASS_WEIGHTINGS = ("balanced", "none")
 NORMS = ("batch", "group", "none")
@@ -203,7 +202,10 @@ class DataSection(Section):
         yield "num-classes", self.num_classes >= 2, "must be >= 2"
         yield "spatial-dims", self.spatial_dims in (2, 3), "must be 2 or 3"
         yield "image-size", self.image_size >= 8, "must be >= 8"
-        yield _choice("partitioning", self.partitioning, PARTITIONINGS)
+        if self.partitioning != "iid":  # the partitioner's own list (imported only when needed)
+            from .data.partition import SCHEMES
+
+            yield _choice("partitioning", self.partitioning, SCHEMES)
         yield "dirichlet-alpha", self.dirichlet_alpha > 0, "must be > 0"
 
     @property

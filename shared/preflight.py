@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
-from .config import ConfigError, RunConfig
+from .config import ConfigError, DataShape, RunConfig
 from .redact import known_secrets, mask_secrets
 
 if TYPE_CHECKING:
@@ -63,7 +63,12 @@ class DataFacts:
     split_sizes: dict[str, int]
     warnings: tuple[str, ...] = ()
 
+    @property
+    def shape(self) -> DataShape:
+        return DataShape(self.in_channels, self.spatial_dims, self.image_size, self.num_classes)
+
     def run_config(self) -> dict[str, int]:
+        """The shape's run-config keys (what :attr:`RunConfig.shape` is read from)."""
         return {"in-channels": self.in_channels, "spatial-dims": self.spatial_dims,
                 "image-size": self.image_size, "num-classes": self.num_classes}
 

@@ -205,3 +205,11 @@ def test_a_hardening_parameter_for_an_unused_method_is_refused():
     quoted = parse_config_args(['hardening="trades"', '"hardening.trades.beta"=3.0'])
     assert RunConfig.from_flower(quoted).hardening_params("trades") == {"beta": 3.0}
     assert RunConfig(defence_models="none,mart", hardening_mart_beta=3.0).hardening_params("mart") == {"beta": 3.0}
+
+
+def test_the_preflight_reads_the_same_shape(shared_data):
+    from fedaegis.shared.preflight import check_config, dataset_facts
+
+    facts = dataset_facts(str(shared_data / "adrenalmnist3d" / "adrenalmnist3d.npz"))
+    cfg = check_config({"dataset": "x.npz", **facts.run_config()})
+    assert cfg.shape == facts.shape == DataShape(channels=1, spatial_dims=3, size=28, classes=2)
