@@ -556,6 +556,10 @@ class RunConfig(SegmentationSection, SecureAggregationSection, AggregationSectio
     secagg = _View(SecureAggregationSection)
     segmentation = _View(SegmentationSection)
 
+    # --- keys not yet in a section: a branch's new fields go here, in a block headed
+    # `# --- <branch>: <topic> ---`, their checks in `checks` below. To move one into a section,
+    # cut the field (and its check) into that section and regenerate pyproject.toml.
+
     def __post_init__(self) -> None:
         _raise_first(self, self.checks())
 
