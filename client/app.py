@@ -9,6 +9,7 @@ updated model (train) and counts and sums over the site's data;
 from __future__ import annotations
 
 import logging
+from functools import partial
 
 import torch
 from flwr.app import ArrayRecord, Context, Message, MetricRecord, RecordDict
@@ -18,14 +19,14 @@ from ..shared.config import RunConfig
 from ..shared.tasks import build_task_model, model_meta
 from ..shared.protocol import ARRAYS_KEY, METRICS_KEY
 from ..shared.site_policy import site_policy
-from .mods import ROUND_KEY, cell_suppression, metric_dp, protocol_guard, request_config, site_guard
+from .mods import ROUND_KEY, LedgerSource, cell_suppression, metric_dp, protocol_guard, request_config, site_guard
 from .secure_aggregation import answer_query, secure_aggregation
 from .robustness import evaluate_robustness
 from .site import evaluation_subset, site_data, site_seed, state_dir
 from .training import evaluate_local
 from .classification_round import backdoor_metrics, train_classifier_round
 
-__all__ = ["ROUND_KEY", "app"]
+__all__ = ["ROUND_KEY", "app", "build_client_app"]
 
 log = logging.getLogger("fedaegis.site")  # the site's own log: stays at the site
 
@@ -41,17 +42,11 @@ def _seed(cfg: RunConfig, server_round: int, context: Context) -> int:
     return cfg.seed * 100_003 + server_round * 1_009 + int(context.node_config.get("partition-id", 0))
 
 
-# Outermost first: the site's policy decides before anything runs and keeps errors at the
-# site; the guard checks the reply exactly as sent (masked, if secure aggregation is on),
-# after DP noise on counts that suppression has screened.
-app = ClientApp(mods=[site_guard, protocol_guard, secure_aggregation, metric_dp, cell_suppression])
-
 # The same config and seed give the same figures: torch's deterministic kernels where it has them
 # (warn_only: an op without one runs as before rather than failing the site).
 torch.use_deterministic_algorithms(True, warn_only=True)
 
 
-@app.train()
 def train(msg: Message, context: Context) -> Message:
     cfg, model, server_round = _setup(msg, context)
     seed = _seed(cfg, server_round, context)
@@ -75,7 +70,6 @@ def _reply(msg: Message, metrics: dict, model: torch.nn.Module | None = None) ->
     return Message(content=content, reply_to=msg)
 
 
-@app.evaluate()
 def evaluate(msg: Message, context: Context) -> Message:
     cfg, model, server_round = _setup(msg, context)
     seed = _seed(cfg, server_round, context)
@@ -111,10 +105,31 @@ def _visual_report(model: torch.nn.Module, cfg: RunConfig, data, context: Contex
         log.exception("visual report not written")
 
 
-@app.query()
 def query(msg: Message, context: Context) -> Message:
     """Secure-aggregation key exchange and dropout unmasking (no data involved)."""
     return answer_query(msg, context)
+
+
+def build_client_app(*, ledger: LedgerSource | None = None) -> ClientApp:
+    """fedaegis' ClientApp, each mod given its settings here, as Flower's mods take theirs when built.
+
+    ``ledger``: where the site's releases are charged, one ledger for the guard that checks the
+    lifetime budget and the DP mod that charges it (default: the policy's state-dir, per node).
+    What the mods read from a message is the request, checked against the site's own policy.
+    """
+    settings = {"ledger": ledger} if ledger is not None else {}
+    # Outermost first: the site's policy decides before anything runs and keeps errors at the
+    # site; the guard checks the reply exactly as sent (masked, if secure aggregation is on),
+    # after DP noise on counts that suppression has screened.
+    client = ClientApp(mods=[partial(site_guard, **settings), protocol_guard, secure_aggregation,
+                             partial(metric_dp, **settings), cell_suppression])
+    client.train()(train)
+    client.evaluate()(evaluate)
+    client.query()(query)
+    return client
+
+
+app = build_client_app()
 
 
 def simulated_site_app(policy: str, inner: ClientApp | None = None) -> ClientApp:

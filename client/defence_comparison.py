@@ -48,12 +48,13 @@ def class_weights(cfg: RunConfig, data: ImageSet) -> torch.Tensor | None:
 
 
 def hardening_method(name: str, cfg: RunConfig):
-    """Hardening ``name`` at the run's ``hardening-eps`` (and ``hardening-steps``; fast FGSM has one step)."""
+    """Hardening ``name`` at the run's ``hardening-eps`` (and ``hardening-steps``; fast FGSM has one step),
+    with its own ``hardening.<name>.*`` parameters."""
     from ..shared.hardening import build_hardening
 
     if name == "fast-fgsm":
-        return build_hardening(name, eps=cfg.hardening_eps)
-    return build_hardening(name, eps=cfg.hardening_eps, steps=cfg.hardening_steps)
+        return build_hardening(name, eps=cfg.hardening_eps, **cfg.hardening_params(name))
+    return build_hardening(name, eps=cfg.hardening_eps, steps=cfg.hardening_steps, **cfg.hardening_params(name))
 
 
 def train_members(model: MemberSet, cfg: RunConfig, data: ImageSet, seed: int,

@@ -8,13 +8,14 @@ Outermost first: :func:`site_guard` (the site's policy and its errors),
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 
 from flwr.app import Context, Error, Message, MessageType, MetricRecord
 from flwr.clientapp.typing import ClientAppCallable
 
 from ..shared import reply_schema
 from ..shared.config import RunConfig
+from ..shared.ledger import PrivacyLedger
 from ..shared.metric_dp import EPSILON_KEY, CountMechanism, privatize, withhold
 from ..shared.protocol import (
     ARRAYS_KEY,
@@ -32,7 +33,22 @@ from .site_log import relay_simulated_site_log
 
 log = logging.getLogger("fedaegis.site")  # the site's own log: stays at the site
 
-__all__ = ["ROUND_KEY", "cell_suppression", "metric_dp", "protocol_guard", "request_config", "site_guard"]
+__all__ = ["ROUND_KEY", "LedgerSource", "cell_suppression", "metric_dp", "protocol_guard", "request_config",
+           "site_guard"]
+
+# Where a site's releases are charged, from its node config (default: client.site.site_ledger, in the
+# policy's state-dir). A mod's settings are keyword arguments bound when the app is built
+# (``functools.partial(metric_dp, ledger=...)``, see client/app.py's build_client_app), as Flower's
+# own mods take theirs in their constructor; what a mod reads from the message is the request.
+LedgerSource = Callable[[Mapping[str, object]], PrivacyLedger]
+
+
+def _ledger(source: LedgerSource | None, node_config: Mapping[str, object]) -> PrivacyLedger:
+    if source is None:
+        from .site import site_ledger
+
+        source = site_ledger
+    return source(node_config)
 
 
 def request_config(msg: Message) -> tuple[RunConfig, int]:
@@ -57,8 +73,12 @@ def _is_request(msg: Message) -> bool:
     return mtype in (MessageType.TRAIN, MessageType.EVALUATE) and "config" in msg.content
 
 
-def site_guard(msg: Message, context: Context, call_next: ClientAppCallable) -> Message:
+def site_guard(msg: Message, context: Context, call_next: ClientAppCallable, *,
+               ledger: LedgerSource | None = None) -> Message:
     """Check the request against the site's policy before any data is touched; keep errors at the site.
+
+    ``ledger`` (bound when the app is built) is the site's privacy ledger, the one :func:`metric_dp`
+    charges: a request its lifetime budget cannot pay for is refused here.
 
     A refusal leaves as ``Error(POLICY_REFUSAL, "site policy: <field>")``; any exception as
     ``Error(SITE_ERROR, "site error")``. Exception text, paths and file names go to the
@@ -72,12 +92,10 @@ def site_guard(msg: Message, context: Context, call_next: ClientAppCallable) -> 
             check_request(cfg, policy, is_train=msg.metadata.message_type == MessageType.TRAIN,
                           node_config=context.node_config)
             mech = release_epsilon(cfg, policy)
-            from .site import site_ledger
-
             needed = mech.epsilon if mech.kind != "none" else 0.0
             if msg.metadata.message_type == MessageType.TRAIN and cfg.dp_epsilon > 0:
                 needed += cfg.dp_epsilon  # the DP-SGD update itself (Opacus' accountant) is a release too
-            if needed and site_ledger(context.node_config).spent()[0] + needed > policy.dp_lifetime_epsilon + 1e-9:
+            if needed and _ledger(ledger, context.node_config).spent()[0] + needed > policy.dp_lifetime_epsilon + 1e-9:
                 raise Refusal("dp.lifetime-epsilon")
         return call_next(msg, context)
     except Refusal as refusal:
@@ -134,19 +152,18 @@ def cell_suppression(msg: Message, context: Context, call_next: ClientAppCallabl
     return reply
 
 
-def metric_dp(msg: Message, context: Context, call_next: ClientAppCallable) -> Message:
+def metric_dp(msg: Message, context: Context, call_next: ClientAppCallable, *,
+              ledger: LedgerSource | None = None) -> Message:
     """Put the reply in its release form, noise it under the site's DP and charge the site's ledger.
 
     Counts become integers and sums are rounded to the release grid; the mechanism and
     epsilon are the site policy's (see :func:`release_epsilon`); every release, noised or
     not, is written to the persistent ledger before it leaves. A release the lifetime
-    budget cannot pay for is withheld (``dp-withheld-count = 1``).
+    budget cannot pay for is withheld (``dp-withheld-count = 1``). ``ledger``: see :func:`site_guard`.
     """
     reply = call_next(msg, context)
     if reply.has_error() or METRICS_KEY not in reply.content or not _is_request(msg):
         return reply
-    from .site import site_ledger
-
     cfg, server_round = request_config(msg)
     policy = site_policy(context.node_config)
     is_train = msg.metadata.message_type == MessageType.TRAIN
@@ -154,7 +171,8 @@ def metric_dp(msg: Message, context: Context, call_next: ClientAppCallable) -> M
     metrics = reply_schema.release_form(raw, cfg, is_train)
     mech = release_epsilon(cfg, policy)
     released, (eps, delta) = privatize(metrics, mech, cfg=cfg, is_train=is_train, keep=_keep(msg))
-    charged = site_ledger(context.node_config).charge(
+    book = _ledger(ledger, context.node_config)
+    charged = book.charge(
         lifetime=policy.dp_lifetime_epsilon, epsilon=eps, delta=delta, run=str(msg.metadata.run_id),
         round=server_round, kind=str(msg.metadata.message_type), values=len(released), clear=mech.kind == "none")
     if not charged:
@@ -162,7 +180,7 @@ def metric_dp(msg: Message, context: Context, call_next: ClientAppCallable) -> M
         eps = 0.0
     if is_train and ARRAYS_KEY in reply.content:  # the update: DP-SGD's epsilon (Opacus' accountant), or clear
         dpsgd = float(raw.get("dpsgd.epsilon-sum", 0.0))
-        site_ledger(context.node_config).charge(
+        book.charge(
             lifetime=float("inf"), epsilon=dpsgd, delta=cfg.dp_delta if dpsgd else 0.0, run=str(msg.metadata.run_id),
             round=server_round, kind="train-update", values=0, clear=dpsgd == 0)
     if mech.kind != "none":

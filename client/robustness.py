@@ -25,5 +25,5 @@ def evaluate_robustness(model: nn.Module, data: ImageSet, cfg: RunConfig, seed: 
     if not cfg.attack_names:
         return {}
     torch.manual_seed(seed)
-    results = evaluate_attacks(model, (data.images, data.labels), list(cfg.attack_names), cfg.epsilon_values)
+    results = evaluate_attacks(model, (data.images, data.labels), cfg.attack_suite, cfg.epsilon_values)
     return encode(results)

@@ -119,7 +119,7 @@ def site_data(cfg: RunConfig, node_config: Mapping[str, object]) -> SiteData:
     """Load (once) and validate this site's train and test splits."""
     if node_config.get("data-path"):
         source = str(node_config["data-path"])
-        key = ((cfg.image_size,) * cfg.spatial_dims, cfg.num_classes, cfg.seed,
+        key = (cfg.shape.image_size, cfg.shape.classes, cfg.seed,
                _codes(node_config.get("modality")), _codes(node_config.get("body-part")))
         data = SiteData(_load(source, "train", *key), _load(source, "test", *key))
         for split in (data.train, data.test):
@@ -131,7 +131,7 @@ def site_data(cfg: RunConfig, node_config: Mapping[str, object]) -> SiteData:
                 "'num-partitions' (a simulated site)",
             )
         pid, n = int(node_config["partition-id"]), int(node_config["num-partitions"])  # type: ignore[arg-type]
-        key = ((cfg.image_size,) * cfg.spatial_dims, cfg.num_classes, cfg.seed, None, None)
+        key = (cfg.shape.image_size, cfg.shape.classes, cfg.seed, None, None)
         splits = []
         for split in ("train", "test"):
             parts = _partitions(cfg.dataset, split, key, n, cfg.partitioning, cfg.dirichlet_alpha, cfg.seed)
@@ -145,23 +145,24 @@ def site_data(cfg: RunConfig, node_config: Mapping[str, object]) -> SiteData:
 
 
 def check_against_config(data: ImageSet, cfg: RunConfig) -> None:
-    """The site's data must fit the federation's model; name the config field that disagrees."""
+    """The site's data must fit the federation's model (:attr:`RunConfig.shape`); name the key that disagrees."""
+    shape = cfg.shape
     if len(data) == 0:
         raise DataValidationError(data.source, "the site has no samples in this split")
-    if data.spatial_dims != cfg.spatial_dims:
+    if data.spatial_dims != shape.spatial_dims:
         raise DataValidationError(
-            data.source, f"images are {data.spatial_dims}D but run config 'spatial-dims' is {cfg.spatial_dims}"
+            data.source, f"images are {data.spatial_dims}D but run config 'spatial-dims' is {shape.spatial_dims}"
         )
-    if data.in_channels != cfg.in_channels:
+    if data.in_channels != shape.channels:
         raise DataValidationError(
-            data.source, f"images have {data.in_channels} channels but run config 'in-channels' is {cfg.in_channels}"
+            data.source, f"images have {data.in_channels} channels but run config 'in-channels' is {shape.channels}"
         )
-    if any(s != cfg.image_size for s in data.images.shape[2:]):
+    if tuple(data.images.shape[2:]) != shape.image_size:
         raise DataValidationError(
-            data.source, f"images are {tuple(data.images.shape[2:])} but run config 'image-size' is {cfg.image_size}"
+            data.source, f"images are {tuple(data.images.shape[2:])} but run config 'image-size' is {shape.size}"
         )
-    if int(data.labels.max()) >= cfg.num_classes or int(data.labels.min()) < 0:
+    if int(data.labels.max()) >= shape.classes or int(data.labels.min()) < 0:
         raise DataValidationError(
             data.source, f"labels span {int(data.labels.min())}..{int(data.labels.max())} but run config "
-            f"'num-classes' is {cfg.num_classes}",
+            f"'num-classes' is {shape.classes}",
         )

@@ -406,7 +406,7 @@ def evaluate(
         _fail(str(exc))
     subset = attack_subset(data, samples, seed)
     torch.manual_seed(seed)
-    results = evaluate_attacks(model, (subset.images, subset.labels), list(cfg.attack_names), cfg.epsilon_values)
+    results = evaluate_attacks(model, (subset.images, subset.labels), cfg.attack_suite, cfg.epsilon_values)
     cells = [
         {"attack": a, "epsilon": e, **{k.replace("-", "_"): v for k, v in {**t, **derive(t)}.items()}}
         for (a, e), t in sorted(decode(encode(results)).items())

@@ -109,6 +109,8 @@ def write_app(folder: Path, components: Mapping[str, str], config: Mapping[str, 
     The components are imported from the installed fedaegis (or any importable module), so
     the app bundle holds nothing else; ``config`` becomes its run config.
     """
+    from ..shared.config import toml_key
+
     folder.mkdir(parents=True, exist_ok=True)
     lines = [
         "[build-system]", 'requires = ["setuptools>=69"]', 'build-backend = "setuptools.build_meta"', "",
@@ -116,7 +118,7 @@ def write_app(folder: Path, components: Mapping[str, str], config: Mapping[str, 
         'license = "Apache-2.0"', "dependencies = []", "",
         "[tool.flwr.app]", 'publisher = "fedaegis"', "",
         "[tool.flwr.app.components]", *(f"{k} = {_toml_value(v)}" for k, v in components.items()), "",
-        "[tool.flwr.app.config]", *(f"{k} = {_toml_value(v)}" for k, v in config.items()), "",
+        "[tool.flwr.app.config]", *(f"{toml_key(k)} = {_toml_value(v)}" for k, v in config.items()), "",
     ]
     (folder / "pyproject.toml").write_text("\n".join(lines))
     return folder

@@ -1,38 +1,50 @@
-"""The run configuration: one typed, validated view of Flower's run config.
+"""The run configuration: one typed, validated view of Flower's run config, in sections.
 
-Flower passes ``[tool.flwr.app.config]`` (plus ``--run-config`` overrides) as a flat
-dict with kebab-case keys. Both apps read it through :class:`RunConfig`, so a bad
-value fails at start-up with the name of the field, not deep inside a round.
+Flower passes ``[tool.flwr.app.config]`` (plus ``--run-config`` overrides) as one flat dict.
+Each concern (data, model, training, attacks, hardening, ...) is a small frozen dataclass
+here, a :class:`Section` with its own checks; :class:`RunConfig` inherits every section, so
+each setting is defined once and stays readable flat (``cfg.local_epochs``) as well as by
+section (``cfg.training.local_epochs``). One code path validates it (:meth:`RunConfig.checks`),
+so a bad value fails at start-up with the key named, never deep inside a round.
+
+Keys on the wire: field ``foo_bar`` is key ``foo-bar``; a method's own parameters have
+dotted keys (``attack.pgd.steps``, ``hardening.trades.beta``; see :func:`method_param`).
+Choice lists come from the registries (attacks, hardening methods, detectors, aggregation
+rules), imported only when a value needs checking. pyproject's ``[tool.flwr.app.config]`` is
+generated from here (:func:`pyproject_table`; ``python -m fedaegis.shared.config``).
 """
 
 from __future__ import annotations
 
 import dataclasses
+import difflib
 import os
-from dataclasses import dataclass, fields
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass, field, fields
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar, Generic, TypeVar
 
+from .aggregations import AGGREGATIONS, min_sites
 from .paths import name_problem
 
 TASKS = ("classification", "segmentation")
-AGGREGATIONS = ("fedavg", "krum", "multikrum", "bulyan", "fedmedian", "fedtrimmedavg")
 THREATS = ("none", "backdoor", "label-flip")
-HARDENINGS = ("none", "pgd-at", "trades", "fast-fgsm", "mart", "ssat")
-PARTITIONINGS = ("iid", "dirichlet", "quantity")
 OPTIMIZERS = ("adam", "sgd")
 CLASS_WEIGHTINGS = ("balanced", "none")
 NORMS = ("batch", "group", "none")
-DETECTORS = ("", "mahalanobis", "kd-bu")
-
+METRIC_DP = ("none", "laplace", "gaussian")
+INVERSION_AUDITS = ("", "dlg", "idlg", "ig")
+SEG_MODELS = ("unet", "segresnet")
 
 # Keys that configure the server and name the run: never sent to sites (db-url may hold
 # credentials) and not part of what a run computes (a sweep does not hash them).
 SERVER_ONLY_KEYS = ("db-url", "run-name", "run-uuid", "resume-run")
 
+Check = tuple[str, bool, str]  # (key, ok, why it must hold)
+
 
 class ConfigError(ValueError):
-    """A run-config value is missing or invalid; the message names the field."""
+    """A run-config value is missing or invalid; the message names the key."""
 
 
 def fedaegis_home() -> Path:
@@ -44,49 +56,337 @@ def default_db_url() -> str:
     return os.environ.get("FEDAEGIS_DB_URL") or f"sqlite:///{fedaegis_home() / 'fedaegis.db'}"
 
 
+# -- the registries' names (torch-heavy imports: only when a value needs checking) --------------
+def hardening_names() -> tuple[str, ...]:
+    """``none`` and every hardening method of :data:`fedaegis.shared.hardening.HARDENINGS`."""
+    from .hardening import HARDENINGS
+
+    return ("none", *HARDENINGS)
+
+
+def detector_names() -> tuple[str, ...]:
+    """``""`` (off) and every detector of :data:`fedaegis.shared.detection.DETECTORS`."""
+    from .detection import DETECTORS
+
+    return ("", *DETECTORS)
+
+
+def __getattr__(name: str) -> tuple[str, ...]:  # the former copies of the registries' lists
+    lists: dict[str, Callable[[], tuple[str, ...]]] = {
+        "HARDENINGS": hardening_names, "DETECTORS": detector_names, "AGGREGATIONS": lambda: AGGREGATIONS}
+    if name in lists:
+        return lists[name]()
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+# -- fields -------------------------------------------------------------------------------------
+def method_param(registry: str, method: str, param: str, default: Any, *, arg: str | None = None) -> Any:
+    """A parameter of one attack or hardening method: run-config key ``<registry>.<method>.<param>``.
+
+    ``arg`` is the method's constructor keyword (default ``param`` with ``-`` as ``_``); the
+    default must equal the constructor's (``tests/test_config.py`` checks it against the registry).
+    """
+    arg = arg or param.replace("-", "_")
+    return field(default=default, metadata={"key": f"{registry}.{method}.{param}", "method": method, "arg": arg})
+
+
+def key_of(f: dataclasses.Field) -> str:
+    """The run-config key of a field: its dotted key, or ``foo-bar`` for ``foo_bar``."""
+    return f.metadata.get("key") or f.name.replace("_", "-")
+
+
+def _raise_first(obj: object, checks: Iterator[Check]) -> None:
+    for key, ok, why in checks:
+        if not ok:
+            attr = ATTRS.get(key, key.replace("-", "_"))
+            raise ConfigError(f"run config '{key}' = {getattr(obj, attr, None)!r}: {why}")
+
+
+def _choice(key: str, value: Any, choices: tuple[str, ...]) -> Check:
+    return (key, value in choices, f"must be one of {choices}")
+
+
+def _names(key: str, text: str, choices: Callable[[], tuple[str, ...] | Mapping[str, Any]]) -> tuple[str, ...]:
+    """A comma-separated list of registry names: lower-cased, each known, none twice."""
+    names = tuple(n.strip().lower() for n in text.split(",") if n.strip())
+    if not names:
+        return ()
+    known = choices()
+    bad = [n for n in names if n not in known]
+    if bad:
+        raise ConfigError(f"run config '{key}': unknown name {bad[0]!r}; choose from {sorted(known)}")
+    if len(set(names)) != len(names):
+        raise ConfigError(f"run config '{key}' = {text!r}: a name is listed twice")
+    return names
+
+
+# -- sections -----------------------------------------------------------------------------------
 @dataclass(frozen=True)
-class RunConfig:
-    """Settings of one federated run. Field ``foo_bar`` is run-config key ``foo-bar``."""
+class Section:
+    """A group of settings of one concern, with the checks of its own values.
+
+    A section's :meth:`checks` may read only its own fields; checks across sections are
+    :meth:`RunConfig.checks`. Built alone (``TrainingSection(local_epochs=0)``) it checks itself.
+    """
+
+    view: ClassVar[str] = ""  # its name on a RunConfig: cfg.<view>
+
+    def checks(self) -> Iterator[Check]:
+        return iter(())
+
+    def __post_init__(self) -> None:
+        _raise_first(self, type(self).checks(self))
+
+    @classmethod
+    def keys(cls) -> tuple[str, ...]:
+        return tuple(key_of(f) for f in fields(cls))
+
+
+@dataclass(frozen=True)
+class DataShape:
+    """The shape of the federation's data: every consumer reads this one value."""
+
+    channels: int
+    spatial_dims: int
+    size: int
+    classes: int
+
+    @property
+    def image_size(self) -> tuple[int, ...]:
+        """The (H, W) or (D, H, W) each image is brought to."""
+        return (self.size,) * self.spatial_dims
+
+
+@dataclass(frozen=True)
+class RunSection(Section):
+    """What runs, how long, and where it is recorded (the last four keys stay at the server)."""
 
     num_server_rounds: int = 3
     task: str = "classification"
+    seed: int = 0
+    num_sites: int = 0  # simulated sites (set by `fedaegis simulate`); 0: a deployment's SuperNodes
+    db_url: str = ""
+    run_name: str = ""
+    run_uuid: str = ""
+    resume_run: str = ""  # id or uuid of a stored, interrupted run to continue (see server/resume.py)
+
+    def checks(self) -> Iterator[Check]:
+        yield "num-server-rounds", self.num_server_rounds >= 1, "must be >= 1"
+        yield _choice("task", self.task, TASKS)
+        yield "num-sites", self.num_sites >= 0, "must be >= 0 (0: not a simulation)"
+        # both become file names under the project home (checkpoints, sweep logs)
+        for key, value, colon in (("run-uuid", self.run_uuid, False), ("run-name", self.run_name, True)):
+            why = name_problem(value, allow_colon=colon, allow_empty=True)
+            yield key, why is None, why or ""
+
+    @property
+    def resolved_db_url(self) -> str:
+        return self.db_url or default_db_url()
+
+
+@dataclass(frozen=True)
+class DataSection(Section):
+    """The dataset, its shape (one value: cfg.shape) and how simulated sites split it."""
+
     dataset: str = "embedded:pneumoniamnist"
     in_channels: int = 1
     num_classes: int = 2
     spatial_dims: int = 2
     image_size: int = 28
-    model: str = "cnn"
-    norm: str = "group"
     partitioning: str = "iid"
     dirichlet_alpha: float = 0.5
-    seed: int = 0
+
+    def checks(self) -> Iterator[Check]:
+        yield "dataset", bool(self.dataset), "must name a dataset path or embedded:NAME"
+        yield "in-channels", self.in_channels >= 1, "must be >= 1"
+        yield "num-classes", self.num_classes >= 2, "must be >= 2"
+        yield "spatial-dims", self.spatial_dims in (2, 3), "must be 2 or 3"
+        yield "image-size", self.image_size >= 8, "must be >= 8"
+        if self.partitioning != "iid":  # the partitioner's own list (imported only when needed)
+            from .data.partition import SCHEMES
+
+            yield _choice("partitioning", self.partitioning, SCHEMES)
+        yield "dirichlet-alpha", self.dirichlet_alpha > 0, "must be > 0"
+
+    @property
+    def shape(self) -> DataShape:
+        return DataShape(self.in_channels, self.spatial_dims, self.image_size, self.num_classes)
+
+
+@dataclass(frozen=True)
+class ModelSection(Section):
+    """The classifier (a segmentation run's model is ``seg-model``)."""
+
+    model: str = "cnn"
+    norm: str = "group"
+
+    def checks(self) -> Iterator[Check]:
+        yield _choice("norm", self.norm, NORMS)
+
+
+@dataclass(frozen=True)
+class TrainingSection(Section):
+    """Each site's local training in a round."""
+
     local_epochs: int = 5
     batch_size: int = 32
     learning_rate: float = 1e-3
     optimizer: str = "adam"
     class_weighting: str = "balanced"
+
+    def checks(self) -> Iterator[Check]:
+        yield "local-epochs", self.local_epochs >= 1, "must be >= 1"
+        yield "batch-size", self.batch_size >= 1, "must be >= 1"
+        yield "learning-rate", self.learning_rate > 0, "must be > 0"
+        yield _choice("optimizer", self.optimizer, OPTIMIZERS)
+        yield _choice("class-weighting", self.class_weighting, CLASS_WEIGHTINGS)
+
+
+def _attacks() -> Mapping[str, Any]:
+    from .attacks import ATTACKS  # torch-heavy: imported only when attacks are named
+
+    return ATTACKS
+
+
+def _epsilons(text: str) -> tuple[float, ...]:
+    values = []
+    for item in (e.strip() for e in text.split(",") if e.strip()):
+        try:
+            num, _, den = item.partition("/")
+            value = float(num) / float(den) if den else float(num)
+        except (ValueError, ZeroDivisionError):
+            raise ConfigError(f"run config 'epsilons': {item!r} is not a number or fraction") from None
+        if not 0 < value <= 1:
+            raise ConfigError(f"run config 'epsilons': {item!r} is outside (0, 1]")
+        values.append(value)
+    if not values:
+        raise ConfigError("run config 'epsilons': needs at least one budget")
+    return tuple(values)
+
+
+@dataclass(frozen=True)
+class AttackSection(Section):
+    """The attack suite every site runs each evaluation, and each attack's own parameters."""
+
     attacks: str = ""
     epsilons: str = "1/255,2/255,4/255,8/255"
     attack_samples: int = 256
+    attack_pgd_steps: int = method_param("attack", "pgd", "steps", 10)
+    attack_pgd_restarts: int = method_param("attack", "pgd", "restarts", 1)
+    attack_bim_steps: int = method_param("attack", "bim", "steps", 10)
+    attack_mifgsm_steps: int = method_param("attack", "mifgsm", "steps", 10)
+    attack_mifgsm_decay: float = method_param("attack", "mifgsm", "decay", 1.0)
+    attack_cw_steps: int = method_param("attack", "cw", "steps", 100)
+    attack_cw_binary_steps: int = method_param("attack", "cw", "binary-steps", 5)
+    attack_deepfool_steps: int = method_param("attack", "deepfool", "steps", 50)
+    attack_apgd_steps: int = method_param("attack", "apgd", "steps", 100)
+    attack_apgd_restarts: int = method_param("attack", "apgd", "restarts", 1)
+    attack_apgdt_steps: int = method_param("attack", "apgdt", "steps", 100)
+    attack_apgdt_restarts: int = method_param("attack", "apgdt", "restarts", 1)
+    attack_fab_steps: int = method_param("attack", "fab", "steps", 100)
+    attack_fab_restarts: int = method_param("attack", "fab", "restarts", 1)
+    attack_fmn_steps: int = method_param("attack", "fmn", "steps", 100)
+    attack_square_queries: int = method_param("attack", "square", "queries", 5000, arg="n_queries")
+    attack_autoattack_apgd_steps: int = method_param("attack", "autoattack", "apgd-steps", 100)
+    attack_autoattack_fab_steps: int = method_param("attack", "autoattack", "fab-steps", 100)
+    attack_autoattack_square_queries: int = method_param("attack", "autoattack", "square-queries", 5000)
+    attack_autoattack_restarts: int = method_param("attack", "autoattack", "restarts", 1)
+
+    def checks(self) -> Iterator[Check]:
+        yield "attack-samples", self.attack_samples >= 0, "must be >= 0 (0: the whole test split)"
+        self.epsilon_values  # noqa: B018 - parsed now so a bad list fails at start-up
+        self.attack_names  # noqa: B018
+        for f in fields(AttackSection):
+            if "method" in f.metadata:  # steps, restarts and queries: at least one
+                value = getattr(self, f.name)
+                yield key_of(f), value > 0, "must be > 0"
+
+    @property
+    def attack_names(self) -> tuple[str, ...]:
+        """The attack suite run at every site each round (``attacks``, comma-separated)."""
+        return _names("attacks", self.attacks, _attacks)
+
+    @property
+    def epsilon_values(self) -> tuple[float, ...]:
+        """``epsilons`` parsed: decimals or fractions such as ``2/255``, each in (0, 1]."""
+        return _epsilons(self.epsilons)
+
+    def attack_params(self, name: str) -> dict[str, Any]:
+        """Attack ``name``'s constructor keywords set by ``attack.<name>.*`` keys (its defaults otherwise)."""
+        return {f.metadata["arg"]: getattr(self, f.name) for f in fields(AttackSection)
+                if f.metadata.get("method") == name}
+
+    @property
+    def attack_suite(self) -> list[str | dict[str, Any]]:
+        """The suite for :func:`fedaegis.shared.attacks.evaluate_attacks`: each attack with its parameters."""
+        return [{"name": n, **p} if (p := self.attack_params(n)) else n for n in self.attack_names]
+
+
+@dataclass(frozen=True)
+class HardeningSection(Section):
+    """Adversarial training at the sites, or a comparison of one global model per method."""
+
+    hardening: str = "none"
+    hardening_eps: float = 8 / 255
+    hardening_steps: int = 3
+    labelled_fraction: float = 1.0
+    defence_models: str = ""  # e.g. "none,pgd-at,trades": one global member per method ("" : off)
+    hardening_trades_beta: float = method_param("hardening", "trades", "beta", 6.0)
+    hardening_mart_beta: float = method_param("hardening", "mart", "beta", 6.0)
+    hardening_ssat_threshold: float = method_param("hardening", "ssat", "threshold", 0.95)
+
+    def checks(self) -> Iterator[Check]:
+        if self.hardening != "none":
+            yield _choice("hardening", self.hardening, hardening_names())
+        yield "hardening-eps", 0 < self.hardening_eps <= 1, "must be in (0, 1]"
+        yield "hardening-steps", self.hardening_steps >= 1, "must be >= 1"
+        yield "labelled-fraction", 0 < self.labelled_fraction <= 1, "must be in (0, 1]"
+        yield ("labelled-fraction", self.labelled_fraction < 1 or "ssat" not in (self.hardening, *self.defence_model_names),
+               "must be < 1 with ssat: the site's other training images are its unlabelled pool")
+        yield "hardening.trades.beta", self.hardening_trades_beta > 0, "must be > 0"
+        yield "hardening.mart.beta", self.hardening_mart_beta > 0, "must be > 0"
+        yield "hardening.ssat.threshold", 0 < self.hardening_ssat_threshold < 1, "must be in (0, 1)"
+        used = {self.hardening, *self.defence_model_names}
+        for f in fields(HardeningSection):  # also catches `flwr run --run-config hardening.x.y=...`, which
+            if "method" in f.metadata and getattr(self, f.name) != f.default:  # drops an unquoted `hardening`
+                yield (key_of(f), f.metadata["method"] in used,
+                       f"is set but hardening {self.hardening!r} does not use it (nor defence-models); quote "
+                       "dotted keys in TOML and --run-config")
+
+    @property
+    def defence_model_names(self) -> tuple[str, ...]:
+        """The members of a defence comparison (``defence-models``), each a hardening method or none."""
+        return _names("defence-models", self.defence_models, hardening_names)
+
+    def hardening_params(self, name: str) -> dict[str, Any]:
+        """Method ``name``'s constructor keywords set by ``hardening.<name>.*`` keys."""
+        return {f.metadata["arg"]: getattr(self, f.name) for f in fields(HardeningSection)
+                if f.metadata.get("method") == name}
+
+
+@dataclass(frozen=True)
+class DetectionSection(Section):
+    """Detector-gated routing in a defence comparison's evaluation."""
+
+    detector: str = ""  # "", mahalanobis or kd-bu
+    detector_fpr: float = 0.1
+    router_hardened: str = "pgd-at"
+
+    def checks(self) -> Iterator[Check]:
+        if self.detector:
+            yield _choice("detector", self.detector, detector_names())
+        yield "detector-fpr", 0 < self.detector_fpr < 1, "must be in (0, 1)"
+
+
+@dataclass(frozen=True)
+class PrivacySection(Section):
+    """What a site's replies may reveal: cell suppression, metric DP, DP-SGD, pruning, inversion audits."""
+
     min_cell_size: int = 10
     metric_dp: str = "none"
     metric_epsilon: float = 1.0
     metric_delta: float = 1e-5
     metric_epsilon_budget: float = 10.0
-    secure_aggregation: bool = False  # evaluation replies under SecAgg+ (server/secure_evaluation.py)
-    secure_aggregation_train: bool = False  # training updates too: quantised, masked FedAvg
-    secure_aggregation_neighbours: int = 12  # SecAgg+ neighbours per site (all sites if fewer)
-    aggregation: str = "fedavg"
-    num_malicious: int = 0
-    krum_select: int = 0
-    trim_beta: float = 0.2
-    clip_norm: float = 0.0
-    noise_multiplier: float = 0.0
-    threat: str = "none"
-    target_class: int = 0
-    poison_fraction: float = 0.1
-    trigger_size: int = 3
-    boost: float = 1.0
     dp_epsilon: float = 0.0
     dp_delta: float = 1e-5
     dp_max_grad_norm: float = 1.0
@@ -94,14 +394,88 @@ class RunConfig:
     inversion_audit: str = ""
     inversion_images: int = 1
     inversion_iterations: int = 200
-    hardening: str = "none"
-    hardening_eps: float = 8 / 255
-    hardening_steps: int = 3
-    labelled_fraction: float = 1.0
-    defence_models: str = ""  # e.g. "none,pgd-at,trades": one global member per method ("" : off)
-    detector: str = ""  # "", mahalanobis or kd-bu: detector-gated routing in evaluation
-    detector_fpr: float = 0.1
-    router_hardened: str = "pgd-at"
+
+    def checks(self) -> Iterator[Check]:
+        yield "min-cell-size", self.min_cell_size >= 0, "must be >= 0 (0: no suppression)"
+        yield "metric-dp", self.metric_dp in METRIC_DP, "must be none, laplace or gaussian"
+        yield "metric-epsilon", self.metric_epsilon > 0, "must be > 0"
+        yield "metric-delta", 0 < self.metric_delta < 1, "must be in (0, 1)"
+        yield "metric-epsilon-budget", self.metric_epsilon_budget >= self.metric_epsilon, "must be >= metric-epsilon"
+        yield "dp-epsilon", self.dp_epsilon >= 0, "must be >= 0 (0: off)"
+        yield "dp-delta", 0 < self.dp_delta < 1, "must be in (0, 1)"
+        yield "dp-max-grad-norm", self.dp_max_grad_norm > 0, "must be > 0"
+        yield "prune-fraction", 0 <= self.prune_fraction < 1, "must be in [0, 1)"
+        yield "inversion-audit", self.inversion_audit in INVERSION_AUDITS, "must be '', dlg, idlg or ig"
+        yield "inversion-images", self.inversion_images >= 1, "must be >= 1"
+        yield "inversion-iterations", self.inversion_iterations >= 1, "must be >= 1"
+
+
+@dataclass(frozen=True)
+class ThreatSection(Section):
+    """Simulated attackers among the sites (simulation only: a real site refuses them)."""
+
+    threat: str = "none"
+    target_class: int = 0
+    poison_fraction: float = 0.1
+    trigger_size: int = 3
+    boost: float = 1.0
+
+    def checks(self) -> Iterator[Check]:
+        yield _choice("threat", self.threat, THREATS)
+        yield "poison-fraction", 0 <= self.poison_fraction <= 1, "must be in [0, 1]"
+        yield "boost", self.boost > 0, "must be > 0"
+
+
+@dataclass(frozen=True)
+class AggregationSection(Section):
+    """How the server samples sites and aggregates their updates (every aggregation check is here)."""
+
+    aggregation: str = "fedavg"
+    num_malicious: int = 0
+    krum_select: int = 0
+    trim_beta: float = 0.2
+    clip_norm: float = 0.0
+    noise_multiplier: float = 0.0
+    fraction_train: float = 1.0
+    fraction_evaluate: float = 1.0
+    min_sites: int = 2
+    round_timeout: float = 3600.0
+
+    def checks(self) -> Iterator[Check]:
+        rule, f = self.aggregation, self.num_malicious
+        yield _choice("aggregation", rule, AGGREGATIONS)
+        yield "num-malicious", f >= 0, "must be >= 0"
+        yield ("num-malicious", self.min_sites >= min_sites(rule, f),
+               f"{rule} needs min-sites >= {min_sites(rule, 1) - min_sites(rule, 0)} * num-malicious + "
+               f"{min_sites(rule, 0)}")
+        yield "krum-select", self.krum_select >= 0, "must be >= 0 (0: min-sites - num-malicious)"
+        yield "trim-beta", 0 <= self.trim_beta < 0.5, "must be in [0, 0.5)"
+        yield "clip-norm", self.clip_norm >= 0, "must be >= 0 (0: no norm bounding)"
+        yield "noise-multiplier", self.noise_multiplier >= 0, "must be >= 0"
+        yield ("noise-multiplier", self.noise_multiplier == 0 or self.clip_norm > 0,
+               "needs clip-norm > 0 (noise is calibrated to the clip)")
+        yield "fraction-train", 0 < self.fraction_train <= 1, "must be in (0, 1]"
+        yield "fraction-evaluate", 0 < self.fraction_evaluate <= 1, "must be in (0, 1]"
+        yield "min-sites", self.min_sites >= 1, "must be >= 1"
+        yield "round-timeout", self.round_timeout > 0, "must be > 0"
+
+
+@dataclass(frozen=True)
+class SecureAggregationSection(Section):
+    """SecAgg+ over evaluation replies (server/secure_evaluation.py) and optionally training updates."""
+
+    secure_aggregation: bool = False
+    secure_aggregation_train: bool = False  # training updates too: quantised, masked FedAvg
+    secure_aggregation_neighbours: int = 12  # SecAgg+ neighbours per site (all sites if fewer)
+
+    def checks(self) -> Iterator[Check]:
+        yield "secure-aggregation-neighbours", self.secure_aggregation_neighbours >= 2, "must be >= 2"
+
+
+@dataclass(frozen=True)
+class SegmentationSection(Section):
+    """A ``task = "segmentation"`` run: its model, attacks and adversarial training."""
+
     seg_model: str = "unet"
     seg_attacks: str = "pgd,dag,multiscale,asma"
     seg_attack_steps: int = 10
@@ -110,180 +484,134 @@ class RunConfig:
     seg_adversarial_training: bool = False
     seg_adv_eps: float = 4 / 255
     seg_adv_steps: int = 3
-    fraction_train: float = 1.0
-    fraction_evaluate: float = 1.0
-    min_sites: int = 2
-    round_timeout: float = 3600.0
-    db_url: str = ""
-    run_name: str = ""
-    run_uuid: str = ""
-    num_sites: int = 0  # simulated sites (set by `fedaegis simulate`); 0: a deployment's SuperNodes
-    resume_run: str = ""  # id or uuid of a stored, interrupted run to continue (see server/resume.py)
+
+    def checks(self) -> Iterator[Check]:
+        yield _choice("seg-model", self.seg_model, SEG_MODELS)
+        if self.seg_attacks != SegmentationSection.seg_attacks or self.seg_target != SegmentationSection.seg_target:
+            yield from _segmentation_checks(self.seg_attacks, self.seg_target)  # MONAI-heavy: only when changed
+        yield "seg-attack-steps", self.seg_attack_steps >= 1, "must be >= 1"
+        yield "seg-max-volumes", self.seg_max_volumes >= 0, "must be >= 0 (0: all)"
+        yield "seg-adv-eps", 0 < self.seg_adv_eps <= 1, "must be in (0, 1]"
+        yield "seg-adv-steps", self.seg_adv_steps >= 1, "must be >= 1"
+
+
+def _segmentation_checks(attacks: str, target: str) -> Iterator[Check]:
+    from .segmentation.attacks.targets import parse_target
+    from .segmentation.evaluation import parse_attack_spec
+
+    specs = []
+    for spec in (a for a in attacks.split(",") if a.strip()):
+        try:
+            specs.append(parse_attack_spec(spec))
+        except ValueError as exc:
+            yield "seg-attacks", False, str(exc).removeprefix("seg-attacks: ")
+    yield "seg-attacks", bool(specs), "needs at least one attack"
+    yield "seg-attacks", len(set(specs)) == len(specs), "an attack is listed twice"
+    try:
+        parse_target(target)
+    except ValueError as exc:
+        yield "seg-target", False, str(exc).removeprefix("target: ")
+
+
+S = TypeVar("S", bound=Section)
+
+
+class _View(Generic[S]):
+    """``cfg.<section>``: the section's values of a :class:`RunConfig`, as that section."""
+
+    def __init__(self, section: type[S]) -> None:
+        self.section = section
+
+    def __set_name__(self, owner: type, name: str) -> None:
+        self.section.view = name  # type: ignore[attr-defined]
+
+    def __get__(self, cfg: Any, owner: type | None = None) -> S:
+        if cfg is None:
+            return self  # type: ignore[return-value]
+        return self.section(**{f.name: getattr(cfg, f.name) for f in fields(self.section)})
+
+
+# -- the run config -----------------------------------------------------------------------------
+@dataclass(frozen=True)
+class RunConfig(SegmentationSection, SecureAggregationSection, AggregationSection, ThreatSection, PrivacySection,
+                DetectionSection, HardeningSection, AttackSection, TrainingSection, ModelSection, DataSection,
+                RunSection):
+    """Settings of one federated run: every section's fields, readable flat or by section.
+
+    The sections are the bases (fields come in reverse order: ``run`` first); each has a view
+    below. A branch that needs a new key before it has a section adds it as a field here, in a
+    block at the end; moving it into a section later is a cut and paste (see the README).
+    """
+
+    run = _View(RunSection)
+    data = _View(DataSection)
+    network = _View(ModelSection)
+    training = _View(TrainingSection)
+    attack = _View(AttackSection)
+    defence = _View(HardeningSection)
+    detection = _View(DetectionSection)
+    privacy = _View(PrivacySection)
+    threats = _View(ThreatSection)
+    federation = _View(AggregationSection)
+    secagg = _View(SecureAggregationSection)
+    segmentation = _View(SegmentationSection)
+
+    # --- keys not yet in a section: a branch's new fields go here, in a block headed
+    # `# --- <branch>: <topic> ---`, their checks in `checks` below. To move one into a section,
+    # cut the field (and its check) into that section and regenerate pyproject.toml.
 
     def __post_init__(self) -> None:
-        checks: list[tuple[str, bool, str]] = [
-            ("num-server-rounds", self.num_server_rounds >= 1, "must be >= 1"),
-            ("task", self.task in TASKS, f"must be one of {TASKS}"),
-            ("attack-samples", self.attack_samples >= 0, "must be >= 0 (0: the whole test split)"),
-            ("min-cell-size", self.min_cell_size >= 0, "must be >= 0 (0: no suppression)"),
-            ("aggregation", self.aggregation in AGGREGATIONS, f"must be one of {AGGREGATIONS}"),
-            ("num-malicious", self.num_malicious >= 0, "must be >= 0"),
-            ("krum-select", self.krum_select >= 0, "must be >= 0 (0: min-sites - num-malicious)"),
-            ("trim-beta", 0 <= self.trim_beta < 0.5, "must be in [0, 0.5)"),
-            ("clip-norm", self.clip_norm >= 0, "must be >= 0 (0: off)"),
-            ("noise-multiplier", self.noise_multiplier >= 0 and (self.noise_multiplier == 0 or self.clip_norm > 0),
-             "must be >= 0, and > 0 only with clip-norm > 0"),
-            ("threat", self.threat in THREATS, f"must be one of {THREATS}"),
-            ("target-class", 0 <= self.target_class < self.num_classes, "must be a class index below num-classes"),
-            ("poison-fraction", 0 <= self.poison_fraction <= 1, "must be in [0, 1]"),
-            ("trigger-size", 1 <= self.trigger_size <= self.image_size - 2, "must be in [1, image-size - 2]"),
-            ("boost", self.boost > 0, "must be > 0"),
-            ("dp-epsilon", self.dp_epsilon >= 0 and (self.dp_epsilon == 0 or self.norm != "batch"),
-             "must be >= 0 (0: off); DP-SGD needs norm 'group'"),
-            ("dp-delta", 0 < self.dp_delta < 1, "must be in (0, 1)"),
-            ("dp-max-grad-norm", self.dp_max_grad_norm > 0, "must be > 0"),
-            ("prune-fraction", 0 <= self.prune_fraction < 1, "must be in [0, 1)"),
-            ("inversion-audit", self.inversion_audit in ("", "dlg", "idlg", "ig"), "must be '', dlg, idlg or ig"),
-            ("inversion-images", self.inversion_images >= 1, "must be >= 1"),
-            ("inversion-iterations", self.inversion_iterations >= 1, "must be >= 1"),
-            ("hardening", self.hardening in HARDENINGS, f"must be one of {HARDENINGS}"),
-            ("hardening-eps", 0 < self.hardening_eps <= 1, "must be in (0, 1]"),
-            ("hardening-steps", self.hardening_steps >= 1, "must be >= 1"),
-            ("labelled-fraction", 0 < self.labelled_fraction <= 1, "must be in (0, 1]"),
-            ("labelled-fraction", self.labelled_fraction < 1 or "ssat" not in (self.hardening, *self.defence_model_names),
-             "must be < 1 with ssat: the site's other training images are its unlabelled pool"),
-            ("defence-models", not self.defence_models or (self.task == "classification" and self.hardening == "none"
-                                                           and self.dp_epsilon == 0),
-             "needs task 'classification', hardening 'none' (each member has its own) and no DP-SGD"),
-            ("detector", self.detector in DETECTORS, f"must be one of {DETECTORS}"),
-            ("detector", not self.detector or "none" in self.defence_model_names,
-             "needs defence-models with 'none' (the standard model the detector watches)"),
-            ("detector-fpr", 0 < self.detector_fpr < 1, "must be in (0, 1)"),
-            ("router-hardened", not self.detector or (self.router_hardened != "none"
-                                                      and self.router_hardened in self.defence_model_names),
-             "must name a hardened member of defence-models"),
-            ("seg-model", self.seg_model in ("unet", "segresnet"), "must be unet or segresnet"),
-            ("seg-attack-steps", self.seg_attack_steps >= 1, "must be >= 1"),
-            ("seg-max-volumes", self.seg_max_volumes >= 0, "must be >= 0 (0: all)"),
-            ("seg-adv-eps", 0 < self.seg_adv_eps <= 1, "must be in (0, 1]"),
-            ("seg-adv-steps", self.seg_adv_steps >= 1, "must be >= 1"),
-            ("metric-dp", self.metric_dp in ("none", "laplace", "gaussian"), "must be none, laplace or gaussian"),
-            ("metric-epsilon", self.metric_epsilon > 0, "must be > 0"),
-            ("metric-delta", 0 < self.metric_delta < 1, "must be in (0, 1)"),
-            ("metric-epsilon-budget", self.metric_epsilon_budget >= self.metric_epsilon, "must be >= metric-epsilon"),
-            ("dataset", bool(self.dataset), "must name a dataset path or embedded:NAME"),
-            ("in-channels", self.in_channels >= 1, "must be >= 1"),
-            ("num-classes", self.num_classes >= 2, "must be >= 2"),
-            ("spatial-dims", self.spatial_dims in (2, 3), "must be 2 or 3"),
-            ("image-size", self.image_size >= 8, "must be >= 8"),
-            ("norm", self.norm in NORMS, f"must be one of {NORMS}"),
-            ("partitioning", self.partitioning in PARTITIONINGS, f"must be one of {PARTITIONINGS}"),
-            ("dirichlet-alpha", self.dirichlet_alpha > 0, "must be > 0"),
-            ("local-epochs", self.local_epochs >= 1, "must be >= 1"),
-            ("batch-size", self.batch_size >= 1, "must be >= 1"),
-            ("learning-rate", self.learning_rate > 0, "must be > 0"),
-            ("optimizer", self.optimizer in OPTIMIZERS, f"must be one of {OPTIMIZERS}"),
-            ("class-weighting", self.class_weighting in CLASS_WEIGHTINGS, f"must be one of {CLASS_WEIGHTINGS}"),
-            ("fraction-train", 0 < self.fraction_train <= 1, "must be in (0, 1]"),
-            ("fraction-evaluate", 0 < self.fraction_evaluate <= 1, "must be in (0, 1]"),
-            ("min-sites", self.min_sites >= 1, "must be >= 1"),
-            ("round-timeout", self.round_timeout > 0, "must be > 0"),
-            ("num-sites", self.num_sites >= 0, "must be >= 0 (0: not a simulation)"),
-            ("secure-aggregation-neighbours", self.secure_aggregation_neighbours >= 2, "must be >= 2"),
-            ("secure-aggregation-train", not self.secure_aggregation_train or self.aggregation == "fedavg",
-             f"aggregation '{self.aggregation}' needs each site's own update, which secure aggregation hides; "
-             "use aggregation = \"fedavg\" or secure-aggregation-train = false"),
-            ("secure-aggregation-train", not self.secure_aggregation_train or self.clip_norm == 0,
-             "clip-norm clips each site's update at the server, which secure aggregation hides; "
-             "bound updates at the sites (dp-epsilon) or set clip-norm = 0"),
-        ]
-        for key, ok, why in checks:
-            if not ok:
-                raise ConfigError(f"run config '{key}' = {getattr(self, _attr(key))!r}: {why}")
-        # both become file names under the project home (checkpoints, sweep logs)
-        for key, colon in (("run-uuid", False), ("run-name", True)):
-            why = name_problem(getattr(self, _attr(key)), allow_colon=colon, allow_empty=True)
-            if why:
-                raise ConfigError(f"run config '{key}' = {getattr(self, _attr(key))!r}: {why}")
-        self.epsilon_values  # noqa: B018 - parse now so a bad list fails at start-up
-        self.attack_names  # noqa: B018
-        self.defence_model_names  # noqa: B018
+        _raise_first(self, self.checks())
 
-    @property
-    def attack_names(self) -> tuple[str, ...]:
-        """The attack suite run at every site each round (``attacks``, comma-separated)."""
-        names = tuple(a.strip().lower() for a in self.attacks.split(",") if a.strip())
-        if not names:
-            return ()
-        from .attacks import ATTACKS  # torch-heavy: imported only when attacks are named
-
-        if len(set(names)) != len(names):
-            raise ConfigError(f"run config 'attacks' = {self.attacks!r}: an attack is listed twice")
-        unknown = [n for n in names if n not in ATTACKS]
-        if unknown:
-            raise ConfigError(
-                f"run config 'attacks': unknown attack {unknown[0]!r}; choose from {sorted(ATTACKS)}"
-            )
-        return names
-
-    @property
-    def defence_model_names(self) -> tuple[str, ...]:
-        """The members of a defence comparison (``defence-models``), each a hardening method or none."""
-        names = tuple(m.strip().lower() for m in self.defence_models.split(",") if m.strip())
-        bad = [m for m in names if m not in HARDENINGS]
-        if bad:
-            raise ConfigError(f"run config 'defence-models': unknown member {bad[0]!r}; choose from {HARDENINGS}")
-        if len(set(names)) != len(names):
-            raise ConfigError(f"run config 'defence-models' = {self.defence_models!r}: a member is listed twice")
-        return names
-
-    @property
-    def epsilon_values(self) -> tuple[float, ...]:
-        """``epsilons`` parsed: decimals or fractions such as ``2/255``, each in (0, 1]."""
-        values = []
-        for item in (e.strip() for e in self.epsilons.split(",") if e.strip()):
-            try:
-                num, _, den = item.partition("/")
-                value = float(num) / float(den) if den else float(num)
-            except (ValueError, ZeroDivisionError):
-                raise ConfigError(f"run config 'epsilons': {item!r} is not a number or fraction") from None
-            if not 0 < value <= 1:
-                raise ConfigError(f"run config 'epsilons': {item!r} is outside (0, 1]")
-            values.append(value)
-        if not values:
-            raise ConfigError("run config 'epsilons': needs at least one budget")
-        return tuple(values)
+    def checks(self) -> Iterator[Check]:
+        """Every check: each section's own (in key order), then those across sections."""
+        for section in SECTIONS:
+            yield from vars(section).get("checks", Section.checks)(self)
+        yield "target-class", 0 <= self.target_class < self.num_classes, "must be a class index below num-classes"
+        yield "trigger-size", 1 <= self.trigger_size <= self.image_size - 2, "must be in [1, image-size - 2]"
+        yield "dp-epsilon", self.dp_epsilon == 0 or self.norm != "batch", "DP-SGD needs norm 'group'"
+        yield ("clip-norm", self.clip_norm == 0 or self.norm != "batch",
+               "needs norm 'group' or 'none' (BatchNorm's integer counters cannot be clipped)")
+        yield ("defence-models", not self.defence_models or (self.task == "classification" and self.hardening == "none"
+                                                             and self.dp_epsilon == 0),
+               "needs task 'classification', hardening 'none' (each member has its own) and no DP-SGD")
+        yield ("detector", not self.detector or "none" in self.defence_model_names,
+               "needs defence-models with 'none' (the standard model the detector watches)")
+        yield ("router-hardened", not self.detector or (self.router_hardened != "none"
+                                                        and self.router_hardened in self.defence_model_names),
+               "must name a hardened member of defence-models")
+        yield ("secure-aggregation-train", not self.secure_aggregation_train or self.aggregation == "fedavg",
+               f"aggregation '{self.aggregation}' needs each site's own update, which secure aggregation hides; "
+               "use aggregation = \"fedavg\" or secure-aggregation-train = false")
+        yield ("secure-aggregation-train", not self.secure_aggregation_train or self.clip_norm == 0,
+               "clip-norm clips each site's update at the server, which secure aggregation hides; "
+               "bound updates at the sites (dp-epsilon) or set clip-norm = 0")
 
     @classmethod
-    def from_flower(cls, run_config: dict[str, Any]) -> RunConfig:
+    def from_flower(cls, run_config: Mapping[str, Any]) -> RunConfig:
         """Build from Flower's run config; unknown keys are errors (typos must not pass)."""
-        known = {f.name: f for f in fields(cls)}
         values: dict[str, Any] = {}
         for key, value in run_config.items():
-            attr = _attr(key)
-            if attr not in known:
-                raise ConfigError(
-                    f"run config '{key}': unknown key; known keys are "
-                    f"{sorted(_key(n) for n in known)}"
-                )
-            values[attr] = _coerce(key, value, known[attr].type)
+            if key not in ATTRS:
+                close = difflib.get_close_matches(key, ATTRS, n=3)
+                hint = f"did you mean {' or '.join(close)}?" if close else f"known keys are {sorted(ATTRS)}"
+                raise ConfigError(f"run config '{key}': unknown key; {hint}")
+            values[ATTRS[key]] = _coerce(key, value, FIELDS[ATTRS[key]].type)
         return cls(**values)
 
     def to_flower(self) -> dict[str, bool | int | float | str]:
-        """The kebab-case dict Flower's records and ``--run-config`` use."""
-        return {_key(k): v for k, v in dataclasses.asdict(self).items()}
-
-    @property
-    def resolved_db_url(self) -> str:
-        return self.db_url or default_db_url()
+        """The flat dict Flower's records and ``--run-config`` use (kebab-case and dotted keys)."""
+        return {key: getattr(self, attr) for key, attr in ATTRS.items()}
 
 
-def _attr(key: str) -> str:
-    return key.replace("-", "_")
+SECTIONS: tuple[type[Section], ...] = tuple(reversed(RunConfig.__bases__))
+FIELDS: dict[str, dataclasses.Field] = {f.name: f for f in fields(RunConfig)}
+ATTRS: dict[str, str] = {key_of(f): f.name for f in fields(RunConfig)}  # run-config key -> attribute
 
 
-def _key(attr: str) -> str:
-    return attr.replace("_", "-")
+def section_of(key: str) -> type[Section] | None:
+    """The section that defines ``key`` (None: a field of :class:`RunConfig` itself, not yet in a section)."""
+    return next((s for s in SECTIONS if key in s.keys()), None)
 
 
 def _coerce(key: str, value: Any, type_name: Any) -> Any:
@@ -298,3 +626,62 @@ def _coerce(key: str, value: Any, type_name: Any) -> Any:
             f"run config '{key}' = {value!r}: expected {kind.__name__}, got {type(value).__name__}"
         )
     return value
+
+
+# -- pyproject.toml's [tool.flwr.app.config] ---------------------------------------------------
+def _toml(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, str):
+        return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
+    return repr(value)
+
+
+def toml_key(key: str) -> str:
+    """A run-config key as a TOML key: dotted keys quoted (``hardening.trades.beta`` would
+    otherwise make ``hardening`` a table, clashing with ``hardening = "none"``)."""
+    return f'"{key}"' if "." in key else key
+
+
+def pyproject_table(cfg: RunConfig | None = None) -> str:
+    """The body of ``[tool.flwr.app.config]``: every key with its default, grouped by section."""
+    cfg = cfg or RunConfig()
+    lines: list[str] = []
+    done: set[str] = set()
+    for section in SECTIONS:
+        lines.append(f"# cfg.{section.view}: {section.__doc__.splitlines()[0]}")
+        for key in section.keys():
+            lines.append(f"{toml_key(key)} = {_toml(getattr(cfg, ATTRS[key]))}")
+            done.add(key)
+    rest = [k for k in ATTRS if k not in done]
+    if rest:
+        lines.append("# not yet in a section")
+        lines.extend(f"{toml_key(k)} = {_toml(getattr(cfg, ATTRS[k]))}" for k in rest)
+    return "\n".join(lines) + "\n"
+
+
+HEADER = "# Defaults of fedaegis.shared.config.RunConfig, generated: python -m fedaegis.shared.config pyproject.toml\n"
+
+
+def write_pyproject(path: Path) -> bool:
+    """Replace ``[tool.flwr.app.config]`` in ``path`` (up to its first blank line) by
+    :func:`pyproject_table`; True if the file changed."""
+    text = path.read_text()
+    start = text.index("[tool.flwr.app.config]\n")
+    ends = [i for i in (text.find("\n\n", start), text.find("\n[", start)) if i >= 0]
+    end = min(ends) + 1 if ends else len(text)
+    before = text[:start].removesuffix(HEADER)
+    new = before + HEADER + "[tool.flwr.app.config]\n" + pyproject_table() + text[end:]
+    if new != text:
+        path.write_text(new)
+    return new != text
+
+
+if __name__ == "__main__":  # python -m fedaegis.shared.config [pyproject.toml]
+    import sys
+
+    if len(sys.argv) > 1:
+        changed = write_pyproject(Path(sys.argv[1]))
+        print(f"{sys.argv[1]}: {'updated' if changed else 'already up to date'}")
+    else:
+        print(pyproject_table(), end="")

@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
-from .config import ConfigError, RunConfig
+from .config import ConfigError, DataShape, RunConfig
 from .redact import known_secrets, mask_secrets
 
 if TYPE_CHECKING:
@@ -63,7 +63,12 @@ class DataFacts:
     split_sizes: dict[str, int]
     warnings: tuple[str, ...] = ()
 
+    @property
+    def shape(self) -> DataShape:
+        return DataShape(self.in_channels, self.spatial_dims, self.image_size, self.num_classes)
+
     def run_config(self) -> dict[str, int]:
+        """The shape's run-config keys (what :attr:`RunConfig.shape` is read from)."""
         return {"in-channels": self.in_channels, "spatial-dims": self.spatial_dims,
                 "image-size": self.image_size, "num-classes": self.num_classes}
 
@@ -199,7 +204,7 @@ def check_sites(cfg: RunConfig, num_sites: int, names: Names = Names()) -> None:
 
     try:
         for split in REQUIRED_SPLITS:
-            data = _load(cfg.dataset, split, (cfg.image_size,) * cfg.spatial_dims, cfg.num_classes, cfg.seed, None, None)
+            data = _load(cfg.dataset, split, cfg.shape.image_size, cfg.shape.classes, cfg.seed, None, None)
             if len(data) < num_sites:
                 raise PreflightError(
                     f"{names('num-sites')} = {num_sites}: the {split} split of {cfg.dataset} holds only "

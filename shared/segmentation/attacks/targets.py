@@ -38,15 +38,21 @@ def shift_structure(mask: torch.Tensor, k: int, axis: int = -1, label: int | Non
     return torch.where(shifted > 0, shifted, out)
 
 
-def make_target(mask: torch.Tensor, spec: str = "remove:1") -> torch.Tensor:
-    """A target mask from a spec: ``remove:L`` (erase class L) or ``shift:K[:AXIS]``."""
+def parse_target(spec: str) -> tuple[str, int, int]:
+    """``remove:L`` -> ("remove", L, 0); ``shift:K[:AXIS]`` -> ("shift", K, AXIS) (defaults 1, 4, -1)."""
     kind, _, arg = spec.partition(":")
+    if kind not in TARGET_KINDS:
+        raise ValueError(f"target: unknown kind {kind!r} in {spec!r}; choose one of {TARGET_KINDS}")
     try:
         if kind == "remove":
-            return remove_structure(mask, int(arg or 1))
-        if kind == "shift":
-            k, _, axis = arg.partition(":")
-            return shift_structure(mask, int(k or 4), int(axis) if axis else -1)
+            return kind, int(arg or 1), 0
+        k, _, axis = arg.partition(":")
+        return kind, int(k or 4), int(axis) if axis else -1
     except ValueError:
         raise ValueError(f"target: cannot parse {spec!r}; use 'remove:LABEL' or 'shift:K[:AXIS]'") from None
-    raise ValueError(f"target: unknown kind {kind!r} in {spec!r}; choose one of {TARGET_KINDS}")
+
+
+def make_target(mask: torch.Tensor, spec: str = "remove:1") -> torch.Tensor:
+    """A target mask from a spec: ``remove:L`` (erase class L) or ``shift:K[:AXIS]``."""
+    kind, n, axis = parse_target(spec)
+    return remove_structure(mask, n) if kind == "remove" else shift_structure(mask, n, axis)
