@@ -45,7 +45,11 @@ def _modules() -> dict[str, Path]:
 
 
 def _imports(name: str, path: Path, modules: dict[str, Path]) -> set[str]:
-    """The package modules that ``name`` imports anywhere in its body (relative ones resolved)."""
+    """The package modules that ``name`` imports anywhere in its body (relative ones resolved).
+
+    An import counts for the module it names; the packages above that module are not counted
+    (Python runs their ``__init__`` first, but a package importing its own submodules is no cycle).
+    """
     package = name if path.name == "__init__.py" else name.rpartition(".")[0]
     found: set[str] = set()
     for node in ast.walk(ast.parse(path.read_text(), str(path))):
@@ -109,3 +113,12 @@ def test_nothing_imports_the_cli() -> None:
     """The CLI registers commands; helpers live in modules of their own."""
     importers = sorted(a for a, b in _graph().edges if b == "fedaegis.orchestration.cli")
     assert not importers, f"modules import the CLI: {importers}"
+
+
+def test_the_walk_sees_every_kind_of_import() -> None:
+    """Module-level, function-level, relative and ``TYPE_CHECKING`` imports are all edges."""
+    edges = set(_graph().edges)
+    assert ("fedaegis.orchestration.cli", "fedaegis.orchestration.terminal") in edges  # module level
+    assert ("fedaegis.orchestration.audit", "fedaegis.orchestration.quarantine") in edges  # in a function
+    assert ("fedaegis.orchestration.sweep_cli", "fedaegis.orchestration.sweep_run") in edges  # TYPE_CHECKING
+    assert ("fedaegis.shared.segmentation.attacks.pgd", "fedaegis.shared.attacks.base") in edges  # ``...``
