@@ -36,7 +36,7 @@ from fedaegis.shared.segmentation import (
     train_segmenter,
     volume_scores,
 )
-from fedaegis.shared.segmentation.attacks import ATTACKS, attack_mode, l2_radius, predict, robust_dice
+from fedaegis.shared.segmentation.attacks import attack_mode, build_attack, l2_radius, predict, robust_dice
 from fedaegis.shared.segmentation.attacks.common import dice_ce
 from fedaegis.shared.segmentation.metrics import mean_dice
 
@@ -132,7 +132,7 @@ def bench(dims: int, args: argparse.Namespace, use_real: bool) -> None:
         out: dict[str, torch.Tensor] = {}
 
         def run(name: str = name, norm: str = norm, eps: float = eps, tm: torch.Tensor | None = tm) -> None:
-            out["x"] = ATTACKS[name](model, x, y, eps, norm, args.steps, None, 0, tm)
+            out["x"] = build_attack(name, eps=eps, norm=norm, steps=args.steps).perturb(model, x, y, tm)
 
         t = best_of(run, args.repeats)
         print(f"  {name + '-' + norm:<22}{t:>10.4f}{t / unit:>8.2f}   {dice_of(out['x']):.3f}")

@@ -22,46 +22,26 @@ checkpoint); ``--db-url`` keeps it.
 
 from __future__ import annotations
 
-import re
-
-import copy
 import importlib
 import json
 import os
+import re
 import sys
 import tempfile
 import uuid as uuidlib
-from collections.abc import Iterable
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
 if TYPE_CHECKING:
-    from flwr.app import Message
     from flwr.clientapp import ClientApp
     from flwr.serverapp import Grid
 
+    from .quarantine import ReplyVerdict
+
 DEFAULT_CLIENT_APP = "fedaegis.client.app:app"
-QUARANTINED = 7302  # error code the server sees in place of a violating reply
-
-
-@dataclass
-class ReplyVerdict:
-    """What one reply held and whether the protocol allows it."""
-
-    node_id: int
-    round: int | None
-    message_type: str
-    records: list[str] = field(default_factory=list)  # "metrics (MetricRecord)", ...
-    metrics: list[str] = field(default_factory=list)  # metric names only, never values
-    violations: list[str] = field(default_factory=list)
-    error: str = ""
-
-    @property
-    def verdict(self) -> str:
-        return "VIOLATION" if self.violations else ("ERROR" if self.error else "ok")
 
 
 @dataclass
@@ -122,65 +102,6 @@ class AuditResult:
         }
 
 
-def quarantine_grid(inner: Grid):
-    """An :class:`AuditingGrid` that hands the server an error in place of each violating reply.
-
-    It wraps the server's grid inside Flower's simulation process (``live_grid``), and the
-    replayed exchanges in ours, where its verdicts are read.
-    """
-    from flwr.app import Error, Message, MetricRecord
-
-    from ..server.audit import AuditingGrid
-    from ..shared.protocol import METRICS_KEY
-
-    class QuarantiningGrid(AuditingGrid):
-        def __init__(self, grid: Grid) -> None:
-            super().__init__(grid)
-            self.verdicts: list[ReplyVerdict] = []
-            self.requests = 0
-
-        def push_messages(self, messages: Iterable[Message]) -> Iterable[str]:
-            messages = list(messages)
-            self.requests += len(messages)
-            return super().push_messages(messages)
-
-        def pull_messages(self, message_ids: Iterable[str]) -> Iterable[Message]:
-            return self._quarantine(list(super().pull_messages(message_ids)))
-
-        def send_and_receive(self, messages: Iterable[Message], *, timeout: float | None = None) -> Iterable[Message]:
-            messages = list(messages)
-            self.requests += len(messages)
-            return self._quarantine(list(super().send_and_receive(messages, timeout=timeout)))
-
-        def _quarantine(self, replies: list[Message]) -> list[Message]:
-            entries = self.entries[len(self.entries) - len(replies):]
-            out = []
-            for reply, entry in zip(replies, entries):
-                self.verdicts.append(self._verdict(reply, entry))
-                if entry.problems:
-                    reason = "quarantined by fedaegis audit: " + "; ".join(entry.problems)
-                    reply = Message(Error(code=QUARANTINED, reason=reason), metadata=copy.copy(reply.metadata))
-                out.append(reply)
-            return out
-
-        def _verdict(self, reply: Message, entry) -> ReplyVerdict:
-            request = getattr(self, "_requests", {}).get(entry.node_id)
-            rnd = None
-            if request is not None and "config" in request.content:
-                value = request.content["config"].get("server-round")
-                rnd = int(value) if isinstance(value, int | float) else None
-            verdict = ReplyVerdict(entry.node_id, rnd, entry.message_type, violations=list(entry.problems),
-                                   error=entry.error)
-            if not reply.has_error():
-                verdict.records = [f"{k} ({type(v).__name__})" for k, v in reply.content.items()]
-                metrics = reply.content[METRICS_KEY] if METRICS_KEY in reply.content else None
-                if isinstance(metrics, MetricRecord):
-                    verdict.metrics = sorted(metrics.keys())
-            return verdict
-
-    return QuarantiningGrid(inner)
-
-
 def load_client_app(ref: str) -> ClientApp:
     """``module:attribute`` -> the ClientApp it names (the current folder is importable too)."""
     from flwr.clientapp import ClientApp
@@ -224,9 +145,10 @@ def run_audit(
     ``overrides`` are run-config keys on top of the audit's short defaults (one local epoch,
     no attack suite). Raises ``ValueError``/``ConfigError`` for a bad app or config.
     """
-    from ..orchestration.datainfo import data_config
+    from .datainfo import data_config
     from ..shared.config import RunConfig
     from ..shared.store import RunStore
+    from . import quarantine
     from .simulation import SimulationResources, simulate
 
     load_client_app(client_app)  # a usage error here, not in Flower's process
@@ -245,13 +167,13 @@ def run_audit(
     grids: list = []
 
     def wrap(grid: Grid) -> Grid:
-        grids.append(quarantine_grid(grid))
+        grids.append(quarantine.quarantine_grid(grid))
         return grids[-1]
 
     server_error, run_uuid, status = "", str(cfg["run-uuid"]), ""
     try:
         simulate(cfg, sites, SimulationResources(num_cpus=num_cpus), verbose=verbose, wrap_grid=wrap,
-                 client_app=client_app, live_grid=f"{__name__}:quarantine_grid")
+                 client_app=client_app, live_grid=f"{quarantine.__name__}:quarantine_grid")
     except Exception as exc:  # the server failed: still report what the sites sent
         server_error = f"{type(exc).__name__}: {exc}"
         cause = exc.__cause__ or exc.__context__
@@ -320,18 +242,18 @@ def audit(
 ) -> None:
     """Run a ClientApp in a short simulated federation and check every reply against the privacy protocol."""
     from ..shared.config import ConfigError
-    from .cli import _fail, _parse_overrides, _setup_logging, console
+    from .terminal import console, fail, parse_overrides, setup_logging
 
-    _setup_logging(verbose)
+    setup_logging(verbose)
     if sites < 1 or rounds < 1:
-        _fail("--sites and --rounds must be at least 1")
-    overrides = {"dataset": dataset, **_parse_overrides(config or [])}
+        fail("--sites and --rounds must be at least 1")
+    overrides = {"dataset": dataset, **parse_overrides(config or [])}
     console.print(f"[bold]fedaegis audit[/]: {_esc(client_app)} at {sites} simulated sites, {rounds} round(s)")
     try:
         result = run_audit(client_app, sites=sites, rounds=rounds, overrides=overrides, db_url=db_url,
                            num_cpus=num_cpus, verbose=verbose)
     except (ConfigError, ValueError, ImportError) as exc:
-        _fail(str(exc))
+        fail(str(exc))
     if as_json:
         typer.echo(json.dumps(result.to_json(), indent=2))
     else:

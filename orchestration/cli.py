@@ -3,23 +3,26 @@
 from __future__ import annotations
 
 import json
-import logging
 import os
 import sys
 from typing import Annotated, Any
 
 import typer
 from click.core import ParameterSource
-from rich.console import Console
-from rich.logging import RichHandler
 from rich.table import Table
 
 from ..shared.config import ConfigError, RunConfig, default_db_url
 from ..shared.preflight import Names, PreflightError
-from ..shared.redact import known_secrets, mask_secrets
+from ..shared.redact import mask_secrets
 from ..shared.store import RunNotFoundError, RunStore
 from .defence_view import defence_cells, detection_cells, print_defences
 from .options import JSON_SCHEMA, DbOption
+from .terminal import console, out
+from .terminal import fail as _fail
+from .terminal import open_store as _open_store
+from .terminal import parse_overrides as _parse_overrides
+from .terminal import secrets as _secrets
+from .terminal import setup_logging as _setup_logging
 
 app = typer.Typer(
     help="Federated robustness evaluation of medical imaging models.",
@@ -27,8 +30,6 @@ app = typer.Typer(
     add_completion=False,
     pretty_exceptions_show_locals=False,  # locals hold database URLs with their passwords
 )
-console = Console(stderr=True, emoji=False)
-out = Console(emoji=False)
 _debug = False
 
 
@@ -51,61 +52,6 @@ def _global(
     """Federated robustness evaluation of medical imaging models."""
     global _debug
     _debug = debug
-
-
-def _setup_logging(verbose: bool) -> None:
-    """fedaegis progress through Rich; Flower's own log only with ``--verbose``."""
-    from flwr.supercore.logger import update_console_handler
-
-    ours = logging.getLogger("fedaegis")
-    ours.handlers = [RichHandler(console=console, show_path=False, markup=False)]
-    ours.setLevel(logging.INFO)
-    ours.propagate = False
-    logging.getLogger("flwr").propagate = False
-    # Flower logs every site's exception as a traceback, every round; the run's end names each distinct one once
-    update_console_handler(level=logging.INFO if verbose else logging.CRITICAL)
-
-
-def _parse_overrides(items: list[str]) -> dict[str, Any]:
-    """``KEY=VALUE`` pairs; values are parsed as TOML scalars, like ``flwr run --run-config``."""
-    import tomllib
-
-    result: dict[str, Any] = {}
-    for item in items:
-        key, sep, raw = item.partition("=")
-        if not sep:
-            raise typer.BadParameter(f"{item!r} is not KEY=VALUE", param_hint="--config")
-        try:
-            result[key.strip()] = tomllib.loads(f"v = {raw}")["v"]
-        except tomllib.TOMLDecodeError:
-            result[key.strip()] = raw
-    return result
-
-
-def _secrets() -> list[str]:
-    """Passwords of every URL on the command line (and ``$FEDAEGIS_DB_URL``): never printed."""
-    return known_secrets(*sys.argv)
-
-
-def _fail(message: str, code: int = 2) -> None:
-    """One line on stderr, passwords masked, and the exit code (2: nothing was started)."""
-    from rich.markup import escape
-
-    console.print(f"[bold red]error:[/] {escape(mask_secrets(' '.join(str(message).split()), _secrets()))}",
-                  soft_wrap=True)
-    raise typer.Exit(code=code)
-
-
-def _open_store(db_url: str | None) -> RunStore:
-    """The results database, or one line naming ``--db-url`` and why it cannot be opened."""
-    from ..shared.preflight import check_database
-
-    url = db_url or default_db_url()
-    try:
-        check_database(url, "--db-url" if db_url else "$FEDAEGIS_DB_URL" if os.environ.get("FEDAEGIS_DB_URL") else "database")
-    except PreflightError as exc:
-        _fail(str(exc))
-    return RunStore(url)
 
 
 @app.command()
@@ -198,7 +144,8 @@ OPTION_KEYS = {"num-server-rounds": "rounds", "task": "task", "dataset": "datase
 
 def _preflight(overrides: dict[str, Any], sites: int, names: Names) -> RunConfig:
     """Every check of shared/preflight.py, before Ray starts or a row is written; one line and exit 2 on failure."""
-    from ..shared.preflight import check_against_data, check_config, check_database, dataset_facts, preflight
+    from ..shared.preflight import check_against_data, check_config, check_database, dataset_facts
+    from .preflight import preflight
 
     try:
         check_database(str(overrides["db-url"]), names("db-url"))
@@ -558,13 +505,13 @@ def _print_run(run: dict[str, Any], with_config: bool = False) -> None:
 
 
 def _register_commands() -> None:
-    from . import audit, privacy_view, report, runtime, site_cli, sweep
+    from . import audit, privacy_view, report, runtime, site_cli, sweep_cli
 
     site_cli.register(app)
     privacy_view.register(app)
     report.register(app)
     audit.register(app)
-    sweep.register(app)
+    sweep_cli.register(app)
     runtime.register(app)
 
 

@@ -46,7 +46,7 @@ def privacy(
     as_json: Annotated[bool, typer.Option("--json", help="Machine-readable output.")] = False,
 ) -> None:
     """Privacy/utility table: defence, epsilon, accuracy and inversion PSNR/SSIM per run."""
-    from .cli import _open_store
+    from .terminal import open_store as _open_store
 
     store = _open_store(db_url)
     refs = runs or [r["id"] for r in store.list_runs()]

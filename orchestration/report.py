@@ -46,7 +46,7 @@ def report(
     from rich.console import Console
 
     from ..shared.store import RunNotFoundError
-    from .cli import _open_store
+    from .terminal import open_store as _open_store
 
     err = Console(stderr=True)
 

@@ -183,7 +183,8 @@ def _main() -> int:
     logging.getLogger("flwr").propagate = False
     update_console_handler(level=logging.WARNING)  # Flower's per-round INFO would drown our log
     from ..shared.config import RunConfig
-    from ..shared.preflight import PreflightError, preflight
+    from ..shared.preflight import PreflightError
+    from .preflight import preflight
 
     try:  # checked when the sweep was planned; the database and this machine's data again here
         preflight(RunConfig.from_flower({**spec["config"], "num-sites": spec["num-sites"]}), spec["num-sites"])

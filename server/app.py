@@ -241,10 +241,10 @@ def with_data_shape(config: dict[str, Any]) -> dict[str, Any]:
     """
     if config.get("task", "classification") != "classification" or not config.get("dataset"):
         return config
-    from ..orchestration.datainfo import data_config
+    from ..shared.preflight import dataset_facts
 
     try:
-        shape = data_config(str(config["dataset"]))
+        shape = dataset_facts(str(config["dataset"])).run_config()
     except Exception as exc:  # noqa: BLE001 - the sites hold the data; the config says its shape
         log.info("dataset %s is not readable here (%s): using the run config's shape", config["dataset"], exc)
         return config

@@ -190,38 +190,12 @@ def check_model(cfg: RunConfig, names: Names = Names()) -> None:
 
 
 def check_sites(cfg: RunConfig, num_sites: int, names: Names = Names()) -> None:
-    """Every simulated site's share of every split is non-empty and fits the model (as the site checks it)."""
-    from .data import DataValidationError, partition_indices
-
+    """The number of sites suits the run config (their data: :mod:`fedaegis.orchestration.preflight`)."""
     if num_sites < 1:
         raise PreflightError(f"{names('num-sites')}: need at least 1 site, got {num_sites}")
     if cfg.min_sites > num_sites:
         raise PreflightError(f"{names('min-sites')} = {cfg.min_sites} exceeds the {num_sites} sites "
                              f"({names('num-sites')})")
-    if cfg.task != "classification":
-        return
-    from ..client.site import _load, site_data  # the sites' own loading and checks, run here first
-
-    try:
-        for split in REQUIRED_SPLITS:
-            data = _load(cfg.dataset, split, cfg.shape.image_size, cfg.shape.classes, cfg.seed, None, None)
-            if len(data) < num_sites:
-                raise PreflightError(
-                    f"{names('num-sites')} = {num_sites}: the {split} split of {cfg.dataset} holds only "
-                    f"{len(data)} images, fewer than one per site")
-            parts = partition_indices(data.labels.numpy(), num_sites, cfg.partitioning,  # type: ignore[arg-type]
-                                      alpha=cfg.dirichlet_alpha, seed=cfg.seed)
-            empty = [i for i, p in enumerate(parts) if len(p) == 0]
-            if empty:
-                raise PreflightError(f"{names('num-sites')} = {num_sites}: site {empty[0]} would get no {split} images "
-                                     f"under {names('partitioning')} = {cfg.partitioning!r}")
-        site_data(cfg, {"partition-id": 0, "num-partitions": num_sites})
-    except DataValidationError as exc:
-        raise PreflightError(f"{names('dataset')} {_one_line(names.rewrite(str(exc)))}") from None
-    except ValueError as exc:
-        if isinstance(exc, PreflightError):
-            raise
-        raise PreflightError(f"{names('dataset')} {cfg.dataset}: {_one_line(names.rewrite(str(exc)))}") from None
 
 
 def check_database(url: str, flag: str = "--db-url") -> str:
@@ -257,9 +231,11 @@ def _first_line(exc: BaseException) -> str:
 
 
 def preflight(cfg: RunConfig, num_sites: int | None, names: Names = Names(), *, database: bool = True) -> None:
-    """Everything before a run starts: the database, the model, the simulated sites against the data.
+    """What the coordinator checks before a run starts: the database, the model, the number of sites.
 
-    ``num_sites`` None (a deployment's SuperNodes, whose data the server never sees) skips the data checks.
+    ``num_sites`` None (a deployment's SuperNodes) skips the sites' checks. A simulation also
+    checks every simulated site's data, with the sites' own code, by
+    :func:`fedaegis.orchestration.preflight.preflight` (the site's code lies above this layer).
     """
     if database:
         check_database(cfg.resolved_db_url, names("db-url"))

@@ -190,7 +190,8 @@ def test_privacy_without_audited_runs_says_so(tmp_path):
 
 def test_class_gaps_warn_and_3d_data_fits_its_sites(broken, shared_data, tmp_path):
     from fedaegis.client.site import site_data
-    from fedaegis.shared.preflight import check_config, dataset_facts, preflight
+    from fedaegis.orchestration.preflight import preflight
+    from fedaegis.shared.preflight import check_config, dataset_facts
 
     src = dict(np.load(broken["tiny"]))
     labels = src["train_labels"].copy()

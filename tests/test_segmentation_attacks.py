@@ -11,14 +11,15 @@ from seg_fixtures import EPS, trained_2d, trained_3d
 from fedaegis.shared.segmentation import make_target, robust_dice, target_iou, volume_scores
 from fedaegis.shared.segmentation.attacks import (
     ATTACKS,
-    asma_attack,
+    SegmentationAttack,
     attack_mode,
+    build_attack,
     l2_radius,
-    pgd_attack,
     predict,
     project,
     shift_structure,
 )
+from fedaegis.shared.attacks.base import Attack
 from fedaegis.shared.segmentation.metrics import mean_dice
 
 STEPS = 10
@@ -46,7 +47,7 @@ def test_untargeted_attacks_lower_dice_within_budget(name, norm):
     clean = _mean_dice(model, x, y, vi)
     assert clean > 0.5, "the fixture model should segment the hippocampus"
     eps = l2_radius(EPS, x) if norm == "l2" else EPS
-    x_adv = ATTACKS[name](model, x, y, eps, norm, STEPS, None, 0)
+    x_adv = build_attack(name, eps=eps, norm=norm, steps=STEPS).perturb(model, x, y)
     _check_budget(x, x_adv, norm, eps)
     assert _mean_dice(model, x_adv, y, vi) < clean - 0.02
 
@@ -56,13 +57,14 @@ def test_asma_drives_the_prediction_towards_a_shifted_structure():
     x, y, vi = test.images, test.masks, test.volume_index
     clean_pred = predict(model, x)
     target = make_target(clean_pred, TARGET)  # the model's own output, moved 3 voxels
-    x_adv = asma_attack(model, x, y, EPS, "linf", STEPS, None, 0, target)
+    asma = build_attack("asma", eps=EPS, steps=STEPS)
+    x_adv = asma.perturb(model, x, y, target)
     _check_budget(x, x_adv, "linf", EPS)
     adv_pred = predict(model, x_adv)
     assert float(target_iou(adv_pred, target, vi).mean()) > float(target_iou(clean_pred, target, vi).mean()) + 0.02
     assert _mean_dice(model, x_adv, y, vi) < _mean_dice(model, x, y, vi)
     with pytest.raises(ValueError, match="target_mask"):
-        asma_attack(model, x[:2], y[:2], EPS)
+        asma.perturb(model, x[:2], y[:2])
 
 
 def test_robust_dice_is_no_higher_than_any_single_attack():
@@ -84,14 +86,15 @@ def test_attacks_are_batched_seeded_and_leave_the_model_untouched():
     x, y = test.images[:8], test.masks[:8]
     model.train()
     before = {k: v.clone() for k, v in model.state_dict().items()}
-    a = pgd_attack(model, x, y, EPS, steps=2, seed=1)
+    pgd = build_attack("pgd", eps=EPS, steps=2, seed=1)
+    a = pgd.perturb(model, x, y)
     assert model.training and all(p.requires_grad and p.grad is None for p in model.parameters())
     model.eval()
     assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
-    assert torch.equal(a, pgd_attack(model, x, y, EPS, steps=2, seed=1))
+    assert torch.equal(a, pgd.perturb(model, x, y))
     # sample i's result does not depend on its batch-mates (GroupNorm, per-sample steps)
-    assert torch.allclose(pgd_attack(model, x[:1], y[:1], EPS, steps=2, random_init=False),
-                          pgd_attack(model, x, y, EPS, steps=2, random_init=False)[:1], atol=1e-6)
+    fixed = build_attack("pgd", eps=EPS, steps=2, random_init=False)
+    assert torch.allclose(fixed.perturb(model, x[:1], y[:1]), fixed.perturb(model, x, y)[:1], atol=1e-6)
 
 
 def test_attacks_work_on_tensors_made_under_inference_mode():
@@ -100,7 +103,7 @@ def test_attacks_work_on_tensors_made_under_inference_mode():
         x, y = test.images[:4].clone(), test.masks[:4].clone()
         target = make_target(y, TARGET)
     for name in ATTACKS:
-        x_adv = ATTACKS[name](model, x, y, EPS, "linf", 1, None, 0, target if name == "asma" else None)
+        x_adv = build_attack(name, eps=EPS, steps=1).perturb(model, x, y, target if name == "asma" else None)
         _check_budget(x, x_adv, "linf", EPS)
 
 
@@ -121,13 +124,18 @@ def test_bad_inputs_are_refused_with_the_field_named():
     model, _, test = trained_2d()
     x, y = test.images[:2], test.masks[:2]
     with pytest.raises(ValueError, match="norm"):
-        pgd_attack(model, x, y, EPS, norm="l1")
+        build_attack("pgd", eps=EPS, norm="l1")
     with pytest.raises(ValueError, match="eps"):
-        pgd_attack(model, x, y, math.inf)
+        build_attack("pgd", eps=math.inf)
+    with pytest.raises(ValueError, match="steps"):
+        build_attack("dag", eps=EPS, steps=0)
+    with pytest.raises(ValueError, match="shift"):
+        build_attack("pgd", eps=EPS, shift=2)  # a DAG parameter, not PGD's
+    pgd = build_attack("pgd", eps=EPS)
     with pytest.raises(ValueError, match="x: inputs"):
-        pgd_attack(model, x * 2, y, EPS)
+        pgd.perturb(model, x * 2, y)
     with pytest.raises(ValueError, match="y_mask"):
-        pgd_attack(model, x, y[:1], EPS)
+        pgd.perturb(model, x, y[:1])
 
 
 def test_targets_remove_or_shift_a_structure():
@@ -149,11 +157,22 @@ def test_3d_smoke_attacks_a_tiny_3d_unet():
     model, _, test = trained_3d()
     x, y, vi = test.images, test.masks, test.volume_index
     assert x.dim() == 5
-    x_adv = pgd_attack(model, x, y, EPS, "linf", 3)
+    x_adv = build_attack("pgd", eps=EPS, steps=3).perturb(model, x, y)
     _check_budget(x, x_adv, "linf", EPS)
     r = l2_radius(EPS, x)
-    x_t = asma_attack(model, x, y, r, "l2", 3, None, 0, make_target(y, TARGET))
+    x_t = build_attack("asma", eps=r, norm="l2", steps=3).perturb(model, x, y, make_target(y, TARGET))
     _check_budget(x, x_t, "l2", r)
     assert predict(model, x_adv).shape == y.shape
     with attack_mode(model):
         assert not model.training
+
+
+def test_segmentation_attacks_are_attacks_of_the_library():
+    """One contract for classifiers and segmenters: each attack is an ``Attack`` with a threat model."""
+    for name, cls in ATTACKS.items():
+        assert issubclass(cls, SegmentationAttack) and issubclass(cls, Attack) and cls.name == name
+    atk = build_attack("dag", eps=EPS, steps=2).with_threat(eps=2 * EPS)
+    assert atk.threat.eps == 2 * EPS and atk.steps == 2
+    model, _, test = trained_2d()
+    with pytest.raises(TypeError, match="perturb"):
+        atk.attack(model, test.images[:2], test.masks[:2])

@@ -8,8 +8,8 @@ import torch
 from seg_fixtures import EPS, trained_2d, trained_3d
 
 from fedaegis.shared.segmentation import volume_scores
-from fedaegis.shared.segmentation.attacks import ATTACKS, ROG, predict, robust_dice
-from fedaegis.shared.segmentation.attacks.rog import checkpoints
+from fedaegis.shared.segmentation.attacks import ROG, build_attack, predict, robust_dice
+from fedaegis.shared.segmentation.attacks.apgd import checkpoints
 from fedaegis.shared.segmentation.metrics import mean_dice
 
 ENSEMBLE = ["pgd", "dag", "multiscale"]  # the untargeted attacks before ROG
@@ -35,7 +35,7 @@ def test_rog_is_as_strong_as_the_segmentation_ensemble_in_2d() -> None:
     b, r, u = (float(mean_dice(res.dice).mean()) for res in (before, rog, both))
     print(f"\nmean robust Dice at {EPS * 255:.0f}/255 over 3 patients: clean {float(clean.mean()):.4f}, "
           f"ensemble {b:.4f}, ROG {r:.4f}, both {u:.4f}")
-    for x_adv in [ATTACKS[name](model, x[:8], y[:8], EPS, "linf", 2, None, 0) for name in ROG]:
+    for x_adv in [build_attack(name, eps=EPS, steps=2).perturb(model, x[:8], y[:8]) for name in ROG]:
         assert _budget_ok(x[:8], x_adv, EPS)
     assert r < float(clean.mean()) - 0.05
     assert r <= b + 0.005  # on par with the ensemble or stronger (measured: 0.6538 vs 0.6542)
@@ -51,4 +51,4 @@ def test_rog_lowers_dice_of_a_3d_unet_within_budget() -> None:
     for outcome in res.outcomes:
         assert float(outcome.linf.max()) <= EPS + 1e-6
     with pytest.raises(ValueError, match="norm"):
-        ATTACKS["square"](model, x, y, EPS, "l2", 2)
+        build_attack("square", eps=EPS, norm="l2", steps=2)

@@ -12,7 +12,7 @@ from monai.losses import DiceCELoss
 from torch import nn
 
 from .attacks.ensemble import l2_radius
-from .attacks.registry import TARGETED, get_attack
+from .attacks.registry import TARGETED, build_attack, get_attack
 from .data import SegmentationSet
 
 OPTIMIZERS = ("adam", "sgd")
@@ -84,7 +84,6 @@ def train_segmenter(
     loss_fn = segmentation_loss()
     opt = _optimizer(optimizer, model, lr)
     has_bn = any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in model.modules())
-    attack = get_attack(adversarial.attack) if adversarial is not None else None
     n, steps, adv_count = len(data), 0, 0
     loss_sum, seen, voxels = 0.0, 0, 0
     model.train()
@@ -103,10 +102,12 @@ def train_segmenter(
                 loss = loss_fn(model(x), y[:, None])
                 if adversarial is not None:
                     loss = (1 - adversarial.mix) * loss
-            if adversarial is not None and attack is not None:
+            if adversarial is not None:
                 a = adversarial
                 radius = l2_radius(a.eps, x) if a.norm == "l2" else a.eps
-                x_adv = attack(model, x, y, radius, a.norm, a.steps, a.step_size, seed + steps)
+                attack = build_attack(a.attack, eps=radius, norm=a.norm, steps=a.steps, step_size=a.step_size,
+                                      seed=seed + steps)
+                x_adv = attack.perturb(model, x, y)
                 loss = loss + a.mix * loss_fn(model(x_adv), y[:, None])
                 adv_count += len(idx)
             opt.zero_grad(set_to_none=True)

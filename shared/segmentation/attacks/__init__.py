@@ -1,45 +1,52 @@
-"""Adversarial attacks on segmenters, 2D and 3D, behind one call signature.
+"""Adversarial attacks on segmenters, 2D and 3D, behind the attack library's contract.
 
-``attack(model, x, y_mask, eps, norm="linf", steps=10, step_size=None, seed=0,
-target_mask=None) -> x_adv``: batched, ``x`` in [0, 1], ``x_adv`` inside the ``norm`` ball
-of radius ``eps`` around ``x`` and inside [0, 1] (projected exactly).
+Each attack is a :class:`~.base.SegmentationAttack` (an
+:class:`~fedaegis.shared.attacks.base.Attack` for dense label maps) in a file of its own:
+``build_attack(name, eps=..., norm="linf", steps=10, step_size=None, seed=0)`` makes one and
+``attack.perturb(model, x, y_mask, target_mask=None) -> x_adv`` runs it on a batch: ``x`` in
+[0, 1], ``x_adv`` inside the ``norm`` ball of radius ``eps`` around ``x`` and inside [0, 1]
+(projected exactly).
 """
 
-from .asma import asma_attack
-from .common import SegAttack, attack_mode, project
-from .dag import dag_attack
+from .apgd import APGDCE, APGDDLR
+from .asma import ASMA
+from .base import SegmentationAttack
+from .common import attack_mode, project
+from .dag import DAG
 from .ensemble import AttackOutcome, RobustResult, l2_radius, predict, robust_dice, run_attack, worst_case
-from .multiscale import multiscale_attack
-from .pgd import pgd_attack
-from .registry import ATTACKS, ROG, TARGETED, get_attack
-from .rog import apgd_ce_attack, apgd_dlr_attack, rog_attack, square_attack
+from .multiscale import MultiScale
+from .pgd import PGD
+from .registry import ATTACKS, ROG, TARGETED, build_attack, get_attack
+from .rog import ROGAutoAttack
+from .square import Square
 from .targets import TARGET_KINDS, make_target, remove_structure, shift_structure
 
 __all__ = [
+    "APGDCE",
+    "APGDDLR",
+    "ASMA",
     "ATTACKS",
+    "DAG",
+    "PGD",
     "ROG",
     "TARGETED",
     "TARGET_KINDS",
     "AttackOutcome",
+    "MultiScale",
+    "ROGAutoAttack",
     "RobustResult",
-    "SegAttack",
-    "apgd_ce_attack",
-    "apgd_dlr_attack",
-    "asma_attack",
+    "SegmentationAttack",
+    "Square",
     "attack_mode",
-    "dag_attack",
+    "build_attack",
     "get_attack",
     "l2_radius",
     "make_target",
-    "multiscale_attack",
-    "pgd_attack",
     "predict",
     "project",
     "remove_structure",
     "robust_dice",
-    "rog_attack",
     "run_attack",
     "shift_structure",
-    "square_attack",
     "worst_case",
 ]

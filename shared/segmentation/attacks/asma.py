@@ -12,11 +12,14 @@ multiplier is replaced by projected steps within an Linf or L2 budget.
 
 from __future__ import annotations
 
+from typing import ClassVar
+
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .common import ascend, check_inputs, goal_score, onehot, predicted
+from .base import SegmentationAttack
+from .common import ascend, goal_score, onehot, predicted
 
 
 def asma_objective(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
@@ -30,29 +33,22 @@ def asma_objective(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     return (weight * logp / todo.clamp(min=1)).sum(1)
 
 
-def asma_attack(
-    model: nn.Module,
-    x: torch.Tensor,
-    y_mask: torch.Tensor,
-    eps: float,
-    norm: str = "linf",
-    steps: int = 10,
-    step_size: float | None = None,
-    seed: int = 0,
-    target_mask: torch.Tensor | None = None,
-) -> torch.Tensor:
-    """Drive the prediction towards ``target_mask`` (required); returns the best-IoU iterate.
+class ASMA(SegmentationAttack):
+    """Drive the prediction towards the target mask (required); returns the best-IoU iterate.
 
-    ``y_mask`` and ``seed`` are accepted for the common interface; ASMA starts from ``x``.
+    ASMA starts from ``x`` (no random start): the seed is not used.
     """
-    if target_mask is None:
-        raise ValueError("target_mask: ASMA is a targeted attack and needs a target mask "
-                         "(see fedaegis.shared.segmentation.attacks.targets)")
-    x, _, tgt, alpha = check_inputs(x, y_mask, eps, norm, steps, step_size, target_mask)
-    assert tgt is not None
 
-    def done(logits: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
-        return (predicted(logits) == tgt[idx]).flatten(1).all(1)
+    name: ClassVar[str] = "asma"
+    needs_target: ClassVar[bool] = True
 
-    return ascend(model, x, x, lambda logits, idx: asma_objective(logits, tgt[idx]),
-                  goal_score(tgt, True), eps=eps, norm=norm, steps=steps, step_size=alpha, done=done)
+    def _perturb(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor,
+                 target: torch.Tensor | None, gen: torch.Generator) -> torch.Tensor:
+        assert target is not None  # perturb() refuses a call without one
+
+        def done(logits: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
+            return (predicted(logits) == target[idx]).flatten(1).all(1)
+
+        return ascend(model, x, x, lambda logits, idx: asma_objective(logits, target[idx]),
+                      goal_score(target, True), eps=self.threat.eps, norm=self.threat.norm,
+                      steps=self.steps, step_size=self.step_size, done=done)

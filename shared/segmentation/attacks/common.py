@@ -1,4 +1,4 @@
-"""What every segmentation attack shares: input checks, exact projection, the ascent loop.
+"""What segmentation attacks share: input checks, exact projection, scores, the ascent loop.
 
 All helpers are batched over the first dimension and work for (N, C, H, W) and
 (N, C, D, H, W) inputs with (N, H, W) / (N, D, H, W) label maps.
@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
-from typing import Protocol
 
 import torch
 import torch.nn.functional as F
@@ -16,33 +15,21 @@ from monai.losses import DiceLoss
 from monai.networks.utils import one_hot
 from torch import nn
 
-from ...attacks.base import attack_mode  # noqa: F401 - one attack mode for classifiers and segmenters
-
+from ...attacks.base import NORMS, attack_mode  # noqa: F401 - one attack mode and norm list for all attacks
 from ..metrics import label_iou
 
-NORMS = ("linf", "l2")
 # Relative slack before an L2 perturbation is rescaled, so re-projecting is a no-op.
 L2_SLACK = 1e-6
 
 
-class SegAttack(Protocol):
-    """``attack(model, x, y_mask, eps, norm, steps, step_size, seed, target_mask) -> x_adv``.
+def check_dense_batch(
+    x: torch.Tensor, y_mask: torch.Tensor, target_mask: torch.Tensor | None = None,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+    """Validate a batch and its label maps; returns detached x and long masks.
 
-    ``x_adv`` lies in the ``norm`` ball of radius ``eps`` around ``x`` and in [0, 1].
-    Untargeted attacks lower agreement with ``y_mask``; with ``target_mask`` they drive the
-    prediction towards it instead.
+    ``x`` is (N, C, H, W) or (N, C, D, H, W) in [0, 1]; ``y_mask`` and ``target_mask`` are
+    (N, H, W) or (N, D, H, W). The budget is checked where the attack is made (its threat model).
     """
-
-    def __call__(self, model: nn.Module, x: torch.Tensor, y_mask: torch.Tensor, eps: float,
-                 norm: str = "linf", steps: int = 10, step_size: float | None = None,
-                 seed: int = 0, target_mask: torch.Tensor | None = None) -> torch.Tensor: ...
-
-
-def check_inputs(
-    x: torch.Tensor, y_mask: torch.Tensor, eps: float, norm: str, steps: int,
-    step_size: float | None, target_mask: torch.Tensor | None = None,
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None, float]:
-    """Validate a batch and the budget; returns detached x, long masks and the step size."""
     if not isinstance(x, torch.Tensor) or not x.is_floating_point() or x.dim() not in (4, 5):
         raise ValueError("x: expected float (N, C, H, W) or (N, C, D, H, W)")
     if x.numel() and (x.min() < 0 or x.max() > 1):
@@ -51,22 +38,13 @@ def check_inputs(
         raise ValueError(f"y_mask: shape {tuple(y_mask.shape)} does not match x {tuple(x.shape)}")
     if target_mask is not None and tuple(target_mask.shape) != tuple(y_mask.shape):
         raise ValueError(f"target_mask: shape {tuple(target_mask.shape)} != y_mask {tuple(y_mask.shape)}")
-    if norm not in NORMS:
-        raise ValueError(f"norm: must be one of {NORMS}, got {norm!r}")
-    if not (isinstance(eps, (int, float)) and math.isfinite(eps) and eps >= 0):
-        raise ValueError(f"eps: must be a finite number >= 0, got {eps!r}")
-    if not isinstance(steps, int) or steps < 1:
-        raise ValueError(f"steps: must be an integer >= 1, got {steps!r}")
-    alpha = 2.5 * eps / steps if step_size is None else float(step_size)
-    if alpha < 0:
-        raise ValueError(f"step_size: must be >= 0, got {step_size!r}")
     # tensors made under inference_mode cannot take part in autograd: copy them out
     x = x.detach().clone() if x.is_inference() else x.detach()
     y = y_mask.to(x.device).long()
     y = y.clone() if y.is_inference() else y
     tgt = None if target_mask is None else target_mask.to(x.device).long()
     tgt = tgt.clone() if tgt is not None and tgt.is_inference() else tgt
-    return x, y, tgt, alpha
+    return x, y, tgt
 
 
 def _view(v: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
@@ -126,6 +104,21 @@ def dice_ce(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
     return dice.flatten(1).mean(1) + ce
 
 
+def voxel_ce(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """Per-sample mean voxel cross-entropy (N,)."""
+    return F.cross_entropy(logits, labels, reduction="none").flatten(1).mean(1)
+
+
+def voxel_dlr(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """Per-sample mean voxel DLR loss (N,): -(z_y - max_{i != y} z_i) / (z_pi1 - z_pi3)."""
+    srt = logits.sort(dim=1, descending=True).values
+    z_y = logits.gather(1, labels[:, None]).squeeze(1)
+    top, second = srt[:, 0], srt[:, 1]
+    other = torch.where(top == z_y, second, top)
+    third = srt[:, min(2, logits.shape[1] - 1)]
+    return (-(z_y - other) / (top - third + 1e-12)).flatten(1).mean(1)
+
+
 def predicted(logits: torch.Tensor) -> torch.Tensor:
     """Argmax over classes; ``max(1).indices`` is ~10x faster than ``argmax(1)`` on CPU here."""
     return logits.max(1).indices
@@ -162,7 +155,6 @@ def goal_score(labels: torch.Tensor, targeted: bool) -> Objective:
 # --- the shared projected ascent ---------------------------------------------------------------
 
 
-
 def ascend(
     model: nn.Module,
     x: torch.Tensor,
@@ -182,32 +174,32 @@ def ascend(
     indices ``idx`` in the batch (to pick their labels).
     Logits of the gradient pass score the current iterate for free, so keeping the best
     point costs one extra forward pass (for the last iterate). Samples for which ``done``
-    holds stop moving (e.g. DAG once every pixel flipped).
+    holds stop moving (e.g. DAG once every pixel flipped). Runs inside :func:`attack_mode`
+    (as every :class:`~.base.SegmentationAttack` does).
     """
-    with attack_mode(model):
-        x_cur = project(x, start, norm, eps)
-        best = x_cur.clone()
-        best_score = torch.full((x.shape[0],), -math.inf, device=x.device)
-        active = torch.ones(x.shape[0], dtype=torch.bool, device=x.device)
-        for _ in range(steps):
-            idx = active.nonzero().squeeze(1)
-            if idx.numel() == 0:
-                break
-            xi = x_cur[idx].requires_grad_(True)
-            logits = model(xi)
-            (g,) = torch.autograd.grad(objective(logits, idx).sum(), xi)
-            s = score(logits.detach(), idx)
-            better = s > best_score[idx]
-            best[idx[better]] = xi.detach()[better]
-            best_score[idx[better]] = s[better]
-            if done is not None:
-                active[idx[done(logits.detach(), idx)]] = False
-            moved = project(x[idx], xi.detach() + step_size * steepest(g, norm), norm, eps)
-            x_cur[idx] = torch.where(_view(active[idx], moved), moved, x_cur[idx])
+    x_cur = project(x, start, norm, eps)
+    best = x_cur.clone()
+    best_score = torch.full((x.shape[0],), -math.inf, device=x.device)
+    active = torch.ones(x.shape[0], dtype=torch.bool, device=x.device)
+    for _ in range(steps):
         idx = active.nonzero().squeeze(1)
-        if idx.numel():
-            with torch.no_grad():
-                s = score(model(x_cur[idx]), idx)
-            better = s > best_score[idx]
-            best[idx[better]] = x_cur[idx][better]
+        if idx.numel() == 0:
+            break
+        xi = x_cur[idx].requires_grad_(True)
+        logits = model(xi)
+        (g,) = torch.autograd.grad(objective(logits, idx).sum(), xi)
+        s = score(logits.detach(), idx)
+        better = s > best_score[idx]
+        best[idx[better]] = xi.detach()[better]
+        best_score[idx[better]] = s[better]
+        if done is not None:
+            active[idx[done(logits.detach(), idx)]] = False
+        moved = project(x[idx], xi.detach() + step_size * steepest(g, norm), norm, eps)
+        x_cur[idx] = torch.where(_view(active[idx], moved), moved, x_cur[idx])
+    idx = active.nonzero().squeeze(1)
+    if idx.numel():
+        with torch.no_grad():
+            s = score(model(x_cur[idx]), idx)
+        better = s > best_score[idx]
+        best[idx[better]] = x_cur[idx][better]
     return project(x, best, norm, eps)

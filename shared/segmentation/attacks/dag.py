@@ -9,10 +9,14 @@ unbounded) is replaced by the steepest step of the threat norm, projected onto t
 
 from __future__ import annotations
 
+from typing import ClassVar
+
 import torch
 from torch import nn
 
-from .common import ascend, check_inputs, goal_score, predicted
+from ...attacks.base import ThreatModel
+from .base import SegmentationAttack
+from .common import ascend, goal_score, predicted
 
 
 def adversarial_labels(y: torch.Tensor, num_classes: int, shift: int = 1) -> torch.Tensor:
@@ -22,38 +26,34 @@ def adversarial_labels(y: torch.Tensor, num_classes: int, shift: int = 1) -> tor
     return (y + shift) % num_classes
 
 
-def dag_attack(
-    model: nn.Module,
-    x: torch.Tensor,
-    y_mask: torch.Tensor,
-    eps: float,
-    norm: str = "linf",
-    steps: int = 10,
-    step_size: float | None = None,
-    seed: int = 0,
-    target_mask: torch.Tensor | None = None,
-    *,
-    shift: int = 1,
-) -> torch.Tensor:
-    """DAG towards ``target_mask`` or, untargeted, towards ``(y + shift) % classes``.
+class DAG(SegmentationAttack):
+    """DAG towards the target mask or, untargeted, towards ``(y + shift) % classes``.
 
-    ``seed`` is accepted for the common interface; DAG is deterministic (no random start).
+    Deterministic (no random start): the seed is not used.
     """
-    x, y, tgt, alpha = check_inputs(x, y_mask, eps, norm, steps, step_size, target_mask)
 
-    def adversarial(logits: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
-        return tgt[idx] if tgt is not None else adversarial_labels(y[idx], logits.shape[1], shift)
+    name: ClassVar[str] = "dag"
 
-    def objective(logits: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
-        adv, true = adversarial(logits, idx)[:, None], y[idx][:, None]
-        live = (predicted(logits.detach())[:, None] != adv) & (adv != true)
-        margin = logits.gather(1, adv) - logits.gather(1, true)
-        return (margin * live).flatten(1).sum(1)
+    def __init__(self, threat: ThreatModel | None = None, *, steps: int = 10, step_size: float | None = None,
+                 seed: int = 0, shift: int = 1) -> None:
+        super().__init__(threat, steps=steps, step_size=step_size, seed=seed)
+        self.shift = int(shift)
 
-    def done(logits: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
-        adv = adversarial(logits, idx)
-        return ((predicted(logits) == adv) | (adv == y[idx])).flatten(1).all(1)
+    def _perturb(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor,
+                 target: torch.Tensor | None, gen: torch.Generator) -> torch.Tensor:
+        def adversarial(logits: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
+            return target[idx] if target is not None else adversarial_labels(y[idx], logits.shape[1], self.shift)
 
-    score = goal_score(y if tgt is None else tgt, tgt is not None)
-    return ascend(model, x, x, objective, score, eps=eps, norm=norm, steps=steps,
-                  step_size=alpha, done=done)
+        def objective(logits: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
+            adv, true = adversarial(logits, idx)[:, None], y[idx][:, None]
+            live = (predicted(logits.detach())[:, None] != adv) & (adv != true)
+            margin = logits.gather(1, adv) - logits.gather(1, true)
+            return (margin * live).flatten(1).sum(1)
+
+        def done(logits: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
+            adv = adversarial(logits, idx)
+            return ((predicted(logits) == adv) | (adv == y[idx])).flatten(1).all(1)
+
+        score = goal_score(y if target is None else target, target is not None)
+        return ascend(model, x, x, objective, score, eps=self.threat.eps, norm=self.threat.norm,
+                      steps=self.steps, step_size=self.step_size, done=done)

@@ -18,7 +18,7 @@ from torch import nn
 
 from ..metrics import VolumeScores, mean_dice, perturbation_norms, target_iou, volume_scores
 from .common import attack_mode, predicted
-from .registry import TARGETED, get_attack
+from .registry import TARGETED, build_attack, get_attack
 
 
 @dataclass
@@ -83,7 +83,7 @@ def run_attack(
     ``eps`` is taken as given for Linf and as a per-voxel RMS for L2 (see :func:`l2_radius`).
     A target mask is passed only to targeted attacks (:data:`TARGETED`).
     """
-    attack = get_attack(name)
+    get_attack(name)  # an unknown name fails here, even with no samples
     radius = l2_radius(eps, x) if norm == "l2" else float(eps)
     use_target = target_mask if name in TARGETED else None
     if name in TARGETED and target_mask is None:
@@ -92,7 +92,8 @@ def run_attack(
     for i, start in enumerate(range(0, len(x), batch_size)):
         sl = slice(start, start + batch_size)
         tb = None if use_target is None else use_target[sl]
-        parts.append(attack(model, x[sl], y[sl], radius, norm, steps, step_size, seed + i, tb))
+        attack = build_attack(name, eps=radius, norm=norm, steps=steps, step_size=step_size, seed=seed + i)
+        parts.append(attack.perturb(model, x[sl], y[sl], tb))
     x_adv = torch.cat(parts) if parts else x.clone()
     pred = predict(model, x_adv, batch_size)
     linf, l2 = perturbation_norms(x, x_adv, volume_index)

@@ -8,12 +8,14 @@ boundary pixels only, which a full-resolution loss tends to favour.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import ClassVar
 
 import torch
 import torch.nn.functional as F
-from torch import nn
 
-from .common import ascend, check_inputs, generator, goal_score, onehot, random_start
+from ...attacks.base import ThreatModel
+from .common import onehot
+from .pgd import PGD
 
 DEFAULT_SCALES = (1, 2, 4)
 
@@ -35,28 +37,17 @@ def multiscale_loss(logits: torch.Tensor, labels: torch.Tensor, scales: Sequence
     return total
 
 
-def multiscale_attack(
-    model: nn.Module,
-    x: torch.Tensor,
-    y_mask: torch.Tensor,
-    eps: float,
-    norm: str = "linf",
-    steps: int = 10,
-    step_size: float | None = None,
-    seed: int = 0,
-    target_mask: torch.Tensor | None = None,
-    *,
-    scales: Sequence[int] = DEFAULT_SCALES,
-) -> torch.Tensor:
-    """PGD on :func:`multiscale_loss` (ascent from ``y_mask``, or descent to ``target_mask``)."""
-    x, y, tgt, alpha = check_inputs(x, y_mask, eps, norm, steps, step_size, target_mask)
-    scales = tuple(int(s) for s in scales)
-    if not scales or min(scales) < 1:
-        raise ValueError(f"scales: need positive pooling factors, got {scales}")
-    if tgt is None:
-        objective = lambda logits, idx: multiscale_loss(logits, y[idx], scales)  # noqa: E731
-    else:
-        objective = lambda logits, idx: -multiscale_loss(logits, tgt[idx], scales)  # noqa: E731
-    start = random_start(x, norm, eps, generator(x, seed))
-    score = goal_score(y if tgt is None else tgt, tgt is not None)
-    return ascend(model, x, start, objective, score, eps=eps, norm=norm, steps=steps, step_size=alpha)
+class MultiScale(PGD):
+    """PGD on :func:`multiscale_loss` from a random start (ascent from ``y``, or descent to the target)."""
+
+    name: ClassVar[str] = "multiscale"
+
+    def __init__(self, threat: ThreatModel | None = None, *, steps: int = 10, step_size: float | None = None,
+                 seed: int = 0, scales: Sequence[int] = DEFAULT_SCALES) -> None:
+        super().__init__(threat, steps=steps, step_size=step_size, seed=seed, random_init=True)
+        self.scales = tuple(int(s) for s in scales)
+        if not self.scales or min(self.scales) < 1:
+            raise ValueError(f"scales: need positive pooling factors, got {self.scales}")
+
+    def loss(self, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        return multiscale_loss(logits, labels, self.scales)
