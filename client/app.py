@@ -18,18 +18,20 @@ from ..shared.protocol import ARRAYS_KEY, METRICS_KEY
 from .mods import ROUND_KEY, cell_suppression, metric_dp, protocol_guard, request_config, site_guard
 from .secure_aggregation import answer_query, secure_aggregation
 from .robustness import evaluate_robustness
-from .site import evaluation_subset, site_data, site_seed
-from .training import evaluate_local
+from ..shared.training import data_to, evaluate_local, to_cpu
+from .site import evaluation_subset, site_data, site_device, site_seed
 from .classification_round import backdoor_metrics, train_classifier_round
 
 __all__ = ["ROUND_KEY", "app"]
 
 
-def _setup(msg: Message, context: Context) -> tuple[RunConfig, torch.nn.Module, int]:
+def _setup(msg: Message, context: Context) -> tuple[RunConfig, torch.nn.Module, int, torch.device]:
+    """The request, the global model on the site's own device (node config ``device``), the round."""
     cfg, server_round = request_config(msg)
+    device = site_device(cfg, context.node_config)
     model = build_task_model(model_meta(cfg))
     model.load_state_dict(msg.content[ARRAYS_KEY].to_torch_state_dict())
-    return cfg, model, server_round
+    return cfg, model.to(device), server_round, device
 
 
 def _seed(cfg: RunConfig, server_round: int, context: Context) -> int:
@@ -48,16 +50,16 @@ torch.use_deterministic_algorithms(True, warn_only=True)
 
 @app.train()
 def train(msg: Message, context: Context) -> Message:
-    cfg, model, server_round = _setup(msg, context)
+    cfg, model, server_round, device = _setup(msg, context)
     seed = _seed(cfg, server_round, context)
     torch.manual_seed(seed)
     if cfg.task == "segmentation":
         from .segmentation_site import train_segmentation  # MONAI-heavy: only where needed
 
-        metrics = train_segmentation(model, cfg, context.node_config, seed)
+        metrics = train_segmentation(model, cfg, context.node_config, seed, device)
         return _reply(msg, metrics, model)
     data = site_data(cfg, context.node_config)
-    state, metrics = train_classifier_round(model, cfg, data.train, context.node_config, seed, server_round)
+    state, metrics = train_classifier_round(model, cfg, data.train, context.node_config, seed, server_round, device)
     model.load_state_dict(state)
     metrics["skipped"] = data.skipped
     return _reply(msg, metrics, model)
@@ -66,28 +68,29 @@ def train(msg: Message, context: Context) -> Message:
 def _reply(msg: Message, metrics: dict, model: torch.nn.Module | None = None) -> Message:
     content = RecordDict({METRICS_KEY: MetricRecord(metrics)})
     if model is not None:
-        content[ARRAYS_KEY] = ArrayRecord(model.state_dict())
+        content[ARRAYS_KEY] = ArrayRecord(to_cpu(model.state_dict()))  # nothing on the wire depends on the device
     return Message(content=content, reply_to=msg)
 
 
 @app.evaluate()
 def evaluate(msg: Message, context: Context) -> Message:
-    cfg, model, server_round = _setup(msg, context)
+    cfg, model, server_round, device = _setup(msg, context)
     seed = _seed(cfg, server_round, context)
     if cfg.task == "segmentation":
         from .segmentation_site import evaluate_segmentation_site
 
-        return _reply(msg, evaluate_segmentation_site(model, cfg, context.node_config, seed))
+        return _reply(msg, evaluate_segmentation_site(model, cfg, context.node_config, seed, device))
     data = site_data(cfg, context.node_config)
     metrics = evaluate_local(model, data.test)
     if cfg.attack_names:  # on the site's own fixed set of a policy size, never one the server picks
-        metrics.update(evaluate_robustness(model, evaluation_subset(data.test, cfg.attack_samples, cfg,
-                                                                    context.node_config), cfg, seed))
-    metrics.update(backdoor_metrics(model, cfg, data.test))
+        subset = evaluation_subset(data.test, cfg.attack_samples, cfg, context.node_config)
+        metrics.update(evaluate_robustness(model, data_to(subset, device), cfg, seed))
+    metrics.update(backdoor_metrics(model, cfg, data_to(data.test, device)))
     if cfg.defence_models:
         from .defence_comparison import evaluate_defences
 
-        metrics.update(evaluate_defences(model, cfg, data.train, data.test, seed, node_config=context.node_config))
+        metrics.update(evaluate_defences(model, cfg, data_to(data.train, device), data_to(data.test, device), seed,
+                                         node_config=context.node_config))
     metrics["skipped"] = data.skipped
     return _reply(msg, metrics)
 

@@ -18,6 +18,7 @@ from .paths import name_problem
 TASKS = ("classification", "segmentation")
 AGGREGATIONS = ("fedavg", "krum", "multikrum", "bulyan", "fedmedian", "fedtrimmedavg")
 THREATS = ("none", "backdoor", "label-flip")
+AMP_MODES = ("none", "bf16", "fp16")  # mixed precision of local training (shared/training/device.py)
 HARDENINGS = ("none", "pgd-at", "trades", "fast-fgsm", "mart", "ssat")
 PARTITIONINGS = ("iid", "dirichlet", "quantity")
 OPTIMIZERS = ("adam", "sgd")
@@ -119,6 +120,8 @@ class RunConfig:
     run_uuid: str = ""
     num_sites: int = 0  # simulated sites (set by `fedaegis simulate`); 0: a deployment's SuperNodes
     resume_run: str = ""  # id or uuid of a stored, interrupted run to continue (see server/resume.py)
+    # --- s5-a: training precision ---
+    amp: str = "none"  # mixed precision of local training: none, bf16, or fp16 (CUDA sites only)
 
     def __post_init__(self) -> None:
         checks: list[tuple[str, bool, str]] = [
@@ -196,6 +199,12 @@ class RunConfig:
             ("secure-aggregation-train", not self.secure_aggregation_train or self.clip_norm == 0,
              "clip-norm clips each site's update at the server, which secure aggregation hides; "
              "bound updates at the sites (dp-epsilon) or set clip-norm = 0"),
+            # --- s5-a: training precision; DP-SGD is a step of its own ---
+            ("amp", self.amp in AMP_MODES, f"must be one of {AMP_MODES}"),
+            ("amp", self.amp == "none" or self.dp_epsilon == 0, "DP-SGD (Opacus) trains in full precision; use none"),
+            ("hardening", self.hardening == "none" or self.dp_epsilon == 0,
+             "cannot be combined with DP-SGD (dp-epsilon > 0): Opacus' per-sample gradients do not cover "
+             "adversarial crafting"),
         ]
         for key, ok, why in checks:
             if not ok:
