@@ -53,7 +53,7 @@ def fit(
     unlabelled: torch.Tensor | None = None,
     privacy: DPSGD | None = None,
     max_steps: int | None = None,
-    skip_singletons: bool = True,
+    skip_singletons: bool | None = None,
     device: torch.device | str | None = None,
     amp: str = "none",
     seed: int = 0,
@@ -64,12 +64,15 @@ def fit(
     An epoch is one pass over (``inputs``, ``targets``) in a seeded order, or, under
     ``privacy``, Opacus' Poisson-sampled batches. Objectives that need unlabelled data
     draw a batch of ``batch_size`` per step, cycling through ``unlabelled`` in a seeded
-    order. ``skip_singletons`` skips one-sample batches (BatchNorm cannot train on them);
+    order. ``skip_singletons`` (default: unless under ``privacy``, whose model has no BatchNorm)
+    skips one-sample batches (BatchNorm cannot train on them);
     ``max_steps`` stops the fit early.
     """
     if epochs < 1 or batch_size < 1:
         raise ValueError(f"epochs and batch_size: must be >= 1, got {epochs} and {batch_size}")
     objective = objective or CrossEntropy()
+    if skip_singletons is None:
+        skip_singletons = privacy is None
     if objective.needs_unlabelled and (unlabelled is None or len(unlabelled) == 0):
         raise ValueError(f"unlabelled: {objective.name} needs unlabelled images")
     if device is None:
