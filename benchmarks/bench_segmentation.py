@@ -33,9 +33,9 @@ from fedaegis.shared.segmentation import (
     build_segmenter,
     load_hippocampus,
     make_target,
-    train_segmenter,
     volume_scores,
 )
+from fedaegis.shared.training import train_segmenter
 from fedaegis.shared.segmentation.attacks import attack_mode, build_attack, l2_radius, predict, robust_dice
 from fedaegis.shared.segmentation.attacks.common import dice_ce
 from fedaegis.shared.segmentation.metrics import mean_dice

@@ -31,14 +31,14 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from fedaegis.client.training import train_local
 from fedaegis.shared.attacks import build_attack, evaluate_attacks
 from fedaegis.shared.data import ImageSet, load_medmnist
 from fedaegis.shared.defence_systems import LogitEnsemble
 from fedaegis.shared.detection import KDBUDetector, MahalanobisDetector, detection_scores
 from fedaegis.shared.detection.kd_bu import rank_auc
-from fedaegis.shared.hardening import build_hardening, train_adversarial
+from fedaegis.shared.hardening import build_hardening
 from fedaegis.shared.models import build_model
+from fedaegis.shared.training import train_classifier
 
 ROOT = Path(__file__).resolve().parents[1]
 PNEUMONIA = ROOT / "shared" / "data" / "embedded" / "pneumoniamnist.npz"
@@ -58,7 +58,7 @@ def _subset(path: Path, n_train: int, n_test: int, size: int | None = None) -> t
 def _train(name: str, data: ImageSet, epochs: int, seed: int = 0) -> nn.Module:
     torch.manual_seed(seed)
     model = build_model(name, in_channels=data.images.shape[1], num_classes=data.num_classes, norm="group")
-    train_local(model, data, epochs=epochs, batch_size=64, lr=1e-3, class_weighting="none")
+    train_classifier(model, data, epochs=epochs, batch_size=64, lr=1e-3)
     return model.eval()
 
 
@@ -123,8 +123,8 @@ def main() -> None:
     for seed in range(3):
         member = copy.deepcopy(pneu)
         torch.manual_seed(seed)
-        train_adversarial(member, pneu_train, build_hardening("pgd-at", eps=8 / 255, steps=3),
-                          epochs=max(1, epochs // 2), batch_size=64, lr=1e-3)
+        train_classifier(member, pneu_train, build_hardening("pgd-at", eps=8 / 255, steps=3),
+                         epochs=max(1, epochs // 2), batch_size=64, lr=1e-3)
         hardened.append(member.eval())
     r_at, _ = _robust(hardened[0], pneu_test, "fgsm", 8 / 255)
     r_ens, c_ens = _robust(LogitEnsemble(hardened).eval(), pneu_test, "fgsm", 8 / 255)

@@ -22,8 +22,8 @@ from ..shared.site_policy import site_policy
 from .mods import ROUND_KEY, LedgerSource, cell_suppression, metric_dp, protocol_guard, request_config, site_guard
 from .secure_aggregation import answer_query, secure_aggregation
 from .robustness import evaluate_robustness
-from .site import evaluation_subset, site_data, site_seed, state_dir
-from .training import evaluate_local
+from ..shared.training import data_to, evaluate_local, to_cpu
+from .site import evaluation_subset, site_data, site_device, site_seed, state_dir
 from .classification_round import backdoor_metrics, train_classifier_round
 
 __all__ = ["ROUND_KEY", "app", "build_client_app"]
@@ -31,11 +31,13 @@ __all__ = ["ROUND_KEY", "app", "build_client_app"]
 log = logging.getLogger("fedaegis.site")  # the site's own log: stays at the site
 
 
-def _setup(msg: Message, context: Context) -> tuple[RunConfig, torch.nn.Module, int]:
+def _setup(msg: Message, context: Context) -> tuple[RunConfig, torch.nn.Module, int, torch.device]:
+    """The request, the global model on the site's own device (node config ``device``), the round."""
     cfg, server_round = request_config(msg)
+    device = site_device(cfg, context.node_config)
     model = build_task_model(model_meta(cfg))
     model.load_state_dict(msg.content[ARRAYS_KEY].to_torch_state_dict())
-    return cfg, model, server_round
+    return cfg, model.to(device), server_round, device
 
 
 def _seed(cfg: RunConfig, server_round: int, context: Context) -> int:
@@ -48,16 +50,16 @@ torch.use_deterministic_algorithms(True, warn_only=True)
 
 
 def train(msg: Message, context: Context) -> Message:
-    cfg, model, server_round = _setup(msg, context)
+    cfg, model, server_round, device = _setup(msg, context)
     seed = _seed(cfg, server_round, context)
     torch.manual_seed(seed)
     if cfg.task == "segmentation":
         from .segmentation_site import train_segmentation  # MONAI-heavy: only where needed
 
-        metrics = train_segmentation(model, cfg, context.node_config, seed)
+        metrics = train_segmentation(model, cfg, context.node_config, seed, device)
         return _reply(msg, metrics, model)
     data = site_data(cfg, context.node_config)
-    state, metrics = train_classifier_round(model, cfg, data.train, context.node_config, seed, server_round)
+    state, metrics = train_classifier_round(model, cfg, data.train, context.node_config, seed, server_round, device)
     model.load_state_dict(state)
     metrics["skipped"] = data.skipped
     return _reply(msg, metrics, model)
@@ -66,27 +68,28 @@ def train(msg: Message, context: Context) -> Message:
 def _reply(msg: Message, metrics: dict, model: torch.nn.Module | None = None) -> Message:
     content = RecordDict({METRICS_KEY: MetricRecord(metrics)})
     if model is not None:
-        content[ARRAYS_KEY] = ArrayRecord(model.state_dict())
+        content[ARRAYS_KEY] = ArrayRecord(to_cpu(model.state_dict()))  # nothing on the wire depends on the device
     return Message(content=content, reply_to=msg)
 
 
 def evaluate(msg: Message, context: Context) -> Message:
-    cfg, model, server_round = _setup(msg, context)
+    cfg, model, server_round, device = _setup(msg, context)
     seed = _seed(cfg, server_round, context)
     if cfg.task == "segmentation":
         from .segmentation_site import evaluate_segmentation_site
 
-        return _reply(msg, evaluate_segmentation_site(model, cfg, context.node_config, seed))
+        return _reply(msg, evaluate_segmentation_site(model, cfg, context.node_config, seed, device))
     data = site_data(cfg, context.node_config)
     metrics = evaluate_local(model, data.test)
     if cfg.attack_names:  # on the site's own fixed set of a policy size, never one the server picks
-        metrics.update(evaluate_robustness(model, evaluation_subset(data.test, cfg.attack_samples, cfg,
-                                                                    context.node_config), cfg, seed))
-    metrics.update(backdoor_metrics(model, cfg, data.test))
+        subset = evaluation_subset(data.test, cfg.attack_samples, cfg, context.node_config)
+        metrics.update(evaluate_robustness(model, data_to(subset, device), cfg, seed))
+    metrics.update(backdoor_metrics(model, cfg, data_to(data.test, device)))
     if cfg.defence_models:
         from .defence_comparison import evaluate_defences
 
-        metrics.update(evaluate_defences(model, cfg, data.train, data.test, seed, node_config=context.node_config))
+        metrics.update(evaluate_defences(model, cfg, data_to(data.train, device), data_to(data.test, device), seed,
+                                         node_config=context.node_config))
     metrics["skipped"] = data.skipped
     if server_round == cfg.num_server_rounds and site_policy(context.node_config).site_visual_report:
         _visual_report(model, cfg, data, context, seed)
@@ -99,7 +102,7 @@ def _visual_report(model: torch.nn.Module, cfg: RunConfig, data, context: Contex
 
     out = report_dir(state_dir(site_policy(context.node_config), context.node_config), context.run_id)
     try:
-        path = write_site_report(model, cfg, data.train, data.test, out, seed)
+        path = write_site_report(model.cpu(), cfg, data.train, data.test, out, seed)  # a small page: CPU
         log.info("visual report written to %s", path)
     except Exception:  # noqa: BLE001 - the site's own convenience: its failure is logged here, the reply stands
         log.exception("visual report not written")

@@ -6,7 +6,8 @@ training data (BadNets backdoor or label flipping) and may boost its update
 (model replacement). Every site can audit its own update for gradient inversion
 before sending it, and defend it with DP-SGD (Opacus) or update pruning; ``hardening``
 trains adversarially (PGD-AT, TRADES, fast FGSM, MART, or SSAT, which also learns from
-the images whose labels ``labelled-fraction`` withholds) instead of plainly.
+the images whose labels ``labelled-fraction`` withholds) instead of plainly. All of it is
+one loop (:mod:`fedaegis.shared.training`) with parts chosen here from the config.
 """
 
 from __future__ import annotations
@@ -18,7 +19,9 @@ from torch import nn
 
 from ..shared.config import RunConfig
 from ..shared.data import ImageSet
-from .training import train_local
+from ..shared import training
+from ..shared.training import CrossEntropy, DPSGD, Objective, balanced_weights
+from ..shared.training.transforms import apply_data, apply_updates, data_transforms, update_transforms
 
 
 def is_malicious(cfg: RunConfig, node_config: Mapping[str, object]) -> bool:
@@ -28,15 +31,6 @@ def is_malicious(cfg: RunConfig, node_config: Mapping[str, object]) -> bool:
     if cfg.threat == "none" or not is_simulated(node_config):
         return False
     return int(node_config["partition-id"]) < cfg.num_malicious  # type: ignore[arg-type]
-
-
-def _poisoned(cfg: RunConfig, data: ImageSet, seed: int) -> ImageSet:
-    from ..shared.threats import Trigger, flip_imageset, poison_imageset
-
-    if cfg.threat == "backdoor":
-        return poison_imageset(data, target_class=cfg.target_class, poison_fraction=cfg.poison_fraction,
-                               trigger=Trigger(size=cfg.trigger_size), seed=seed)
-    return flip_imageset(data, fraction=cfg.poison_fraction, seed=seed)
 
 
 def labelled_split(cfg: RunConfig, data: ImageSet) -> tuple[ImageSet, torch.Tensor | None]:
@@ -56,7 +50,8 @@ def _audit(model: nn.Module, cfg: RunConfig, data: ImageSet, seed: int) -> dict[
     """Gradient-inversion audit of the site's own update, under the site's own defence."""
     from ..shared.privacy import dp_sgd_step_gradients, inversion_audit, prune_smallest
 
-    x, y = data.images[: cfg.inversion_images], data.labels[: cfg.inversion_images]
+    device = next(iter(model.parameters())).device
+    x, y = data.images[: cfg.inversion_images].to(device), data.labels[: cfg.inversion_images].to(device)
     kw = {"method": cfg.inversion_audit, "iterations": cfg.inversion_iterations, "seed": seed}
     if cfg.dp_epsilon > 0:
         grads, _ = dp_sgd_step_gradients(model, x, y, target_epsilon=cfg.dp_epsilon, target_delta=cfg.dp_delta,
@@ -66,15 +61,48 @@ def _audit(model: nn.Module, cfg: RunConfig, data: ImageSet, seed: int) -> dict[
     return inversion_audit(model, x, y, defence=defence, **kw)
 
 
+def class_weights(cfg: RunConfig, data: ImageSet) -> torch.Tensor | None:
+    """``balanced`` inverse-frequency weights of the site's labels, or None (``class-weighting = none``)."""
+    return balanced_weights(data.labels, cfg.num_classes) if cfg.class_weighting == "balanced" else None
+
+
+def build_objective(name: str, cfg: RunConfig) -> Objective:
+    """The loss part for hardening ``name`` (``none``: plain, class-weighted cross-entropy) at the
+    run's ``hardening-eps`` and ``hardening-steps`` (fast FGSM has one step), with its own
+    ``hardening.<name>.*`` parameters."""
+    if name == "none":
+        return CrossEntropy()
+    from ..shared.hardening import build_hardening
+
+    if name == "fast-fgsm":
+        return build_hardening(name, eps=cfg.hardening_eps, **cfg.hardening_params(name))
+    return build_hardening(name, eps=cfg.hardening_eps, steps=cfg.hardening_steps, **cfg.hardening_params(name))
+
+
+def fit_options(cfg: RunConfig, data: ImageSet, unlabelled: torch.Tensor | None, seed: int,
+                device: torch.device | str = "cpu") -> dict:
+    """The loop's settings shared by every model a site trains: schedule, optimiser, class weights, device."""
+    return {"epochs": cfg.local_epochs, "batch_size": cfg.batch_size, "lr": cfg.learning_rate,
+            "optimizer": cfg.optimizer, "class_weights": class_weights(cfg, data), "unlabelled": unlabelled,
+            "device": device, "amp": cfg.amp, "seed": seed}
+
+
 def train_classifier_round(
-    model: nn.Module, cfg: RunConfig, data: ImageSet, node_config: Mapping[str, object], seed: int, server_round: int
+    model: nn.Module, cfg: RunConfig, data: ImageSet, node_config: Mapping[str, object], seed: int, server_round: int,
+    device: torch.device | str = "cpu",
 ) -> tuple[dict[str, torch.Tensor], dict[str, float | int]]:
-    """Train in place; return the state to send and the reply's counts and sums."""
-    global_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
+    """Train in place (on ``device``); return the state to send and the reply's counts and sums.
+
+    The round composes the loop's parts from the config: data transforms (a simulated
+    threat's poisoning), the objective (``hardening``), the step (DP-SGD when
+    ``dp-epsilon`` > 0) and update transforms (pruning, a threat's boosting).
+    """
     from ..shared.site_policy import check_train_size, site_policy
 
+    model.to(device)
+    global_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
     malicious = is_malicious(cfg, node_config)
-    train_set, unlabelled = labelled_split(cfg, _poisoned(cfg, data, seed) if malicious else data)
+    train_set, unlabelled = labelled_split(cfg, apply_data(data, data_transforms(cfg, malicious, seed)))
     check_train_size(site_policy(node_config), len(train_set))  # no update of a handful of images leaves
     metrics: dict[str, float | int] = {}
     if cfg.inversion_audit and server_round == 1:  # the first update is the most revealing
@@ -82,37 +110,16 @@ def train_classifier_round(
     if cfg.defence_models:  # a defence comparison: every member, plain or with its hardening
         from .defence_comparison import train_members
 
-        metrics.update(train_members(model, cfg, train_set, seed, unlabelled=unlabelled))  # type: ignore[arg-type]
-    elif cfg.dp_epsilon > 0:
-        from ..shared.privacy import dp_sgd_train
-
-        run = dp_sgd_train(model, train_set.images, train_set.labels, epochs=cfg.local_epochs,
-                           batch_size=cfg.batch_size, lr=cfg.learning_rate, target_epsilon=cfg.dp_epsilon,
-                           target_delta=cfg.dp_delta, max_grad_norm=cfg.dp_max_grad_norm,
-                           optimizer=cfg.optimizer, seed=seed)
-        metrics.update(run.metrics)
-        metrics["dpsgd.epsilon-sum"] = run.epsilon
-    elif cfg.hardening != "none":
-        from ..shared.hardening import train_adversarial
-        from .defence_comparison import class_weights, hardening_method
-
-        metrics.update(train_adversarial(model, train_set, hardening_method(cfg.hardening, cfg),
-                                         epochs=cfg.local_epochs, batch_size=cfg.batch_size, lr=cfg.learning_rate,
-                                         optimizer=cfg.optimizer, class_weights=class_weights(cfg, train_set),
-                                         unlabelled=unlabelled, seed=seed))
+        metrics.update(train_members(model, cfg, train_set, seed, unlabelled, device))  # type: ignore[arg-type]
     else:
-        metrics.update(train_local(model, train_set, epochs=cfg.local_epochs, batch_size=cfg.batch_size,
-                                   lr=cfg.learning_rate, optimizer=cfg.optimizer,
-                                   class_weighting=cfg.class_weighting, num_classes=cfg.num_classes, seed=seed))
-    state = model.state_dict()
-    if cfg.prune_fraction:
-        from ..shared.privacy import prune_update
-
-        state = prune_update(global_state, state, cfg.prune_fraction)
-    if malicious and cfg.boost != 1:
-        from ..shared.threats import boost_update
-
-        state = boost_update(global_state, state, cfg.boost)
+        privacy = (DPSGD(cfg.dp_epsilon, cfg.dp_delta, cfg.dp_max_grad_norm, noise_seed=seed + 1)
+                   if cfg.dp_epsilon > 0 else None)
+        metrics.update(training.train_classifier(model, train_set, build_objective(cfg.hardening, cfg),
+                                                 privacy=privacy, **fit_options(cfg, train_set, unlabelled, seed,
+                                                                                device)))
+        if privacy is not None:
+            metrics["dpsgd.epsilon-sum"] = privacy.epsilon
+    state = apply_updates(global_state, model.state_dict(), update_transforms(cfg, malicious))
     return state, metrics
 
 

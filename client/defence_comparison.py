@@ -35,45 +35,24 @@ from torch import nn
 from ..shared.config import RunConfig
 from ..shared.data import ImageSet
 from ..shared.members import MemberSet
-from .training import balanced_weights, train_local
 
 PGD_STEPS = 10
 MAX_DETECTOR_FIT = 5000  # training images whose features fit the detector (bounds time and memory)
 MAX_COMBINER_FIT = 256  # calibration images crafted to fit KD+BU's logistic combiner
 
 
-def class_weights(cfg: RunConfig, data: ImageSet) -> torch.Tensor | None:
-    """``balanced`` inverse-frequency weights of the site's labels, or None (``class-weighting = none``)."""
-    return balanced_weights(data.labels, cfg.num_classes) if cfg.class_weighting == "balanced" else None
+def train_members(model: MemberSet, cfg: RunConfig, data: ImageSet, seed: int, unlabelled: torch.Tensor | None = None,
+                  device: torch.device | str = "cpu") -> dict[str, float | int]:
+    """Train every member in place, each with its own objective and the round's other parts;
+    ``member.<name>.train-*`` sums, the first member's also unprefixed."""
+    from ..shared.training import train_classifier
+    from .classification_round import build_objective, fit_options
 
-
-def hardening_method(name: str, cfg: RunConfig):
-    """Hardening ``name`` at the run's ``hardening-eps`` (and ``hardening-steps``; fast FGSM has one step),
-    with its own ``hardening.<name>.*`` parameters."""
-    from ..shared.hardening import build_hardening
-
-    if name == "fast-fgsm":
-        return build_hardening(name, eps=cfg.hardening_eps, **cfg.hardening_params(name))
-    return build_hardening(name, eps=cfg.hardening_eps, steps=cfg.hardening_steps, **cfg.hardening_params(name))
-
-
-def train_members(model: MemberSet, cfg: RunConfig, data: ImageSet, seed: int,
-                  unlabelled: torch.Tensor | None = None) -> dict[str, float | int]:
-    """Train every member in place; ``member.<name>.train-*`` sums, the first member's also unprefixed."""
-    from ..shared.hardening import train_adversarial
-
-    weights = class_weights(cfg, data)
+    options = fit_options(cfg, data, unlabelled, seed, device)
     out: dict[str, float | int] = {"num-examples": len(data)}
     for i, (name, member) in enumerate(model.members.items()):
         torch.manual_seed(seed + i)
-        if name == "none":
-            counts = train_local(member, data, epochs=cfg.local_epochs, batch_size=cfg.batch_size,
-                                 lr=cfg.learning_rate, optimizer=cfg.optimizer, class_weighting=cfg.class_weighting,
-                                 num_classes=cfg.num_classes, seed=seed)
-        else:
-            counts = train_adversarial(member, data, hardening_method(name, cfg), epochs=cfg.local_epochs,
-                                       batch_size=cfg.batch_size, lr=cfg.learning_rate, optimizer=cfg.optimizer,
-                                       class_weights=weights, unlabelled=unlabelled, seed=seed)
+        counts = train_classifier(member, data, build_objective(name, cfg), **options)
         for key in ("train-loss-sum", "train-correct"):
             out[f"member.{name}.{key}"] = counts[key]
             if i == 0:

@@ -10,6 +10,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from functools import lru_cache
 
+import torch
 from torch import nn
 
 from ..shared.config import RunConfig
@@ -18,8 +19,8 @@ from ..shared.segmentation import (
     SiteData,
     evaluate_segmentation,
     load_site_segmentation,
-    train_segmenter,
 )
+from ..shared.training import data_to, train_segmenter
 
 
 @lru_cache(maxsize=4)
@@ -36,17 +37,22 @@ def segmentation_data(cfg: RunConfig, node_config: Mapping[str, object]) -> Site
                  cfg.seg_max_volumes, cfg.seed, cfg.spatial_dims)
 
 
-def train_segmentation(model: nn.Module, cfg: RunConfig, node_config: Mapping[str, object], seed: int) -> dict:
+def train_segmentation(model: nn.Module, cfg: RunConfig, node_config: Mapping[str, object], seed: int,
+                       device: torch.device | str = "cpu") -> dict:
+    """The one training loop with segmentation's loss part (DiceCE, PGD-hardened with ``seg-adversarial-training``)."""
     data = segmentation_data(cfg, node_config)
     adversarial = (
         AdversarialTraining(eps=cfg.seg_adv_eps, steps=cfg.seg_adv_steps) if cfg.seg_adversarial_training else None
     )
     return train_segmenter(model, data.train, epochs=cfg.local_epochs, batch_size=cfg.batch_size,
-                           lr=cfg.learning_rate, optimizer=cfg.optimizer, adversarial=adversarial, seed=seed)
+                           lr=cfg.learning_rate, optimizer=cfg.optimizer, adversarial=adversarial,
+                           device=device, amp=cfg.amp, seed=seed)
 
 
-def evaluate_segmentation_site(model: nn.Module, cfg: RunConfig, node_config: Mapping[str, object], seed: int) -> dict:
+def evaluate_segmentation_site(model: nn.Module, cfg: RunConfig, node_config: Mapping[str, object], seed: int,
+                               device: torch.device | str = "cpu") -> dict:
     data = segmentation_data(cfg, node_config)
+    test = data_to(data.test, torch.device(device))
     attacks = [a.strip() for a in cfg.seg_attacks.split(",") if a.strip()]
-    return evaluate_segmentation(model, data.test, attacks, cfg.epsilon_values, steps=cfg.seg_attack_steps,
+    return evaluate_segmentation(model, test, attacks, cfg.epsilon_values, steps=cfg.seg_attack_steps,
                                  target=cfg.seg_target, seed=seed)

@@ -79,6 +79,17 @@ def state_dir(policy: SitePolicy, node_config: Mapping[str, object]) -> Path:
     return policy.state_dir
 
 
+def site_device(cfg: RunConfig, node_config: Mapping[str, object]) -> torch.device:
+    """The device this site computes on: its node config's ``device`` (``cuda``, ``cuda:1``, ``cpu``;
+    default the first CUDA device if there is one), the site's choice alone. The request's ``amp``
+    must suit it (fp16 needs CUDA)."""
+    from ..shared.training import check_amp, node_device
+
+    device = node_device(node_config)
+    check_amp(cfg.amp, device)
+    return device
+
+
 def site_ledger(node_config: Mapping[str, object]) -> PrivacyLedger:
     return PrivacyLedger(state_dir(site_policy(node_config), node_config))
 

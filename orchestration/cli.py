@@ -76,6 +76,7 @@ def simulate(
     num_cpus: Annotated[int | None, typer.Option(help="CPUs of the local Ray instance.")] = None,
     client_cpus: Annotated[float, typer.Option(help="Whole CPUs reserved per Ray actor running sites (at least; the pool never exceeds the sites). Flower's Simulation Runtime takes no fractions: they are refused.")] = 1.0,
     client_memory: Annotated[int, typer.Option(help="Memory (MB) per Ray actor; the pool shrinks to fit it (0: none). Flower's Simulation Runtime cannot make Ray reserve it.")] = 0,
+    client_gpus: Annotated[float, typer.Option(help="GPU share per simulated site's Ray actor (e.g. 0.25: four sites share a GPU; 0: CPU only).")] = 0.0,
     resume: Annotated[str | None, typer.Option(help="Resume an interrupted run (id or uuid): its stored config, its verified last checkpoint, its remaining rounds.")] = None,
     config: Annotated[list[str] | None, typer.Option("--config", "-c", help="Any run-config KEY=VALUE (repeatable).")] = None,
     site_policy: Annotated[str | None, typer.Option(help="Site privacy policy (TOML) every simulated site runs under (default: the built-in one).")] = None,
@@ -84,7 +85,7 @@ def simulate(
     mlflow: Annotated[str | None, typer.Option("--mlflow", help="Also log the run (config, metrics per round, robustness cells) to this MLflow tracking URI, e.g. file:///path/mlruns (needs fedaegis[mlflow]).")] = None,
 ) -> None:
     """Run a federated training and evaluation of simulated hospitals on Ray, and store it."""
-    from ..orchestration.simulation import SimulationResources
+    from ..orchestration.simulation import SimulationResources, check_client_gpus
 
     _setup_logging(verbose)
     if mlflow is not None:
@@ -95,7 +96,11 @@ def simulate(
         except ValueError as exc:
             _fail(str(exc))
     resources = SimulationResources(ray_address=ray_address, num_cpus=num_cpus, client_cpus=client_cpus,
-                                    client_memory_mb=client_memory)
+                                    client_memory_mb=client_memory, client_gpus=client_gpus)
+    try:
+        check_client_gpus(resources)
+    except ValueError as exc:
+        _fail(str(exc))
     if site_policy:
         from ..shared.site_policy import PolicyError, SitePolicy
 

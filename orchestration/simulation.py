@@ -148,6 +148,20 @@ def _cluster_nodes(resources: SimulationResources) -> list[tuple[float, float]]:
         ray.shutdown()
 
 
+def check_client_gpus(resources: SimulationResources) -> None:
+    """``client_gpus``: a share of one GPU (0 to 1) or whole GPUs, which a private Ray must have."""
+    gpus = resources.client_gpus
+    if gpus < 0 or (gpus > 1 and gpus != int(gpus)):
+        raise ValueError(f"--client-gpus {gpus:g}: must be a share of one GPU (0 to 1) or a whole number of GPUs")
+    if gpus and resources.ray_address is None:
+        import torch
+
+        count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        if count < math.ceil(gpus):
+            raise ValueError(f"--client-gpus {gpus:g}: this machine has {count} CUDA GPU(s); "
+                             "omit it to run the sites on the CPU")
+
+
 def federation_config(resources: SimulationResources, num_sites: int, verbose: bool = False) -> dict[str, Any]:
     """Flower's federation config (``flwr run --federation-config``) for this actor plan.
 
@@ -161,8 +175,7 @@ def federation_config(resources: SimulationResources, num_sites: int, verbose: b
             f"--client-cpus {resources.client_cpus:g}: Flower's Simulation Runtime reserves whole CPUs "
             "per site; use 1 or more"
         )
-    if resources.client_gpus < 0:
-        raise ValueError(f"client_gpus: must be >= 0, got {resources.client_gpus}")
+    check_client_gpus(resources)
     nodes = _cluster_nodes(resources)
     cpus, actors = plan_actors(nodes, resources.client_cpus, resources.client_memory_mb * 2**20, num_sites,
                                whole=True)

@@ -29,6 +29,7 @@ from .paths import name_problem
 
 TASKS = ("classification", "segmentation")
 THREATS = ("none", "backdoor", "label-flip")
+AMP_MODES = ("none", "bf16", "fp16")  # mixed precision of local training (shared/training/device.py)
 OPTIMIZERS = ("adam", "sgd")
 CLASS_WEIGHTINGS = ("balanced", "none")
 NORMS = ("batch", "group", "none")
@@ -233,6 +234,7 @@ class TrainingSection(Section):
     learning_rate: float = 1e-3
     optimizer: str = "adam"
     class_weighting: str = "balanced"
+    amp: str = "none"  # mixed precision of local training: none, bf16, or fp16 (CUDA sites only)
 
     def checks(self) -> Iterator[Check]:
         yield "local-epochs", self.local_epochs >= 1, "must be >= 1"
@@ -240,6 +242,7 @@ class TrainingSection(Section):
         yield "learning-rate", self.learning_rate > 0, "must be > 0"
         yield _choice("optimizer", self.optimizer, OPTIMIZERS)
         yield _choice("class-weighting", self.class_weighting, CLASS_WEIGHTINGS)
+        yield _choice("amp", self.amp, AMP_MODES)
 
 
 def _attacks() -> Mapping[str, Any]:
@@ -570,6 +573,10 @@ class RunConfig(SegmentationSection, SecureAggregationSection, AggregationSectio
         yield "target-class", 0 <= self.target_class < self.num_classes, "must be a class index below num-classes"
         yield "trigger-size", 1 <= self.trigger_size <= self.image_size - 2, "must be in [1, image-size - 2]"
         yield "dp-epsilon", self.dp_epsilon == 0 or self.norm != "batch", "DP-SGD needs norm 'group'"
+        yield "amp", self.amp == "none" or self.dp_epsilon == 0, "DP-SGD (Opacus) trains in full precision; use none"
+        yield ("hardening", self.hardening == "none" or self.dp_epsilon == 0,
+               "cannot be combined with DP-SGD (dp-epsilon > 0): Opacus' per-sample gradients do not cover "
+               "adversarial crafting")
         yield ("clip-norm", self.clip_norm == 0 or self.norm != "batch",
                "needs norm 'group' or 'none' (BatchNorm's integer counters cannot be clipped)")
         yield ("defence-models", not self.defence_models or (self.task == "classification" and self.hardening == "none"

@@ -189,6 +189,15 @@ def check_model(cfg: RunConfig, names: Names = Names()) -> None:
         raise PreflightError(f"{names(key)} = {value!r}: {reason}") from None
 
 
+def check_amp_here(cfg: RunConfig, names: Names = Names()) -> None:
+    """Simulated sites compute on this machine: fp16 mixed precision needs a CUDA device here."""
+    import torch
+
+    if cfg.amp == "fp16" and not torch.cuda.is_available():
+        raise PreflightError(f"{names('amp')} = 'fp16': needs a CUDA device and this machine has none; "
+                             "use 'bf16' on the CPU")
+
+
 def check_sites(cfg: RunConfig, num_sites: int, names: Names = Names()) -> None:
     """The number of sites suits the run config (their data: :mod:`fedaegis.orchestration.preflight`)."""
     if num_sites < 1:
@@ -241,4 +250,5 @@ def preflight(cfg: RunConfig, num_sites: int | None, names: Names = Names(), *, 
         check_database(cfg.resolved_db_url, names("db-url"))
     check_model(cfg, names)
     if num_sites is not None:
+        check_amp_here(cfg, names)
         check_sites(cfg, num_sites, names)

@@ -40,3 +40,21 @@ def shared_data() -> Path:
 @pytest.fixture
 def db_url(tmp_path: Path) -> str:
     return f"sqlite:///{tmp_path / 'runs.db'}"
+
+
+def _cuda_available() -> bool:
+    import torch
+
+    return torch.cuda.is_available()
+
+
+# The same device tests run on the CPU everywhere and on CUDA wherever a GPU is present
+# (marked `cuda`: `pytest -m cuda` runs only those); here they are skipped, not failed.
+DEVICES = ["cpu", pytest.param("cuda", marks=[pytest.mark.cuda, pytest.mark.skipif(
+    not _cuda_available(), reason="no CUDA device here")])]
+
+
+@pytest.fixture(params=DEVICES)
+def device(request) -> str:
+    """A device a site may compute on: 'cpu', and 'cuda' where torch sees a GPU."""
+    return request.param

@@ -24,9 +24,9 @@ import pytest
 import torch
 from torch import nn
 
-from fedaegis.client.training import train_local
 from fedaegis.shared.data import ImageSet, load_medmnist
-from fedaegis.shared.hardening import build_hardening, evaluate_hardening, train_adversarial
+from fedaegis.shared.hardening import build_hardening, evaluate_hardening
+from fedaegis.shared.training import train_classifier
 from fedaegis.shared.models import SmallCNN, build_model
 
 BLOOD = Path(__file__).resolve().parents[2] / "shared" / "data" / "bloodmnist" / "bloodmnist.npz"
@@ -85,10 +85,10 @@ def standard(width: int = 16) -> nn.Module:
         torch.manual_seed(0)
         if width == 32:
             model = build_model("cnn", in_channels=3, num_classes=8, norm="group")
-            train_local(model, data, epochs=8, batch_size=64, lr=1e-3, class_weighting="none")
+            train_classifier(model, data, epochs=8, batch_size=64, lr=1e-3)
         else:
             model = SmallCNN(3, 8, 2, "group", width=width)
-            train_local(model, data, epochs=6, batch_size=64, lr=3e-3, class_weighting="none")
+            train_classifier(model, data, epochs=6, batch_size=64, lr=3e-3)
     return model.eval()
 
 
@@ -98,8 +98,8 @@ def hardened(name: str) -> tuple[nn.Module, dict[str, float | int]]:
     params, epochs = RECIPES[name]
     model = copy.deepcopy(standard(16))
     with single_thread():
-        counts = train_adversarial(model, blood().train, build_hardening(name, eps=EPS, **params),
-                                   epochs=epochs, batch_size=64, lr=3e-3)
+        counts = train_classifier(model, blood().train, build_hardening(name, eps=EPS, **params),
+                                  epochs=epochs, batch_size=64, lr=3e-3)
     return model.eval(), counts
 
 

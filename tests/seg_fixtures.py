@@ -19,8 +19,8 @@ from fedaegis.shared.segmentation import (
     build_segmenter,
     load_hippocampus,
     split_sites,
-    train_segmenter,
 )
+from fedaegis.shared.training import train_segmenter
 
 HIPPOCAMPUS = Path(__file__).resolve().parents[2] / "shared" / "data" / "msd_hippocampus"
 EPS = 4 / 255

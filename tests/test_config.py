@@ -187,7 +187,7 @@ def test_attack_steps_reach_the_attack():
 
 
 def test_hardening_parameters_reach_the_method():
-    from fedaegis.client.defence_comparison import hardening_method
+    from fedaegis.client.classification_round import build_objective as hardening_method
 
     cfg = RunConfig.from_flower({"hardening": "trades", "hardening.trades.beta": 2.5})
     assert hardening_method("trades", cfg).beta == 2.5

@@ -7,13 +7,13 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from fedaegis.client.training import balanced_weights
 from fedaegis.shared.config import ConfigError, RunConfig
 from fedaegis.shared.data import ImageSet
-from fedaegis.shared.hardening import build_hardening, train_adversarial
+from fedaegis.shared.hardening import build_hardening
 from fedaegis.shared.hardening.base import weighted_mean
 from fedaegis.shared.models import SmallCNN
 from fedaegis.shared.protocol import check_metrics
+from fedaegis.shared.training import balanced_weights, train_classifier
 
 METHODS = {"pgd-at": {"steps": 2}, "trades": {"steps": 2}, "mart": {"steps": 2}, "fast-fgsm": {}}
 SMALL = {"in-channels": 1, "num-classes": 3, "image-size": 12}
@@ -60,27 +60,27 @@ def test_every_hardening_loss_takes_class_weights(name: str):
 
 def test_train_adversarial_passes_the_weights_and_checks_them():
     data = _toy()
-    counts = train_adversarial(SmallCNN(1, 3, 2, "group", width=8), data, build_hardening("pgd-at", steps=1),
-                               epochs=1, batch_size=16, lr=1e-3, class_weights=balanced_weights(data.labels, 3))
+    counts = train_classifier(SmallCNN(1, 3, 2, "group", width=8), data, build_hardening("pgd-at", steps=1),
+                              epochs=1, batch_size=16, lr=1e-3, class_weights=balanced_weights(data.labels, 3))
     assert check_metrics(counts) == [] and counts["num-examples"] == len(data)
     with pytest.raises(ValueError, match="class_weights"):
-        train_adversarial(SmallCNN(1, 3, 2, "group", width=8), data, build_hardening("pgd-at", steps=1),
-                          epochs=1, batch_size=16, lr=1e-3, class_weights=torch.ones(2))
+        train_classifier(SmallCNN(1, 3, 2, "group", width=8), data, build_hardening("pgd-at", steps=1),
+                         epochs=1, batch_size=16, lr=1e-3, class_weights=torch.ones(2))
 
 
 def test_hardening_site_uses_balanced_weights(monkeypatch):
     """``hardening`` runs (not only the comparison) weight the loss when class-weighting is balanced."""
-    import fedaegis.shared.hardening as hardening
+    import fedaegis.shared.training as training
     from fedaegis.client.classification_round import train_classifier_round
 
     seen = {}
-    real = hardening.train_adversarial
+    real = training.train_classifier
 
     def spy(*args, **kwargs):
         seen["w"] = kwargs.get("class_weights")
         return real(*args, **kwargs)
 
-    monkeypatch.setattr(hardening, "train_adversarial", spy)
+    monkeypatch.setattr(training, "train_classifier", spy)
     labels = torch.tensor([0] * 30 + [1] * 10 + [2] * 8)
     data = ImageSet(_toy(48).images, labels, 3, "toy")
     for weighting, expected in (("balanced", balanced_weights(labels, 3)), ("none", None)):

@@ -20,7 +20,7 @@ import torch
 from hardening_fixtures import EPS, SMALL_EPS, blood, single_thread, standard
 from torch import nn
 
-from fedaegis.client.training import train_local
+from fedaegis.shared.training import train_classifier
 from fedaegis.shared.attacks import build_attack
 from fedaegis.shared.attacks.base import attack_mode
 from fedaegis.shared.data import ImageSet, load_medmnist
@@ -47,7 +47,7 @@ def _pneumonia() -> tuple[nn.Module, ImageSet, ImageSet, torch.Tensor, torch.Ten
     fit, cal = train.subset(order[:3000]), train.subset(order[3000:3000 + N_CAL])
     torch.manual_seed(0)
     model = build_model("cnn", in_channels=1, num_classes=2, norm="group")
-    train_local(model, fit, epochs=8, batch_size=64, lr=1e-3, class_weighting="none")
+    train_classifier(model, fit, epochs=8, batch_size=64, lr=1e-3)
     return model.eval(), fit, cal, test.images[idx], test.labels[idx]
 
 

@@ -16,10 +16,10 @@ from fedaegis.shared.hardening import (
     evaluate_hardening,
     hardening_accuracies,
     pgd_linf,
-    train_adversarial,
 )
 from fedaegis.shared.models import build_model
 from fedaegis.shared.protocol import check_metrics
+from fedaegis.shared.training import train_classifier
 
 from hardening_fixtures import single_thread
 
@@ -61,8 +61,8 @@ def test_every_method_trains_and_reports_counts(name: str) -> None:
     model, (x, y) = _cnn(), _toy()
     before = [p.detach().clone() for p in model.parameters()]
     method = build_hardening(name, eps=4 / 255, **({} if name == "fast-fgsm" else {"steps": 2}))
-    out = train_adversarial(model, (x, y), method, epochs=1, batch_size=16, lr=1e-3,
-                            unlabelled=_toy(32, seed=1)[0] if method.needs_unlabelled else None)
+    out = train_classifier(model, (x, y), method, epochs=1, batch_size=16, lr=1e-3,
+                           unlabelled=_toy(32, seed=1)[0] if method.needs_unlabelled else None)
     assert check_metrics(out) == [] and out["num-examples"] == len(y)
     assert 0 <= out["train-correct"] <= len(y) and out["train-loss-sum"] > 0
     assert any(not torch.equal(a, b) for a, b in zip(before, model.parameters()))
@@ -81,11 +81,11 @@ def test_build_hardening_names_the_bad_field() -> None:
     with pytest.raises(ValueError, match="^teacher:"):
         build_hardening("ssat", teacher="oracle")
     with pytest.raises(ValueError, match="^unlabelled:"):
-        train_adversarial(_cnn(), _toy(), build_hardening("ssat"), epochs=1, batch_size=8, lr=1e-3)
+        train_classifier(_cnn(), _toy(), build_hardening("ssat"), epochs=1, batch_size=8, lr=1e-3)
     assert build_hardening("trades", beta=3.0, steps=5).alpha == pytest.approx(2.5 * (8 / 255) / 5)
     with pytest.raises(ValueError, match="^optimizer:"):
-        train_adversarial(_cnn(), _toy(), build_hardening("pgd-at"), epochs=1, batch_size=8, lr=1e-3,
-                          optimizer="lion")
+        train_classifier(_cnn(), _toy(), build_hardening("pgd-at"), epochs=1, batch_size=8, lr=1e-3,
+                         optimizer="lion")
 
 
 def test_evaluate_hardening_counts_pass_the_protocol() -> None:

@@ -13,8 +13,8 @@ import pytest
 import torch
 from hardening_fixtures import EPS, RECIPES, blood, hardened, hardening_table, single_thread
 
-from fedaegis.client.training import train_local
-from fedaegis.shared.hardening import build_hardening, evaluate_hardening, hardening_accuracies, train_adversarial
+from fedaegis.shared.hardening import build_hardening, evaluate_hardening, hardening_accuracies
+from fedaegis.shared.training import train_classifier
 from fedaegis.shared.models import SmallCNN
 from fedaegis.shared.protocol import check_metrics
 
@@ -73,12 +73,12 @@ def test_ssat_uses_unlabelled_images_where_labels_are_few() -> None:
     unlabelled = data.train.images[300:]
     torch.manual_seed(0)
     base = SmallCNN(3, 8, 2, "group", width=16)
-    train_local(base, labelled, epochs=30, batch_size=64, lr=3e-3, class_weighting="none")
+    train_classifier(base, labelled, epochs=30, batch_size=64, lr=3e-3)
     supervised, ssat = copy.deepcopy(base), copy.deepcopy(base)
     common = {"eps": EPS, "steps": 3}
-    train_adversarial(supervised, labelled, build_hardening("pgd-at", **common), epochs=12, batch_size=64, lr=3e-3)
-    counts = train_adversarial(ssat, labelled, build_hardening("ssat", threshold=0.7, **common),
-                               epochs=12, batch_size=64, lr=3e-3, unlabelled=unlabelled)
+    train_classifier(supervised, labelled, build_hardening("pgd-at", **common), epochs=12, batch_size=64, lr=3e-3)
+    counts = train_classifier(ssat, labelled, build_hardening("ssat", threshold=0.7, **common),
+                              epochs=12, batch_size=64, lr=3e-3, unlabelled=unlabelled)
     assert check_metrics(counts) == []
     assert counts["train-unlabelled-count"] == 5 * 64  # one unlabelled batch per labelled step
     assert 0 < counts["train-pseudo-labelled-count"] < counts["train-unlabelled-count"]

@@ -14,7 +14,6 @@ from fedaegis.shared.privacy import (
     Wire,
     activation_inversion_audit,
     dp_sgd_step_gradients,
-    dp_sgd_train,
     inversion_audit,
     prune_smallest,
     prune_update,
@@ -23,6 +22,7 @@ from fedaegis.shared.privacy import (
     split_model,
 )
 from fedaegis.shared.protocol import check_metrics
+from fedaegis.shared.training import DPSGD, train_classifier
 from privacy_fixtures import medmnist, one_thread  # noqa: F401
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -59,10 +59,11 @@ def test_dp_sgd_training_spends_the_target_epsilon_and_trains():
     model = SmallCNN(1, 2, 2, "group", width=8)
     before = copy.deepcopy(model.state_dict())
     torch.manual_seed(0)
-    run = dp_sgd_train(model, data.images[:512], data.labels[:512], epochs=1, batch_size=64, lr=1e-3,
-                       target_epsilon=4.0, optimizer="adam")
-    assert 3.0 <= run.epsilon <= 4.0 + 1e-6 and run.delta == 1e-5 and run.noise_multiplier > 0.5
-    assert run.metrics["num-examples"] == 512 and check_metrics(run.metrics) == []
+    privacy = DPSGD(target_epsilon=4.0)
+    metrics = train_classifier(model, (data.images[:512], data.labels[:512]), privacy=privacy, epochs=1,
+                               batch_size=64, lr=1e-3, optimizer="adam")
+    assert 3.0 <= privacy.epsilon <= 4.0 + 1e-6 and privacy.target_delta == 1e-5 and privacy.noise_multiplier > 0.5
+    assert metrics["num-examples"] == 512 and check_metrics(metrics) == []
     assert any(not torch.equal(before[k], v) for k, v in model.state_dict().items())
     assert not any(hasattr(p, "grad_sample") and p.grad_sample is not None for p in model.parameters())
     assert not hasattr(model, "_module")  # the caller's module, not Opacus' wrapper
@@ -71,7 +72,7 @@ def test_dp_sgd_training_spends_the_target_epsilon_and_trains():
 def test_dp_sgd_refuses_batchnorm():
     x, y = batch(4)
     with pytest.raises(ValueError, match="norm='group'"):
-        dp_sgd_train(SmallCNN(norm="batch"), x, y, epochs=1, batch_size=4, lr=0.1, target_epsilon=8.0)
+        train_classifier(SmallCNN(norm="batch"), (x, y), privacy=DPSGD(8.0), epochs=1, batch_size=4, lr=0.1)
 
 
 def test_pruning_zeroes_the_smallest_share_and_lowers_psnr():

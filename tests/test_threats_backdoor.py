@@ -7,7 +7,7 @@ import functools
 import pytest
 import torch
 
-from fedaegis.client.training import evaluate_local, train_local
+from fedaegis.shared.training import evaluate_local, train_classifier
 from fedaegis.shared.data import ImageSet
 from fedaegis.shared.models import SmallCNN
 from fedaegis.shared.protocol import check_metrics
@@ -67,7 +67,7 @@ def trained(poison_fraction: float) -> SmallCNN:
     p = poison(data.images[:2000], data.labels[:2000], target_class=TARGET, poison_fraction=poison_fraction, seed=0)
     torch.manual_seed(0)
     model = SmallCNN(1, 2, 2, "group", width=16)
-    train_local(model, ImageSet(p.images, p.labels, 2, "site"), epochs=4, batch_size=32, lr=2e-3, seed=0)
+    train_classifier(model, ImageSet(p.images, p.labels, 2, "site"), epochs=4, batch_size=32, lr=2e-3, seed=0)
     return model
 
 

@@ -19,7 +19,7 @@ from flwr.app import ArrayRecord, ConfigRecord, Message, Metadata, MetricRecord,
 from flwr.serverapp.strategy import Bulyan, FedAvg, FedMedian, FedTrimmedAvg, Krum, MultiKrum
 from flwr.supercore.task_identity import TaskIdentity
 
-from fedaegis.client.training import train_local
+from fedaegis.shared.training import train_classifier
 from fedaegis.server.aggregation import sum_metric_records
 from fedaegis.server.strategies import NormBounding, build_strategy
 from fedaegis.shared.config import ConfigError, RunConfig
@@ -52,7 +52,7 @@ def updates() -> tuple[dict, list[dict], dict]:
         if site == SITES - 1:
             labels = flip_labels(labels, 2)
         model = copy.deepcopy(global_model)
-        train_local(model, ImageSet(data.images[sl], labels, 2, "site"), epochs=1, batch_size=16, lr=1e-3, seed=site)
+        train_classifier(model, ImageSet(data.images[sl], labels, 2, "site"), epochs=1, batch_size=16, lr=1e-3, seed=site)
         honest.append({k: v.detach().clone() for k, v in model.state_dict().items()})
     malicious = boost_update(global_state, honest.pop(), replacement_boost(SITES, 1))
     return global_state, honest, malicious

@@ -1,9 +1,9 @@
 """Adversarial training ("hardening") methods behind one interface.
 
-``build_hardening(name, **params)`` makes a method from a run configuration;
-``train_adversarial`` trains a site's model with it and returns only summed
-counts (``num-examples``, ``train-loss-sum``, ``train-correct``), like plain
-local training, so the federated client can swap one for the other.
+``build_hardening(name, **params)`` makes a method from a run configuration; each method
+is a loss part (an ``Objective``) of the one training loop, so
+``fedaegis.shared.training.train_classifier(model, data, method, ...)`` trains with it
+and returns only summed counts, like plain local training.
 """
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ from __future__ import annotations
 import inspect
 from typing import Any
 
-from .base import Hardening, harden_step, pgd_linf, train_adversarial
+from .base import Hardening, pgd_linf
 from .evaluate import evaluate_hardening, hardening_accuracies
 from .fast_fgsm import FastFGSM
 from .mart import MART
@@ -33,11 +33,9 @@ __all__ = [
     "PGDAT",
     "build_hardening",
     "evaluate_hardening",
-    "harden_step",
     "hardening_accuracies",
     "hardening_params",
     "pgd_linf",
-    "train_adversarial",
 ]
 
 

@@ -1,9 +1,9 @@
-"""The one interface every adversarial-training method implements, and the loop that runs it.
+"""The one interface every adversarial-training method implements: a loss part of the training loop.
 
-A method only defines its per-batch loss (crafting its own adversarial inputs);
-:func:`harden_step` and :func:`train_adversarial` are shared, so every method
-trains and reports the same way: summed loss and correct counts, never per-sample
-values, ready for a site's reply.
+A method only defines its per-batch loss (crafting its own adversarial inputs); it is
+an :class:`~fedaegis.shared.training.Objective`, so the one loop
+(:func:`fedaegis.shared.training.train_classifier`) trains every method the same way and
+reports summed loss and correct counts, never per-sample values.
 """
 
 from __future__ import annotations
@@ -18,9 +18,9 @@ from torch import nn
 
 from ..attacks.base import attack_mode
 from ..attacks.ops import box
-from ..data import ImageSet
+from ..training.objectives import Objective
 
-Objective = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+CraftingObjective = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]  # (logits, x_adv) -> per-sample
 
 
 def _require(ok: bool, field: str, message: str) -> None:
@@ -43,7 +43,7 @@ def _count(field: str, value: object, *, low: int = 1) -> int:
 def pgd_linf(
     model: nn.Module,
     x: torch.Tensor,
-    objective: Objective,
+    objective: CraftingObjective,
     *,
     eps: float,
     alpha: float,
@@ -93,7 +93,7 @@ def eval_logits(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
         return model(x)
 
 
-class Hardening(ABC):
+class Hardening(Objective, ABC):
     """An adversarial-training method: its threat model (Linf ``eps``) and per-batch loss.
 
     ``steps`` and ``alpha`` set the inner PGD (``alpha`` defaults to 2.5 * eps / steps,
@@ -104,7 +104,6 @@ class Hardening(ABC):
     """
 
     name: ClassVar[str] = "hardening"
-    needs_unlabelled: ClassVar[bool] = False
 
     def __init__(self, *, eps: float = 8 / 255, steps: int = 7, alpha: float | None = None) -> None:
         self.eps = _number("eps", eps, high=1.0)
@@ -115,16 +114,6 @@ class Hardening(ABC):
         params = ", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}"
                            for k, v in vars(self).items() if not k.startswith("_"))
         return f"{type(self).__name__}({params})"
-
-    def begin(self, model: nn.Module) -> None:
-        """Called once before training ``model`` (e.g. to freeze a copy as teacher)."""
-
-    def counts(self) -> dict[str, int]:
-        """Method-specific counts since the last :meth:`reset` (e.g. SSAT's pseudo-labels)."""
-        return {}
-
-    def reset(self) -> None:
-        """Start counting afresh (called at the start of every epoch)."""
 
     @abstractmethod
     def loss(
@@ -137,86 +126,3 @@ class Hardening(ABC):
         weight: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """Mean (class-``weight``ed) training loss of the batch and the logits its accuracy is counted on."""
-
-
-def harden_step(
-    model: nn.Module,
-    x: torch.Tensor,
-    y: torch.Tensor,
-    optimizer: torch.optim.Optimizer,
-    method: Hardening,
-    gen: torch.Generator,
-    x_unlabelled: torch.Tensor | None = None,
-    weight: torch.Tensor | None = None,
-) -> tuple[float, int]:
-    """One optimiser step of ``method`` on a batch; returns (loss sum, correct count)."""
-    model.train()
-    loss, logits = method.loss(model, x, y, gen, x_unlabelled, weight=weight)
-    optimizer.zero_grad(set_to_none=True)
-    loss.backward()
-    optimizer.step()
-    return float(loss.detach()) * len(y), int((logits.detach().argmax(1) == y).sum())
-
-
-def make_optimizer(name: str, params, lr: float) -> torch.optim.Optimizer:
-    """The optimisers of plain local training (``client.training``): Adam, or SGD with momentum."""
-    _require(name in ("adam", "sgd"), "optimizer", f"must be 'adam' or 'sgd', got {name!r}")
-    return torch.optim.Adam(params, lr=lr) if name == "adam" else torch.optim.SGD(params, lr=lr, momentum=0.9)
-
-
-def train_adversarial(
-    model: nn.Module,
-    data: ImageSet | tuple[torch.Tensor, torch.Tensor],
-    method: Hardening,
-    *,
-    epochs: int,
-    batch_size: int,
-    lr: float,
-    optimizer: str = "adam",
-    unlabelled: torch.Tensor | None = None,
-    class_weights: torch.Tensor | None = None,
-    seed: int = 0,
-) -> dict[str, float | int]:
-    """Train ``model`` in place with ``method``; last-epoch sums as in ``train_local``.
-
-    An epoch is one pass over the labelled data; methods that need unlabelled data
-    draw an unlabelled batch of ``batch_size`` per step, cycling through
-    ``unlabelled`` in a seeded order. Method-specific counts of the last epoch are
-    added as ``train-<name>`` (each a ``-count``, so the result passes
-    ``protocol.check_metrics``). ``class_weights`` (one non-negative weight per class,
-    e.g. :func:`fedaegis.client.training.balanced_weights`) weight every labelled loss term.
-    """
-    x_all, y_all = (data.images, data.labels) if isinstance(data, ImageSet) else data
-    _count("epochs", epochs)
-    if class_weights is not None:
-        class_weights = torch.as_tensor(class_weights, dtype=torch.float32)
-        _require(class_weights.ndim == 1 and len(class_weights) > int(y_all.max()) and bool((class_weights >= 0).all())
-                 and bool(class_weights[y_all].sum() > 0), "class_weights",
-                 "need one non-negative weight per class, positive for some class present")
-    _count("batch_size", batch_size)
-    if method.needs_unlabelled and (unlabelled is None or len(unlabelled) == 0):
-        raise ValueError(f"unlabelled: {method.name} needs unlabelled images")
-    gen = torch.Generator().manual_seed(seed)
-    opt = make_optimizer(optimizer, model.parameters(), lr)
-    n = len(y_all)
-    u_order, u_pos = torch.empty(0, dtype=torch.long), 0
-    method.begin(model)
-    loss_sum, correct = 0.0, 0
-    for _ in range(epochs):
-        loss_sum, correct = 0.0, 0
-        method.reset()
-        for idx in torch.randperm(n, generator=gen).split(batch_size):
-            if len(idx) == 1:  # as in train_local: BatchNorm cannot train on a single sample
-                continue
-            xu = None
-            if method.needs_unlabelled:
-                assert unlabelled is not None
-                if u_pos + batch_size > len(u_order):
-                    u_order, u_pos = torch.randperm(len(unlabelled), generator=gen), 0
-                xu = unlabelled[u_order[u_pos:u_pos + batch_size]]
-                u_pos += batch_size
-            s, c = harden_step(model, x_all[idx], y_all[idx], opt, method, gen, xu, weight=class_weights)
-            loss_sum, correct = loss_sum + s, correct + c
-    out: dict[str, float | int] = {"num-examples": n, "train-loss-sum": loss_sum, "train-correct": correct}
-    out.update({f"train-{k}": v for k, v in method.counts().items()})
-    return out

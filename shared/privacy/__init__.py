@@ -5,7 +5,7 @@ PSNR/SSIM sums and a count (protocol-safe); defences are DP-SGD (Opacus), update
 pruning and proximal gradient split learning.
 """
 
-from .defences import DPTraining, dp_sgd_step_gradients, dp_sgd_train, prune_smallest, prune_update
+from .defences import dp_sgd_step_gradients, prune_smallest, prune_update
 from ..models.lenet import LeNet
 from .inversion import (
     Reconstruction,
@@ -20,7 +20,6 @@ from .quality import matched_scores, quality_sums
 from .table import PrivacyRow, format_table, privacy_utility_table, table_row
 
 __all__ = [
-    "DPTraining",
     "LeNet",
     "PrivacyRow",
     "Reconstruction",
@@ -29,7 +28,6 @@ __all__ = [
     "activation_inversion_audit",
     "batch_gradients",
     "dp_sgd_step_gradients",
-    "dp_sgd_train",
     "format_table",
     "gradients_from_update",
     "infer_labels",

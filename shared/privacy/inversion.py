@@ -76,16 +76,16 @@ def infer_labels(
     if batch_size == 1:
         return g.argmin().reshape(1)
     if bias is None:  # no bias: most negative rows first, cycling
-        return torch.argsort(g)[torch.arange(batch_size) % len(g)].sort().values
+        return torch.argsort(g)[torch.arange(batch_size, device=g.device) % len(g)].sort().values
     with torch.no_grad():
-        mean_p = F.softmax(model(torch.rand(64, *input_shape[1:])), dim=1).mean(0)
+        mean_p = F.softmax(model(torch.rand(64, *input_shape[1:]).to(g.device)), dim=1).mean(0)
     counts = (batch_size * (mean_p - g)).clamp(min=0)
     whole = counts.floor().long()
     for c in torch.argsort(counts - whole, descending=True)[: max(0, batch_size - int(whole.sum()))]:
         whole[c] += 1
     while whole.sum() > batch_size:
         whole[whole.argmax()] -= 1
-    return torch.repeat_interleave(torch.arange(len(whole)), whole)
+    return torch.repeat_interleave(torch.arange(len(whole), device=whole.device), whole)
 
 
 def total_variation(x: torch.Tensor) -> torch.Tensor:
@@ -109,7 +109,7 @@ def _l2_distance(dummy: Gradients, target: Gradients, masks: Gradients) -> torch
     Early layers hold the pixel information but have tiny gradients (sigmoid/ReLU
     derivatives shrink them); unweighted, the loss ignores them and the image stays wrong.
     """
-    total = torch.zeros(())
+    total = torch.zeros((), device=target[0].device)
     for d, t, m in zip(dummy, target, masks, strict=True):
         norm = (t * m).pow(2).sum()
         if norm > 0:
@@ -119,7 +119,7 @@ def _l2_distance(dummy: Gradients, target: Gradients, masks: Gradients) -> torch
 
 def _cosine_distance(dummy: Gradients, target: Gradients, masks: Gradients) -> torch.Tensor:
     """Mean over layers of 1 - cosine similarity (per layer, for the reason given in _l2_distance)."""
-    total = torch.zeros(())
+    total = torch.zeros((), device=target[0].device)
     for d, t, m in zip(dummy, target, masks, strict=True):
         total = total + 1 - F.cosine_similarity((d * m).flatten(), (t * m).flatten(), dim=0, eps=1e-12)
     return total / len(target)
@@ -152,11 +152,12 @@ def reconstruct(
     target = [g.detach().float() for g in gradients]
     masks = [(t != 0).float() if ignore_zeros else torch.ones_like(t) for t in target]
     gen = torch.Generator().manual_seed(seed)
-    x = torch.rand(tuple(input_shape), generator=gen).requires_grad_(True)
+    device = target[0].device  # drawn on the CPU generator, then moved: the same start on any device
+    x = torch.rand(tuple(input_shape), generator=gen).to(device).requires_grad_(True)
     batch = int(input_shape[0])
     if method == "dlg":
         num_classes = _last_layer(target)[0].shape[0]
-        y: torch.Tensor = torch.randn(batch, num_classes, generator=gen).requires_grad_(True)
+        y: torch.Tensor = torch.randn(batch, num_classes, generator=gen).to(device).requires_grad_(True)
         variables = [x, y]
     else:
         y = labels if labels is not None else infer_labels(model, target, batch, input_shape)

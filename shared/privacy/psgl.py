@@ -87,7 +87,7 @@ def psgl_train(
     seed: int = 0,
     wire: Wire | None = None,
 ) -> dict[str, float | int]:
-    """Train the split model in place; returns last-epoch counts/sums like ``train_local``.
+    """Train the split model in place; returns last-epoch counts/sums like ``fedaegis.shared.training.train_classifier``.
 
     Site: an Adam step, then the prox of lr * ``prox_strength`` * R on its weight
     matrices/kernels (proximal Adam: plain proximal SGD learns far slower on these

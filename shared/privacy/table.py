@@ -17,9 +17,9 @@ from dataclasses import asdict, dataclass
 import torch
 from torch import nn
 
-from ...client.training import evaluate_local, train_local
 from ..data import ImageSet
-from .defences import dp_sgd_step_gradients, dp_sgd_train, prune_smallest, prune_update
+from ..training import DPSGD, evaluate_local, train_classifier
+from .defences import dp_sgd_step_gradients, prune_smallest, prune_update
 from .inversion import Method, inversion_audit
 from .psgl import activation_inversion_audit, psgl_evaluate, psgl_train, split_model
 
@@ -94,16 +94,16 @@ def privacy_utility_table(
             metrics = psgl_evaluate(split, test.images, test.labels)
             audit = activation_inversion_audit(split_model(initial, psgl_cut), audit_images, input_noise=psgl_noise, seed=seed)
         elif defence == "dp-sgd":
-            run = dp_sgd_train(model, train.images, train.labels, epochs=epochs, batch_size=batch_size, lr=lr,
-                               target_epsilon=target_epsilon, target_delta=target_delta,
-                               max_grad_norm=max_grad_norm, optimizer="adam", seed=seed)
-            epsilon = run.epsilon
+            privacy = DPSGD(target_epsilon, target_delta, max_grad_norm, noise_seed=seed + 1)
+            train_classifier(model, train, privacy=privacy, epochs=epochs, batch_size=batch_size, lr=lr,
+                             optimizer="adam", seed=seed)
+            epsilon = privacy.epsilon
             metrics = evaluate_local(model, test)
             grads, _ = dp_sgd_step_gradients(initial, audit_images, audit_labels, target_epsilon=target_epsilon,
                                              target_delta=target_delta, max_grad_norm=max_grad_norm, seed=seed)
             audit = inversion_audit(initial, audit_images, audit_labels, gradients=grads, **attack)  # type: ignore[arg-type]
         else:
-            train_local(model, train, epochs=epochs, batch_size=batch_size, lr=lr, seed=seed)
+            train_classifier(model, train, epochs=epochs, batch_size=batch_size, lr=lr, seed=seed)
             defend = None
             if defence == "pruning":
                 model.load_state_dict(prune_update(initial.state_dict(), model.state_dict(), prune_fraction))

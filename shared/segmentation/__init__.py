@@ -30,7 +30,7 @@ from .evaluation import (
 )
 from .metrics import VolumeScores, perturbation_norms, target_iou, volume_scores
 from .models import SEG_MODELS, build_segmenter
-from .training import AdversarialTraining, train_segmenter
+from .training import AdversarialTraining, segmentation_loss
 
 __all__ = [
     "ATTACKS",
@@ -59,6 +59,6 @@ __all__ = [
     "split_patients",
     "split_sites",
     "target_iou",
-    "train_segmenter",
     "volume_scores",
+    "segmentation_loss",
 ]
