@@ -119,6 +119,8 @@ class RunConfig:
     run_uuid: str = ""
     num_sites: int = 0  # simulated sites (set by `fedaegis simulate`); 0: a deployment's SuperNodes
     resume_run: str = ""  # id or uuid of a stored, interrupted run to continue (see server/resume.py)
+    # --- s5-e: attack-rounds ---
+    attack_rounds: str = "final"  # rounds whose evaluation runs ``attacks``: final, all or every:K (+ the final)
 
     def __post_init__(self) -> None:
         checks: list[tuple[str, bool, str]] = [
@@ -208,6 +210,7 @@ class RunConfig:
         self.epsilon_values  # noqa: B018 - parse now so a bad list fails at start-up
         self.attack_names  # noqa: B018
         self.defence_model_names  # noqa: B018
+        self.attack_round_period  # noqa: B018
 
     @property
     def attack_names(self) -> tuple[str, ...]:
@@ -225,6 +228,24 @@ class RunConfig:
                 f"run config 'attacks': unknown attack {unknown[0]!r}; choose from {sorted(ATTACKS)}"
             )
         return names
+
+    @property
+    def attack_round_period(self) -> int:
+        """``attack-rounds`` as a period: 1 (all), K (every:K) or 0 (the final round only)."""
+        rule = self.attack_rounds.strip().lower()
+        if rule in ("final", "all"):
+            return 0 if rule == "final" else 1
+        head, _, k = rule.partition(":")
+        if head == "every" and k.strip().isdigit() and int(k) >= 1:
+            return int(k)
+        raise ConfigError(f"run config 'attack-rounds' = {self.attack_rounds!r}: must be final, all or every:K "
+                          "(K >= 1)")
+
+    def attacks_in_round(self, server_round: int) -> bool:
+        """Whether the sites run the ``attacks`` suite in this round: the final round always, others by
+        ``attack-rounds`` (every:K: rounds K, 2K, ...), so a run pays for attacks once unless asked."""
+        period = self.attack_round_period
+        return server_round >= self.num_server_rounds or (period > 0 and server_round % period == 0)
 
     @property
     def defence_model_names(self) -> tuple[str, ...]:

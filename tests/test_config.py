@@ -37,3 +37,20 @@ def test_roundtrip_and_coercion():
     assert cfg.learning_rate == 1.0 and isinstance(cfg.learning_rate, float)
     assert cfg.num_server_rounds == 4
     assert RunConfig.from_flower(cfg.to_flower()) == cfg
+
+
+@pytest.mark.parametrize(
+    ("rule", "attacked"),
+    [("final", [5]), ("all", [1, 2, 3, 4, 5]), ("every:2", [2, 4, 5]), ("every:1", [1, 2, 3, 4, 5]),
+     ("EVERY:3", [3, 5])],
+)
+def test_attack_rounds_pick_the_rounds_that_run_attacks(rule, attacked):
+    cfg = RunConfig.from_flower({"num-server-rounds": 5, "attacks": "fgsm", "attack-rounds": rule})
+    assert [r for r in range(1, 6) if cfg.attacks_in_round(r)] == attacked
+    assert RunConfig().attack_rounds == "final"  # by default a run pays for attacks once
+
+
+@pytest.mark.parametrize("rule", ["every:0", "every", "every:x", "first", "2", ""])
+def test_a_bad_attack_rounds_names_the_key(rule):
+    with pytest.raises(ConfigError, match="'attack-rounds'"):
+        RunConfig.from_flower({"attack-rounds": rule})
