@@ -98,3 +98,21 @@ def test_the_relay_hands_events_over_and_logs_the_rest(caplog):
         on_line("[fedaegis] INFO round 1/2: accuracy 0.8")
     assert events == [event]
     assert [r.getMessage() for r in caplog.records] == ["round 1/2: accuracy 0.8"]
+
+
+def test_attack_progress_counts_every_sample_of_every_attack_run():
+    import torch
+
+    from fedaegis.shared.attacks import evaluate_attacks
+    from fedaegis.shared.models import build_model
+
+    torch.manual_seed(0)
+    model = build_model("cnn", in_channels=1, num_classes=2).eval()
+    x, y = torch.rand(10, 1, 28, 28), torch.randint(0, 2, (10,))
+    calls: list[tuple[int, int, str]] = []
+    seen = evaluate_attacks(model, (x, y), ["fgsm", "fmn"], [2 / 255, 8 / 255], batch_size=4,
+                            progress=lambda *a: calls.append(a))
+    # 3 batches; fgsm runs once per epsilon, one FMN run gives every epsilon
+    assert [c[0] for c in calls] == [4, 8, 12, 16, 20, 24, 26, 28, 30] and {c[1] for c in calls} == {30}
+    assert [c[2] for c in calls[:3]] == ["fgsm", "fgsm", "fmn"]
+    assert seen == evaluate_attacks(model, (x, y), ["fgsm", "fmn"], [2 / 255, 8 / 255], batch_size=4)

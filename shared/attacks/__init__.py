@@ -191,17 +191,17 @@ def evaluate_attacks(
         for label, name, attacks in plans:
             if name == "fmn":
                 first = next(iter(attacks.values()))
-                results = first.curve(model, xb, yb, list(attacks), clean_logits=clean)
-            else:
-                results = {e: atk.attack(model, xb, yb, clean_logits=clean)
-                           for e, atk in attacks.items()}
-            for e, res in results.items():
-                res.x_adv = None
-                key = (label, e)
-                totals[key] = totals[key].merge(res) if key in totals else res
-            done += int(xb.shape[0]) * (1 if name == "fmn" else len(attacks))
-            if progress is not None:
-                progress(done, total, label)
+                runs_of_batch = [first.curve(model, xb, yb, list(attacks), clean_logits=clean)]
+            else:  # one epsilon at a time, so that progress moves with each
+                runs_of_batch = ({e: atk.attack(model, xb, yb, clean_logits=clean)} for e, atk in attacks.items())
+            for results in runs_of_batch:
+                for e, res in results.items():
+                    res.x_adv = None
+                    key = (label, e)
+                    totals[key] = totals[key].merge(res) if key in totals else res
+                done += int(xb.shape[0])
+                if progress is not None:
+                    progress(done, total, label)
     for label, name, attacks in plans:
         if name == "universal":  # count the fitting queries once
             for e, atk in attacks.items():
