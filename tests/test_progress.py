@@ -116,3 +116,14 @@ def test_attack_progress_counts_every_sample_of_every_attack_run():
     assert [c[0] for c in calls] == [4, 8, 12, 16, 20, 24, 26, 28, 30] and {c[1] for c in calls} == {30}
     assert [c[2] for c in calls[:3]] == ["fgsm", "fgsm", "fmn"]
     assert seen == evaluate_attacks(model, (x, y), ["fgsm", "fmn"], [2 / 255, 8 / 255], batch_size=4)
+
+
+def test_verbose_and_quiet_together_are_refused_before_anything_starts(tmp_path):
+    from typer.testing import CliRunner
+
+    from fedaegis.orchestration.cli import app
+
+    db = f"sqlite:///{tmp_path / 'runs.db'}"
+    res = CliRunner().invoke(app, ["simulate", "--verbose", "--quiet", "--db-url", db])
+    assert res.exit_code == 2 and "--verbose and --quiet both set" in res.output
+    assert not (tmp_path / "runs.db").exists()
