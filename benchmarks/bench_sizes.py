@@ -161,10 +161,10 @@ def main() -> None:
         for size in (int(s) for s in args.sizes.split(",")):
             r = measure(name, size, args.images, args.batch, args.repeats, device, not args.no_autoattack,
                         not args.no_warmup)
-            aa = (f"{r['aa-fast']:12.2f} {r['ta-pgd'] / r['aa-fast']:12.2f}" if "aa-fast" in r
+            aa = (f"{r['aa-fast']:12.3g} {r['ta-pgd'] / r['aa-fast']:12.2f}" if "aa-fast" in r
                   else f"{'-':>12} {'-':>12}")
             print(f"{name:12} {size:4d} {r['train']:11.4f} {r['bare']:10.4f} {r['train'] / r['bare']:9.2f} "
-                  f"{r['pgd']:9.2f} {r['ta-pgd']:9.2f} {r['pgd'] / r['ta-pgd']:9.2f} {aa}", flush=True)
+                  f"{r['pgd']:9.3g} {r['ta-pgd']:9.3g} {r['pgd'] / r['ta-pgd']:9.2f} {aa}", flush=True)
     print("ours/bare: training time ratio (1.00 = no overhead); TA/ours t: torchattacks' PGD-10 time over ours "
           "(above 1: ours faster); AAf/TA-PGD t: autoattack-fast's time in torchattacks PGD-10s.")
 
