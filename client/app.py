@@ -81,7 +81,9 @@ def evaluate(msg: Message, context: Context) -> Message:
         return _reply(msg, evaluate_segmentation_site(model, cfg, context.node_config, seed, device))
     data = site_data(cfg, context.node_config)
     metrics = evaluate_local(model, data.test)
-    if cfg.attack_names:  # on the site's own fixed set of a policy size, never one the server picks
+    # on the site's own fixed set of a policy size, never one the server picks; in the rounds the
+    # request's attack-rounds names (default: the final one only)
+    if cfg.attack_names and cfg.attacks_in_round(server_round):
         subset = evaluation_subset(data.test, cfg.attack_samples, cfg, context.node_config)
         metrics.update(evaluate_robustness(model, data_to(subset, device), cfg, seed))
     metrics.update(backdoor_metrics(model, cfg, data_to(data.test, device)))

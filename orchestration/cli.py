@@ -82,12 +82,15 @@ def simulate(
     site_policy: Annotated[str | None, typer.Option(help="Site privacy policy (TOML) every simulated site runs under (default: the built-in one).")] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print the stored run as JSON.")] = False,
     verbose: Annotated[bool, typer.Option(help="Show Flower's own logs.")] = False,
+    quiet: Annotated[bool, typer.Option(help="No live progress display and warnings only (the display shows on terminals only).")] = False,
     mlflow: Annotated[str | None, typer.Option("--mlflow", help="Also log the run (config, metrics per round, robustness cells) to this MLflow tracking URI, e.g. file:///path/mlruns (needs fedaegis[mlflow]).")] = None,
 ) -> None:
     """Run a federated training and evaluation of simulated hospitals on Ray, and store it."""
     from ..orchestration.simulation import SimulationResources, check_client_gpus
 
-    _setup_logging(verbose)
+    if verbose and quiet:
+        _fail("--verbose and --quiet both set; give one")
+    _setup_logging(verbose, quiet)
     if mlflow is not None:
         from ..orchestration.tracking import check_mlflow
 
@@ -112,7 +115,7 @@ def simulate(
         overrides, sites = _resume_overrides(ctx, resume, db_url, sites)
         _preflight(overrides, sites, Names({"num-sites": "--sites", "db-url": "--db-url"}))
         console.print(f"[bold]fedaegis[/]: resuming run {resume} with {sites} simulated sites")
-        _run_and_report(overrides, sites, resources, as_json, verbose, mlflow, site_policy)
+        _run_and_report(overrides, sites, resources, as_json, verbose, mlflow, site_policy, quiet)
         return
     if sites is not None and sites < 1:
         _fail(f"--sites: need at least 1 site, got {sites}")
@@ -137,7 +140,7 @@ def simulate(
         f"[bold]fedaegis[/]: {sites} simulated sites, {cfg.num_server_rounds} rounds, model {cfg.model}, "
         f"data {cfg.dataset} ({cfg.partitioning})"
     )
-    _run_and_report(cfg.to_flower(), sites, resources, as_json, verbose, mlflow, site_policy)
+    _run_and_report(cfg.to_flower(), sites, resources, as_json, verbose, mlflow, site_policy, quiet)
 
 
 # run-config keys set by simulate's own options (the rest come with -c KEY=VALUE)
@@ -195,7 +198,7 @@ def _resume_overrides(ctx: typer.Context, ref: str, db_url: str | None, sites: i
 
 
 def _run_and_report(overrides: dict[str, Any], sites: int, resources: Any, as_json: bool, verbose: bool,
-                    mlflow: str | None = None, site_policy: str | None = None) -> None:
+                    mlflow: str | None = None, site_policy: str | None = None, quiet: bool = False) -> None:
     """Run, then print the stored run; a run that failed (or was interrupted) exits non-zero with its reason."""
     import uuid as uuidlib
 
@@ -205,8 +208,12 @@ def _run_and_report(overrides: dict[str, Any], sites: int, resources: Any, as_js
 
     overrides = {**overrides, "run-uuid": overrides.get("run-uuid") or uuidlib.uuid4().hex}
     store = RunStore(str(overrides["db-url"]))
+    from .progress import live
+
     try:
-        run_uuid = run_sim(overrides, sites, resources, verbose=verbose, site_policy=site_policy)
+        with live(console, enabled=not quiet) as progress:  # on a terminal only: CI keeps the plain lines
+            run_uuid = run_sim(overrides, sites, resources, verbose=verbose, site_policy=site_policy,
+                               progress=progress)
     except KeyboardInterrupt:
         _mark(store, str(overrides["run-uuid"]), "interrupted", "interrupted (Ctrl-C); go on with --resume")
         console.print(f"interrupted: run {overrides['run-uuid']} is stored as interrupted; "
@@ -320,6 +327,8 @@ def evaluate(
     seed: Annotated[int, typer.Option(help="Seed for sampling and random starts.")] = 0,
     db_url: DbOption = None,
     as_json: Annotated[bool, typer.Option("--json", help="Machine-readable output.")] = False,
+    verbose: Annotated[bool, typer.Option(help="A line per attack and batch done, with elapsed and remaining time.")] = False,
+    quiet: Annotated[bool, typer.Option(help="No progress display (it shows on terminals only).")] = False,
 ) -> None:
     """Attack a stored run's global model on a local dataset (one site, no federation)."""
     import torch
@@ -356,9 +365,13 @@ def evaluate(
         _fail(str(exc))
     except (ConfigError, RunNotFoundError, FileNotFoundError, DataValidationError, ValueError) as exc:
         _fail(str(exc))
+    if verbose and quiet:
+        _fail("--verbose and --quiet both set; give one")
     subset = attack_subset(data, samples, seed)
     torch.manual_seed(seed)
-    results = evaluate_attacks(model, (subset.images, subset.labels), cfg.attack_suite, cfg.epsilon_values)
+    results = _attack_with_progress(lambda progress: evaluate_attacks(
+        model, (subset.images, subset.labels), cfg.attack_suite, cfg.epsilon_values, progress=progress),
+        verbose=verbose, quiet=quiet)
     cells = [
         {"attack": a, "epsilon": e, **{k.replace("-", "_"): v for k, v in {**t, **derive(t)}.items()}}
         for (a, e), t in sorted(decode(encode(results)).items())
@@ -379,6 +392,30 @@ def evaluate(
     out.print(table)
     if data.num_skipped:
         out.print(f"files skipped (unreadable or rejected): {data.num_skipped}")
+
+
+def _attack_with_progress(run: Any, verbose: bool, quiet: bool) -> Any:
+    """``run(progress)`` with a progress bar on a terminal, and a line per step with ``verbose``."""
+    import time
+
+    from .progress import attack_progress, duration
+
+    bar = attack_progress(console, enabled=not quiet)
+    start = time.monotonic()
+
+    def progress(done: int, total: int, label: str) -> None:
+        if bar is not None:
+            bar.update(task, completed=done, total=total, description=f"attacking ({label})")
+        if verbose:
+            spent = time.monotonic() - start
+            console.print(f"{label}: {done}/{total} (samples x attack runs), elapsed {duration(spent)}, "
+                          f"left ~{duration(spent * (total - done) / done)}", highlight=False)
+
+    if bar is None:
+        return run(progress)
+    with bar:
+        task = bar.add_task("attacking", total=None)
+        return run(progress)
 
 
 # the per-round fields of --json, from the stored metric they show

@@ -216,9 +216,14 @@ def _runtime_env(resources: SimulationResources, exchange_log: Path, live_grid: 
     return env
 
 
-def _relay(verbose: bool) -> Callable[[str], None]:
-    """Show fedaegis' lines of the run's log stream through our logger; Flower's with ``verbose``."""
+def _relay(verbose: bool, on_event: Callable[[dict[str, Any]], None] | None = None) -> Callable[[str], None]:
+    """Show fedaegis' lines of the run's log stream through our logger; Flower's with ``verbose``.
+
+    Progress events (``[fedaegis] EVENT {json}``, :mod:`fedaegis.server.progress`) go to
+    ``on_event`` as dicts, never to the log.
+    """
     from ..server.app import LOG_PREFIX
+    from ..server.progress import EVENT_LEVEL, parse_event
 
     levels = {"DEBUG": logging.DEBUG, "INFO": logging.INFO, "WARNING": logging.WARNING, "ERROR": logging.ERROR,
               "CRITICAL": logging.CRITICAL}
@@ -227,6 +232,11 @@ def _relay(verbose: bool) -> Callable[[str], None]:
         at = line.find(LOG_PREFIX)  # a simulated site's line comes prefixed by Ray with its actor
         if at >= 0:
             level, _, message = line[at + len(LOG_PREFIX):].partition(" ")
+            if level == EVENT_LEVEL:
+                event = parse_event(message)
+                if event is not None and on_event is not None:
+                    on_event(event)
+                return
             log.log(levels.get(level, logging.INFO), "%s", message)
         elif verbose:
             print(line, file=sys.stderr, flush=True)
@@ -244,6 +254,7 @@ def simulate(
     client_app: str | None = None,
     live_grid: str | None = None,
     site_policy: str | None = None,
+    progress: Callable[[dict[str, Any]], None] | None = None,
 ) -> str:
     """Run a simulated federation; returns the run's uuid (its key in the database).
 
@@ -256,6 +267,7 @@ def simulate(
     Raises :class:`~.runtime.RuntimeFailure` when Flower reports the run failed.
     ``site_policy`` is a policy TOML file every simulated site runs under (given to the sites as
     ``$FEDAEGIS_SITE_POLICY``; default: each site's own, see :mod:`fedaegis.shared.site_policy`).
+    ``progress`` receives the run's progress events (:mod:`fedaegis.server.progress`) as they come.
     """
     if num_sites < 1:
         raise ValueError(f"num_sites: need at least one site, got {num_sites}")
@@ -303,9 +315,13 @@ def simulate(
             from ..shared.site_policy import POLICY_ENV
 
             env[POLICY_ENV] = str(Path(site_policy).resolve())
+        if progress is not None:
+            from ..server.progress import PROGRESS_ENV
+
+            env[PROGRESS_ENV] = "1"
         try:
             with _stop_on_sigterm(), ManagedSuperLink(state, env) as link:
-                link.run(app_dir, fed, _relay(verbose), succeeded=lambda _: _stored_completed(cfg))
+                link.run(app_dir, fed, _relay(verbose, progress), succeeded=lambda _: _stored_completed(cfg))
         finally:  # a failed run's exchanges too: an audit reports what the sites sent before it failed
             if wrap_grid is not None and exchanges.exists():
                 replay(read_events(exchanges), wrap_grid)

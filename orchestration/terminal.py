@@ -24,13 +24,13 @@ console = Console(stderr=True, emoji=False)
 out = Console(emoji=False)
 
 
-def setup_logging(verbose: bool) -> None:
-    """fedaegis progress through Rich; Flower's own log only with ``--verbose``."""
+def setup_logging(verbose: bool, quiet: bool = False) -> None:
+    """fedaegis progress through Rich (warnings only with ``--quiet``); Flower's own log only with ``--verbose``."""
     from flwr.supercore.logger import update_console_handler
 
     ours = logging.getLogger("fedaegis")
     ours.handlers = [RichHandler(console=console, show_path=False, markup=False)]
-    ours.setLevel(logging.INFO)
+    ours.setLevel(logging.WARNING if quiet else logging.INFO)
     ours.propagate = False
     logging.getLogger("flwr").propagate = False
     # Flower logs every site's exception as a traceback, every round; the run's end names each distinct one once

@@ -269,7 +269,12 @@ def make_server_app(
     def main(grid: Grid, context: Context) -> None:
         from ..shared.preflight import check_config, preflight
 
+        from .progress import PROGRESS_ENV, log_events, progress_grid
+
         log_to_flower()
+        if os.environ.get(PROGRESS_ENV):
+            log_events(LOG_PREFIX)
+            grid = progress_grid(grid)  # under any wrapper: it sees each reply as it arrives
         refuse_shared_credentials(dict(context.run_config))
         cfg = check_config(with_data_shape({**dict(context.run_config), **(overrides or {})}))
         if not cfg.resume_run:  # a resumed run is checked against its stored config (server/resume.py)

@@ -274,6 +274,7 @@ class AttackSection(Section):
     attacks: str = ""
     epsilons: str = "1/255,2/255,4/255,8/255"
     attack_samples: int = 256
+    attack_rounds: str = "final"  # rounds whose evaluation runs ``attacks``: final, all or every:K (+ the final)
     attack_pgd_steps: int = method_param("attack", "pgd", "steps", 10)
     attack_pgd_restarts: int = method_param("attack", "pgd", "restarts", 1)
     attack_bim_steps: int = method_param("attack", "bim", "steps", 10)
@@ -299,6 +300,7 @@ class AttackSection(Section):
         yield "attack-samples", self.attack_samples >= 0, "must be >= 0 (0: the whole test split)"
         self.epsilon_values  # noqa: B018 - parsed now so a bad list fails at start-up
         self.attack_names  # noqa: B018
+        self.attack_round_period  # noqa: B018
         for f in fields(AttackSection):
             if "method" in f.metadata:  # steps, restarts and queries: at least one
                 value = getattr(self, f.name)
@@ -313,6 +315,18 @@ class AttackSection(Section):
     def epsilon_values(self) -> tuple[float, ...]:
         """``epsilons`` parsed: decimals or fractions such as ``2/255``, each in (0, 1]."""
         return _epsilons(self.epsilons)
+
+    @property
+    def attack_round_period(self) -> int:
+        """``attack-rounds`` as a period: 1 (all), K (every:K) or 0 (the final round only)."""
+        rule = self.attack_rounds.strip().lower()
+        if rule in ("final", "all"):
+            return 0 if rule == "final" else 1
+        head, _, k = rule.partition(":")
+        if head == "every" and k.strip().isdigit() and int(k) >= 1:
+            return int(k)
+        raise ConfigError(f"run config 'attack-rounds' = {self.attack_rounds!r}: must be final, all or every:K "
+                          "(K >= 1)")
 
     def attack_params(self, name: str) -> dict[str, Any]:
         """Attack ``name``'s constructor keywords set by ``attack.<name>.*`` keys (its defaults otherwise)."""
@@ -593,6 +607,12 @@ class RunConfig(SegmentationSection, SecureAggregationSection, AggregationSectio
         yield ("secure-aggregation-train", not self.secure_aggregation_train or self.clip_norm == 0,
                "clip-norm clips each site's update at the server, which secure aggregation hides; "
                "bound updates at the sites (dp-epsilon) or set clip-norm = 0")
+
+    def attacks_in_round(self, server_round: int) -> bool:
+        """Whether the sites run the ``attacks`` suite in this round: the final round always, others by
+        ``attack-rounds`` (every:K: rounds K, 2K, ...), so a run pays for attacks once unless asked."""
+        period = self.attack_round_period
+        return server_round >= self.num_server_rounds or (period > 0 and server_round % period == 0)
 
     @classmethod
     def from_flower(cls, run_config: Mapping[str, Any]) -> RunConfig:

@@ -40,6 +40,7 @@ CHEAP: dict[str, dict] = {
     "watermark": {"eps": 0.3, "stride": 4},
     "fmn": {"eps": 8 / 255, "steps": 20},
     "autoattack": {"eps": 8 / 255, "apgd_steps": 10, "fab_steps": 10, "square_queries": 50},
+    "autoattack-fast": {"eps": 8 / 255, "apgd_steps": 10, "fab_steps": 10, "square_queries": 50},
     "hopskipjump": {"eps": 8 / 255, "n_queries": 150, "budgets": [50]},
     "rays": {"eps": 8 / 255, "n_queries": 150, "budgets": [50]},
 }

@@ -117,3 +117,16 @@ def test_fmn_curve_matches_pgd(pneu):
         assert curve[e].robust_accuracy <= pgd.robust_accuracy + 0.02, e
         assert float((curve[e].x_adv - x).abs().max()) <= e + 1e-6
         assert curve[e].clean_correct == pgd.clean_correct
+
+
+def test_autoattack_fast_preset_costs_less_and_finds_almost_as_much(pneu):
+    x, y = pneu.x[:32], pneu.y[:32]
+    presets = {name: build_attack(name, eps=2 / 255) for name in ("autoattack", "autoattack-fast")}
+    assert presets["autoattack"].square_queries == 5 * presets["autoattack-fast"].square_queries == 5000
+    # the gradient stages on the real presets' budgets (Square's 5000 sequential queries would take the
+    # test's whole time on the survivors; its budget is the attribute checked above)
+    gradient = ("apgd-ce", "apgd-t", "fab-t")
+    standard, fast = (build_attack(name, eps=2 / 255, stages=gradient).attack(pneu.model, x, y) for name in presets)
+    assert fast.clean_correct == standard.clean_correct and standard.robust_correct > 0  # some survive
+    assert fast.queries < standard.queries / 1.5  # the reference budgets are spent on the survivors
+    assert standard.robust_correct <= fast.robust_correct <= standard.robust_correct + 0.05 * fast.n

@@ -213,3 +213,20 @@ def test_the_preflight_reads_the_same_shape(shared_data):
     facts = dataset_facts(str(shared_data / "adrenalmnist3d" / "adrenalmnist3d.npz"))
     cfg = check_config({"dataset": "x.npz", **facts.run_config()})
     assert cfg.shape == facts.shape == DataShape(channels=1, spatial_dims=3, size=28, classes=2)
+
+
+@pytest.mark.parametrize(
+    ("rule", "attacked"),
+    [("final", [5]), ("all", [1, 2, 3, 4, 5]), ("every:2", [2, 4, 5]), ("every:1", [1, 2, 3, 4, 5]),
+     ("EVERY:3", [3, 5])],
+)
+def test_attack_rounds_pick_the_rounds_that_run_attacks(rule, attacked):
+    cfg = RunConfig.from_flower({"num-server-rounds": 5, "attacks": "fgsm", "attack-rounds": rule})
+    assert [r for r in range(1, 6) if cfg.attacks_in_round(r)] == attacked
+    assert RunConfig().attack_rounds == "final"  # by default a run pays for attacks once
+
+
+@pytest.mark.parametrize("rule", ["every:0", "every", "every:x", "first", "2", ""])
+def test_a_bad_attack_rounds_names_the_key(rule):
+    with pytest.raises(ConfigError, match="'attack-rounds'"):
+        RunConfig.from_flower({"attack-rounds": rule})

@@ -18,6 +18,7 @@ pytestmark = pytest.mark.slow
 def federated_run(tmp_path_factory):
     db = f"sqlite:///{tmp_path_factory.mktemp('sim') / 'runs.db'}"
     grids: list[AuditingGrid] = []
+    events: list[dict] = []
 
     def wrap(grid):
         grids.append(AuditingGrid(grid))
@@ -29,8 +30,9 @@ def federated_run(tmp_path_factory):
         num_sites=3,
         resources=SimulationResources(num_cpus=2),
         wrap_grid=wrap,
+        progress=events.append,
     )
-    return RunStore(db), run_uuid, grids[0], db
+    return RunStore(db), run_uuid, grids[0], db, events
 
 
 def test_run_is_stored_round_by_round(federated_run):
@@ -60,7 +62,7 @@ def test_final_model_checkpoint_loads(federated_run):
 
 
 def test_every_reply_holds_only_aggregates(federated_run):
-    _, _, grid, _ = federated_run
+    _, _, grid, *_ = federated_run
     assert len(grid.replies) == 2 * (3 + 3)  # 2 rounds x (3 train + 3 evaluate replies)
     assert grid.violations == []
     for reply in grid.replies:
@@ -80,11 +82,16 @@ def test_every_reply_holds_only_aggregates(federated_run):
             assert all(tuple(a.shape[-2:]) != (28, 28) for a in arrays.values())
 
 
-def test_robust_accuracy_per_attack_eps_and_round(federated_run):
+def test_robust_accuracy_per_attack_eps_in_the_final_round_only(federated_run):
     from fedaegis.orchestration.cli import _robustness
 
-    store, run_uuid, *_ = federated_run
-    for rnd in store.get_run(run_uuid)["rounds"]:
+    store, run_uuid, grid, *_ = federated_run
+    first, final = store.get_run(run_uuid)["rounds"]
+    assert _robustness(first) == []  # attack-rounds = "final" (the default): round 1 pays for no attack
+    evaluations = [r for r in grid.replies if r.metadata.message_type == MessageType.EVALUATE]
+    sent = [sorted(k for k in r.content["metrics"].keys() if k.startswith("attack.")) for r in evaluations]
+    assert sent[:3] == [[], [], []] and all(len(keys) >= 4 * 3 for keys in sent[3:])  # the sites never ran them
+    for rnd in [final]:
         cells = {(c["attack"], round(c["epsilon"] * 255)): c for c in _robustness(rnd)}
         assert set(cells) == {("fgsm", 2), ("fgsm", 8), ("pgd", 2), ("pgd", 8)}
         for cell in cells.values():
@@ -103,7 +110,7 @@ def test_evaluate_command_attacks_the_stored_model(federated_run):
 
     from fedaegis.orchestration.cli import app
 
-    _, run_uuid, _, db = federated_run
+    _, run_uuid, _, db, _ = federated_run
     res = CliRunner().invoke(app, ["evaluate", run_uuid, "--db-url", db, "--attacks", "fgsm,pgd",
                                    "--epsilons", "8/255", "--samples", "64", "--json"])
     assert res.exit_code == 0, res.output
@@ -112,3 +119,22 @@ def test_evaluate_command_attacks_the_stored_model(federated_run):
     by_attack = {c["attack"]: c for c in out["results"]}
     assert by_attack["pgd"]["robust_accuracy"] < by_attack["pgd"]["clean_accuracy"]
     assert by_attack["pgd"]["robust_accuracy"] <= by_attack["fgsm"]["robust_accuracy"] + 1 / 64
+
+
+def test_progress_events_follow_the_run_and_carry_no_site_values(federated_run):
+    from fedaegis.orchestration.progress import RunProgress
+
+    *_, events = federated_run
+    steps = [(e["event"], e["phase"], e["round"]) for e in events if e["event"] != "reply"]
+    assert steps == [("sent", "train", 1), ("done", "train", 1), ("sent", "evaluate", 1), ("done", "evaluate", 1),
+                     ("sent", "train", 2), ("done", "train", 2), ("sent", "evaluate", 2), ("done", "evaluate", 2)]
+    replies = [e for e in events if e["event"] == "reply"]
+    assert len(replies) == 2 * 2 * 3 and all(e["ok"] for e in replies)
+    assert {e["site"] for e in replies} == set(events[0]["sites"]) and len(events[0]["sites"]) == 3
+    # only the clock, the round and which node answered: nothing a site computed
+    assert {k for e in events for k in e} <= {"event", "t", "phase", "round", "rounds", "sites", "site", "ok",
+                                              "replies", "sent"}
+    state = RunProgress()
+    for event in events:
+        state.update(event)
+    assert state.finished and state.round == state.rounds == 2 and state.remaining(events[-1]["t"]) == 0

@@ -124,7 +124,8 @@ def test_differencing_k_and_k_plus_one_learns_nothing(real_site):
     for k in range(40, 52):
         counts = []
         for samples in (k, k + 1):
-            reply = ask(app, "evaluate", {"attacks": "fgsm", "epsilons": "8/255", "attack-samples": samples},
+            reply = ask(app, "evaluate", {"attacks": "fgsm", "epsilons": "8/255", "attack-samples": samples,
+                                          "attack-rounds": "all"},  # a round-1 request: attacks in every round
                         real_site, _always(1))
             assert not reply.has_error()
             counts.append(reply.content["metrics"][f"attack.fgsm.eps={EPS}.clean-correct"])

@@ -9,7 +9,7 @@ revealing per-image outcomes.
 from __future__ import annotations
 
 import inspect
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any
 
 import torch
@@ -20,7 +20,7 @@ from .base import Attack, AttackResult, ThreatModel, attack_mode, check_batch
 from .bim import BIM
 from .cw import CW
 from .deepfool import DeepFool
-from .ensemble import AutoAttack
+from .ensemble import AutoAttack, AutoAttackFast
 from .fab import FAB
 from .fgsm import FGSM
 from .fmn import FMN, robust_accuracy_curve
@@ -37,7 +37,7 @@ from .watermark import Watermark
 ATTACKS: dict[str, type[Attack]] = {
     cls.name: cls
     for cls in (FGSM, BIM, PGD, MIFGSM, TIFGSM, CW, DeepFool, APGD, APGDT, FAB, Square,
-                OnePixel, UniversalPerturbation, Watermark, FMN, AutoAttack)
+                OnePixel, UniversalPerturbation, Watermark, FMN, AutoAttack, AutoAttackFast)
 } | {
     cls.name: cls for cls in (HopSkipJump, RayS)  # label-only, with a query-budget grid
 }
@@ -141,6 +141,7 @@ def evaluate_attacks(
     epsilons: Sequence[float] = DEFAULT_EPSILONS,
     *,
     batch_size: int = 128,
+    progress: Callable[[int, int, str], None] | None = None,
 ) -> dict[tuple[str, float], dict[str, int | float]]:
     """Run every attack of ``suite`` at every epsilon over ``data``; return summed counts only.
 
@@ -153,6 +154,8 @@ def evaluate_attacks(
     ``data`` never falls as epsilon grows).
     Keys are ``(label, eps)``; values hold n, clean_correct, robust_correct,
     successes, linf_sum, l2_sum, queries (and attack-specific counts).
+    ``progress(done, total, label)`` is called after each attack's pass over a batch
+    (units: samples times attack runs, an FMN curve counting once).
     """
     if not suite:
         raise ValueError("suite: need at least one attack")
@@ -179,6 +182,8 @@ def evaluate_attacks(
                 prev = attacks[e].fit(model, batches, init=prev)
 
     totals: dict[tuple[str, float], AttackResult] = {}
+    runs = sum(1 if name == "fmn" else len(attacks) for _, name, attacks in plans)
+    total, done = runs * sum(int(xb.shape[0]) for xb, _ in batches), 0
     for xb, yb in batches:
         with attack_mode(model), torch.inference_mode():
             clean = model(xb)
@@ -186,14 +191,17 @@ def evaluate_attacks(
         for label, name, attacks in plans:
             if name == "fmn":
                 first = next(iter(attacks.values()))
-                results = first.curve(model, xb, yb, list(attacks), clean_logits=clean)
-            else:
-                results = {e: atk.attack(model, xb, yb, clean_logits=clean)
-                           for e, atk in attacks.items()}
-            for e, res in results.items():
-                res.x_adv = None
-                key = (label, e)
-                totals[key] = totals[key].merge(res) if key in totals else res
+                runs_of_batch = [first.curve(model, xb, yb, list(attacks), clean_logits=clean)]
+            else:  # one epsilon at a time, so that progress moves with each
+                runs_of_batch = ({e: atk.attack(model, xb, yb, clean_logits=clean)} for e, atk in attacks.items())
+            for results in runs_of_batch:
+                for e, res in results.items():
+                    res.x_adv = None
+                    key = (label, e)
+                    totals[key] = totals[key].merge(res) if key in totals else res
+                done += int(xb.shape[0])
+                if progress is not None:
+                    progress(done, total, label)
     for label, name, attacks in plans:
         if name == "universal":  # count the fitting queries once
             for e, atk in attacks.items():
