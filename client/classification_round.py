@@ -19,6 +19,7 @@ from torch import nn
 
 from ..shared.config import RunConfig
 from ..shared.data import ImageSet
+from ..shared.members import MemberSet
 from ..shared import training
 from ..shared.training import CrossEntropy, DPSGD, Objective, balanced_weights
 from ..shared.training.transforms import apply_data, apply_updates, data_transforms, update_transforms
@@ -108,8 +109,6 @@ def train_classifier_round(
     if cfg.inversion_audit and server_round == 1:  # the first update is the most revealing
         metrics.update(_audit(model, cfg, data, seed))
     if cfg.defence_models:  # a defence comparison: every member, plain or with its hardening
-        from .defence_comparison import train_members
-
         metrics.update(train_members(model, cfg, train_set, seed, unlabelled, device))  # type: ignore[arg-type]
     else:
         privacy = (DPSGD(cfg.dp_epsilon, cfg.dp_delta, cfg.dp_max_grad_norm, noise_seed=seed + 1)
@@ -131,3 +130,19 @@ def backdoor_metrics(model: nn.Module, cfg: RunConfig, data: ImageSet) -> dict[s
 
     return backdoor_counts(model, data.images, data.labels, target_class=cfg.target_class,
                            trigger=Trigger(size=cfg.trigger_size))
+
+
+def train_members(model: MemberSet, cfg: RunConfig, data: ImageSet, seed: int, unlabelled: torch.Tensor | None = None,
+                  device: torch.device | str = "cpu") -> dict[str, float | int]:
+    """Train every member in place, each with its own objective and the round's other parts;
+    ``member.<name>.train-*`` sums, the first member's also unprefixed."""
+    options = fit_options(cfg, data, unlabelled, seed, device)
+    out: dict[str, float | int] = {"num-examples": len(data)}
+    for i, (name, member) in enumerate(model.members.items()):
+        torch.manual_seed(seed + i)
+        counts = training.train_classifier(member, data, build_objective(name, cfg), **options)
+        for key in ("train-loss-sum", "train-correct"):
+            out[f"member.{name}.{key}"] = counts[key]
+            if i == 0:
+                out[key] = counts[key]
+    return out

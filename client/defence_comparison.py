@@ -41,23 +41,6 @@ MAX_DETECTOR_FIT = 5000  # training images whose features fit the detector (boun
 MAX_COMBINER_FIT = 256  # calibration images crafted to fit KD+BU's logistic combiner
 
 
-def train_members(model: MemberSet, cfg: RunConfig, data: ImageSet, seed: int, unlabelled: torch.Tensor | None = None,
-                  device: torch.device | str = "cpu") -> dict[str, float | int]:
-    """Train every member in place, each with its own objective and the round's other parts;
-    ``member.<name>.train-*`` sums, the first member's also unprefixed."""
-    from ..shared.training import train_classifier
-    from .classification_round import build_objective, fit_options
-
-    options = fit_options(cfg, data, unlabelled, seed, device)
-    out: dict[str, float | int] = {"num-examples": len(data)}
-    for i, (name, member) in enumerate(model.members.items()):
-        torch.manual_seed(seed + i)
-        counts = train_classifier(member, data, build_objective(name, cfg), **options)
-        for key in ("train-loss-sum", "train-correct"):
-            out[f"member.{name}.{key}"] = counts[key]
-            if i == 0:
-                out[key] = counts[key]
-    return out
 
 
 def _seeded_perm(n: int, seed: int) -> torch.Tensor:

@@ -91,7 +91,7 @@ def test_hardening_site_uses_balanced_weights(monkeypatch):
 
 
 def test_member_set_is_one_model_with_prefixed_members():
-    from fedaegis.client.defence_comparison import train_members
+    from fedaegis.client.classification_round import train_members
     from fedaegis.shared.members import MemberSet
     from fedaegis.shared.tasks import build_task_model, model_meta
 
@@ -132,7 +132,8 @@ def test_bad_defence_config_names_the_field(override, field):
 
 def test_site_evaluation_is_counts_and_the_server_derives_accuracies():
     """Two sites' replies, summed as the server does, give the hardening, defence and detection rows."""
-    from fedaegis.client.defence_comparison import evaluate_defences, train_members
+    from fedaegis.client.classification_round import train_members
+    from fedaegis.client.defence_comparison import evaluate_defences
     from fedaegis.server.aggregation import sum_metric_records
     from fedaegis.server.defence_rows import defence_rows
     from fedaegis.shared.protocol import METRICS_KEY

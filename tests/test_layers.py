@@ -25,10 +25,7 @@ KNOWN_CYCLES: set[frozenset[str]] = {
     # shared/data: DICOM and image folders import each other (being split apart)
     frozenset({"fedaegis.shared.data.dicom", "fedaegis.shared.data.imagefolder"}),
 }
-KNOWN_UPWARD: set[tuple[str, str]] = {
-    # the privacy table trains with the site's loop (one training loop will live in shared)
-    ("fedaegis.shared.privacy.table", "fedaegis.client.training"),
-}
+KNOWN_UPWARD: set[tuple[str, str]] = set()
 
 
 def _modules() -> dict[str, Path]:
