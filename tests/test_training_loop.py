@@ -131,7 +131,7 @@ def test_fp16_without_cuda_is_refused_at_preflight_and_client_gpus_without_gpu()
 def test_a_site_trains_and_attacks_on_its_device_and_replies_in_cpu_tensors(device):
     """The node config's device is the site's; what comes back never depends on it."""
     site = {"partition-id": 0, "num-partitions": 8, "device": device}
-    config = {"local-epochs": 1, "attacks": "fgsm", "attack-samples": 32, "epsilons": "8/255"}
+    config = {"local-epochs": 1, "attacks": "fgsm", "attack-samples": 32, "epsilons": "8/255", "attack-rounds": "all"}
     reply = ask(app, "train", config, site)
     assert not reply.has_error(), reply.error
     state = reply.content["arrays"].to_torch_state_dict()
