@@ -81,11 +81,11 @@ def test_every_reply_holds_only_aggregates(federated_run):
 
 
 def test_robust_accuracy_per_attack_eps_and_round(federated_run):
-    from fedaegis.orchestration.cli import _robustness
+    from fedaegis.shared.results.query import cells as family_cells
 
     store, run_uuid, *_ = federated_run
     for rnd in store.get_run(run_uuid)["rounds"]:
-        cells = {(c["attack"], round(c["epsilon"] * 255)): c for c in _robustness(rnd)}
+        cells = {(c["attack"], round(c["epsilon"] * 255)): c for c in family_cells(rnd, "attacks")}
         assert set(cells) == {("fgsm", 2), ("fgsm", 8), ("pgd", 2), ("pgd", 8)}
         for cell in cells.values():
             assert cell["n_count"] == 3 * 32  # every site attacked 32 of its test images
