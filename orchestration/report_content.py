@@ -6,9 +6,10 @@ there is no script and no external URL. Every piece of text from the database is
 The JSON form (``--format json``) holds exactly the same content, without the images:
 both are rendered from :func:`build_report`.
 
-Sections, in order: metrics per round; robustness; hardening trade-off; defended systems;
-detection; segmentation; backdoor; inversion audit; privacy budget; then the run and its
-configuration (results first). Several runs, or a
+Sections, in order: metrics per round; robustness; hardening trade-off; then each metric family
+that declares a report section of its own (segmentation, defended systems, detection: their
+columns, the same ``show`` prints); backdoor; inversion audit; privacy budget; then the run and
+its configuration (results first). Several runs, or a
 sweep, make a comparison instead (:mod:`.report_compare`). A section whose rows the run did
 not record says so plainly (``"measured": false`` and a ``note`` in JSON) instead of
 disappearing, so a reader can tell "not measured" from "measured and fine".
@@ -69,7 +70,7 @@ from collections.abc import Mapping
 from datetime import datetime, timezone
 from typing import Any
 
-from ..shared.results import BY_NAME, query
+from ..shared.results import BY_NAME, FAMILIES, query
 from .options import JSON_SCHEMA
 
 REPORT_FORMAT = "fedaegis-run-report"
@@ -77,6 +78,8 @@ REPORT_VERSION = 1
 
 ATTACK_FIELDS = ("clean-accuracy", "robust-accuracy", "success-rate", "mean-linf", "mean-l2",
                  "mean-queries", "n-count")
+# families the report shows in a section of their own, as their columns declare (the others have bespoke ones)
+FAMILY_SECTIONS = tuple(f for f in FAMILIES if f.heading)
 SECURE_AGG_KEYS = ("secure-aggregation",)
 # the run-config keys of the privacy section (shared/config.py)
 PRIVACY_CONFIG_KEYS = ("secure-aggregation", "secure-aggregation-train", "metric-dp", "metric-epsilon",
@@ -89,11 +92,6 @@ NOT_MEASURED = {
     "hardening": "This run did not measure a hardening trade-off: no hardening results were stored.",
     "backdoor": "This run did not measure backdoor attacks: no backdoor results were stored.",
     "inversion": "This run did not run a gradient-inversion audit: no inversion results were stored.",
-    "defences": "This run did not compare defended systems: no transfer or adaptive results were stored "
-                "(run config 'defence-models').",
-    "detection": "This run did not evaluate an adversarial-example detector: no detection results were stored "
-                 "(run config 'detector').",
-    "segmentation": "This run did not evaluate segmentation: no segmentation results were stored.",
     "privacy": "This run did not account a differential-privacy budget: no privacy rows were stored.",
 }
 
@@ -262,7 +260,7 @@ def _family(run: Mapping[str, Any], name: str) -> dict[str, Any]:
     per_round = [{"round": number, **{k: (v if isinstance(v, str) else _num(v)) for k, v in cell.items()}}
                  for number, cell in query.run_cells(run, name)]
     if not per_round:
-        return {"measured": False, "note": NOT_MEASURED[name]}
+        return {"measured": False, "note": BY_NAME[name].absent}
     final_round = max(c["round"] for c in per_round)
     return {"measured": True, "title": BY_NAME[name].title, "final_round": final_round,
             "final": [c for c in per_round if c["round"] == final_round], "per_round": per_round}
@@ -330,7 +328,7 @@ def build_report(run: Mapping[str, Any]) -> dict[str, Any]:
         else {"measured": False, "note": NOT_MEASURED["rounds"], "per_round": []},
         "robustness": _robustness(run),
         "hardening": _hardening(run),
-        **{name: _family(run, name) for name in ("defences", "detection", "segmentation")},
+        **{f.name: _family(run, f.name) for f in FAMILY_SECTIONS},  # defences, detection, segmentation
         "backdoor": _backdoor(run),
         "inversion": _inversion(run),
         "privacy": _privacy(run),

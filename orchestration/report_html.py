@@ -12,7 +12,7 @@ from typing import Any
 
 from ..shared.results import BY_NAME, query
 from ..shared.results.base import eps_display
-from .report_content import _num, build_report
+from .report_content import FAMILY_SECTIONS, _num, build_report
 from .report_plots import (_plot_backdoor, _plot_hardening, _plot_inversion, _plot_privacy, _plot_robustness,
                            _plot_rounds)
 
@@ -146,13 +146,9 @@ def _html_hardening(rep: dict[str, Any]) -> str:
     return _section("hardening", "Hardening trade-off", body)
 
 
-FAMILY_SECTIONS = {"defences": "Defended systems", "detection": "Adversarial-example detection",
-                   "segmentation": "Segmentation robustness"}
-
-
 def _html_family(rep: dict[str, Any], name: str) -> str:
     """A family's section as its own columns declare it (the table ``show`` prints)."""
-    sec, title = rep[name], FAMILY_SECTIONS[name]
+    sec, title = rep[name], BY_NAME[name].heading
     if not sec["measured"]:
         return _section(name, title, _note(sec["note"]))
     family = BY_NAME[name]
@@ -221,7 +217,7 @@ def _html_privacy(rep: dict[str, Any]) -> str:
 
 
 SECTIONS = (("rounds", "Rounds"), ("robustness", "Robustness"), ("hardening", "Hardening"),
-            ("defences", "Defences"), ("detection", "Detection"), ("segmentation", "Segmentation"),
+            *((f.name, f.name.capitalize()) for f in FAMILY_SECTIONS),
             ("backdoor", "Backdoor"), ("inversion", "Inversion"), ("privacy", "Privacy"),
             ("configuration", "Configuration"))  # results first, the configuration after them
 
@@ -246,7 +242,7 @@ def render_html(report: dict[str, Any]) -> str:
         f'created {_e(run.get("created_at"))} &middot; report generated {_e(report["generated_at"])}</p>',
         f"<nav>{nav}</nav></header><main>",
         _html_rounds(report), _html_robustness(report), _html_hardening(report),
-        *(_html_family(report, name) for name in FAMILY_SECTIONS),
+        *(_html_family(report, f.name) for f in FAMILY_SECTIONS),
         _html_backdoor(report), _html_inversion(report), _html_privacy(report), _html_run(report),
         "</main></body></html>",
     ]

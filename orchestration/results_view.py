@@ -15,8 +15,8 @@ from rich.table import Table
 from ..shared.results import query
 from ..shared.results.base import eps_display
 
-# families shown in one table together (the hardening table and the defended systems it compares)
-TOGETHER = {"hardening": ("hardening", "defences"), "defences": ()}
+# families shown in one table with another (the defended systems with the hardening table they compare)
+JOINS = {"defences": "hardening"}
 
 
 def defence_cells(rnd: dict[str, Any]) -> list[dict[str, Any]]:
@@ -27,16 +27,18 @@ def defence_cells(rnd: dict[str, Any]) -> list[dict[str, Any]]:
 def print_families(run: dict[str, Any], out: Console) -> None:
     """A table per family the run has (nothing for a family it has not)."""
     plain = []
-    for family in query.present([run]):
+    families = query.present([run])
+    names = {f.name for f in families}
+    for family in families:
         if family.name == "basics":
             continue
         if family.name == "refusals":
             rows = [[str(r["round"]), *[r[c.field] for c in family.columns]] for r in query.refusals(run)]
         elif family.columns:
-            names = TOGETHER.get(family.name, (family.name,))
-            if not names:
-                continue
-            rows = [[str(n), *cells] for n, c in query.run_cells(run, *names)
+            if JOINS.get(family.name) in names:
+                continue  # in its partner's table
+            joined = (family.name, *[j for j, partner in JOINS.items() if partner == family.name and j in names])
+            rows = [[str(n), *cells] for n, c in query.run_cells(run, *joined)
                     for cells in query.table(family, [c])]
         else:
             plain += [(r["number"], row) for r in run["rounds"] for row in query.rows(r, family.name)]

@@ -51,3 +51,37 @@ def test_server_rows_are_stored_with_their_family_and_read_back_as_cells(db_url)
     assert cell["attack"] == "pgd" and cell["robust_accuracy"] == 0.5 and cell["success_rate"] == 3 / 8
     assert query.refusals(run) == [{"round": 1, "site": "7", "request": "train", "field": "release.min-batch-size"}]
     assert [f.name for f in query.present([run])] == ["basics", "attacks", "refusals"]
+
+
+def test_report_and_show_render_the_families_a_run_has(db_url):
+    import json
+
+    import pytest
+    from typer.testing import CliRunner
+
+    from fedaegis.orchestration.cli import app
+    from fedaegis.orchestration.report_content import build_report
+    from fedaegis.shared.store import MetricValue
+
+    store = RunStore(db_url)
+    run_id = store.create_run(uuid="d", name="", config={"dp-epsilon": 0.0}, num_rounds=1)
+    store.record_round(run_id, RoundRecord(1, metrics=[
+        MetricValue("evaluate", "accuracy", 0.8),
+        MetricValue("defence-transfer", "robust-accuracy", 0.6, "routed", EPS),
+        MetricValue("detection", "roc-auc", 0.93, "mahalanobis", EPS),
+        MetricValue("segmentation", f"seg.attack.pgd.linf.eps={format_eps(EPS)}.dice", 0.42)]))
+    rep = build_report(store.get_run(run_id))
+    assert rep["defences"]["final"][0]["system"] == "routed" and rep["detection"]["final"][0]["roc_auc"] == 0.93
+    (seg,) = rep["segmentation"]["final"]
+    assert (seg["candidate"], seg["norm"], seg["dice"]) == ("pgd", "linf", 0.42)
+    assert rep["privacy"]["settings"] == {"dp-epsilon": 0.0}  # keys the run config has
+    assert not rep["backdoor"]["measured"]
+    shown = CliRunner().invoke(app, ["show", str(run_id), "--db-url", db_url])
+    assert "defended systems" in shown.stdout and "ROC AUC" in shown.stdout and "0.420" in shown.stdout
+    as_json = json.loads(CliRunner().invoke(app, ["show", str(run_id), "--db-url", db_url, "--json"]).stdout)
+    assert as_json["rounds"][0]["detection"][0]["detector"] == "mahalanobis"
+    pytest.importorskip("matplotlib")
+    from fedaegis.orchestration.report_html import report_html
+
+    page = report_html(store.get_run(run_id))
+    assert 'id="defences"' in page and 'id="detection"' in page and "0.930" in page

@@ -105,8 +105,10 @@ class Family:
     key_sets: ClassVar[tuple[KeySet, ...]] = ()
     ratios: ClassVar[Mapping[str, tuple[str, str]]] = {}  # derived ratio -> (numerator, denominator) of totals
     claims: ClassVar[tuple[str, ...]] = ()  # wire prefixes it stores itself (not as plain phase rows)
-    title: ClassVar[str] = ""
+    title: ClassVar[str] = ""  # the title of its table in ``show`` and ``report``
     columns: ClassVar[tuple[Column, ...]] = ()
+    heading: ClassVar[str] = ""  # a section of its own in ``report`` under this heading ("": none, or a bespoke one)
+    absent: ClassVar[str] = ""  # what ``report`` says when a run has none of its rows
 
     # -- server: rows from the round's totals -------------------------------------------------
     def rows(self, totals: RoundTotals) -> list[MetricValue]:

@@ -20,6 +20,9 @@ class Defences(DefenceTable):
     ), lambda cfg, train: not train and bool(cfg.defence_models), lambda cfg: 2 * table_max_keys(cfg),
         table_params),)
     title = "defended systems (all sites, PGD-10)"
+    heading = "Defended systems"
+    absent = ("This run did not compare defended systems: no transfer or adaptive results were stored "
+              "(run config 'defence-models').")
 
 
 FAMILY = Defences()

@@ -31,6 +31,9 @@ class Detection(Family):
         lambda cfg: len(cfg.epsilon_values) * (1 + 2 * 9999),
         lambda cfg: {"detector": {cfg.detector}, "eps": {eps_name(e) for e in cfg.epsilon_values}}),)
     title = "adversarial-example detection (federated ROC AUC, PGD-10 on the standard model)"
+    heading = "Adversarial-example detection"
+    absent = ("This run did not evaluate an adversarial-example detector: no detection results were stored "
+              "(run config 'detector').")
     columns = (Column("detector", "detector", "text"), Column("eps", "epsilon", "eps"),
                Column("ROC AUC", "roc_auc"), Column("clean", "clean_count", ".0f"),
                Column("adversarial", "adv_count", ".0f"))

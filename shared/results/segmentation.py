@@ -44,6 +44,8 @@ class Segmentation(Family):
         lambda cfg: 64 * (2 + len(cfg.epsilon_values) * (1 + len(cfg.seg_attacks.split(",")))) * cfg.num_classes,
         lambda cfg: {"eps": _eps_set(cfg), "reps": _eps_set(cfg)}),)
     title = "segmentation (all sites, Dice per volume)"
+    heading = "Segmentation robustness"
+    absent = "This run did not evaluate segmentation: no segmentation results were stored."
     columns = (Column("candidate", "candidate", "text"), Column("norm", "norm", "text"),
                Column("eps", "epsilon", "eps"), Column("dice", "dice"), Column("dice drop", "dice_drop"),
                Column("target IoU", "target_iou"))
