@@ -35,6 +35,7 @@ from torch import nn
 from ..shared.config import RunConfig
 from ..shared.data import ImageSet
 from ..shared.members import MemberSet
+from ..shared.results.base import eps_name
 
 PGD_STEPS = 10
 MAX_DETECTOR_FIT = 5000  # training images whose features fit the detector (bounds time and memory)
@@ -116,9 +117,9 @@ def _transfer_and_detection(cfg: RunConfig, standard: nn.Module, hardened_name: 
             with attack_mode(detector), torch.no_grad():
                 adv_scores = detector(x_adv).float()
                 routed_adv = router.route(x_adv)  # type: ignore[operator]
-            add(f"routed.eps={e:.6g}.routed-count", routed_adv.sum())
+            add(f"routed.eps={eps_name(e)}.routed-count", routed_adv.sum())
             for name, s in systems.items():
-                add(f"{name}.eps={e:.6g}.robust-correct", (clean_ok[name] & (_predict(s, x_adv) == y)).sum())
+                add(f"{name}.eps={eps_name(e)}.robust-correct", (clean_ok[name] & (_predict(s, x_adv) == y)).sum())
             fooled = clean_ok["none"] & (_predict(standard, x_adv) != y)
             hist[e][0] += bins.histogram(clean_scores[clean_ok["none"]])
             hist[e][1] += bins.histogram(adv_scores[fooled])

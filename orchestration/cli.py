@@ -14,8 +14,10 @@ from rich.table import Table
 from ..shared.config import ConfigError, RunConfig, default_db_url
 from ..shared.preflight import Names, PreflightError
 from ..shared.redact import mask_secrets
+from ..shared.results import query
+from ..shared.results.base import eps_display
 from ..shared.store import RunNotFoundError, RunStore
-from .defence_view import defence_cells, detection_cells, print_defences
+from .results_view import defence_cells, print_families
 from .options import JSON_SCHEMA, DbOption
 from .terminal import console, out
 from .terminal import fail as _fail
@@ -455,27 +457,17 @@ def _run_json(run: dict[str, Any]) -> dict[str, Any]:
             "failures": r["failures"],
             "withheld": withheld,
             "metrics": m,
-            "robustness": _robustness(r),
+            "robustness": query.cells(r, "attacks"),
             "defences": defence_cells(r),
-            "detection": detection_cells(r),
+            "detection": query.cells(r, "detection"),
             "refusals": [{"site": node, "request": row["attack"], "field": row["name"]}
-                         for node, rows in r.get("sites", {}).items() for row in rows if row["phase"] == "refusal"],
+                         for node, row in query.site_rows(r, "refusals")],
         })
     return result
 
 
-def _robustness(rnd: dict[str, Any]) -> list[dict[str, Any]]:
-    """Federation-wide attack results of one round, one entry per (attack, epsilon)."""
-    cells: dict[tuple[str, float], dict[str, Any]] = {}
-    for row in rnd["metric_rows"]:
-        if row["phase"] == "attack":
-            cell = cells.setdefault((row["attack"], row["epsilon"]), {"attack": row["attack"], "epsilon": row["epsilon"]})
-            cell[row["name"].replace("-", "_")] = row["value"]
-    return [cells[k] for k in sorted(cells)]
-
-
 def _eps(eps: float) -> str:
-    return f"{eps * 255:.3g}/255"
+    return eps_display(eps)
 
 
 def _fmt(value: float | None, spec: str = ".4f") -> str:
@@ -501,45 +493,13 @@ def _print_run(run: dict[str, Any], with_config: bool = False) -> None:
     out.print(table)
     if any(v is None for r in run["rounds"] for v in (r["metrics"].get(k) for k in ROUND_FIELDS.values())):
         out.print(WITHHELD_LEGEND, highlight=False)
-    attack_rows = [(r["number"], cell) for r in run["rounds"] for cell in _robustness(r)]
-    if attack_rows:
-        rob = Table(title="robustness (all sites)")
-        for col in ("round", "attack", "eps", "clean", "robust", "success", "Linf", "L2", "queries"):
-            rob.add_column(col, justify="right")
-        for number, c in attack_rows:
-            rob.add_row(
-                str(number), c["attack"], _eps(c["epsilon"]),
-                _fmt(c.get("clean_accuracy"), ".3f"), _fmt(c.get("robust_accuracy"), ".3f"),
-                _fmt(c.get("success_rate"), ".3f"), _fmt(c.get("mean_linf"), ".4f"),
-                _fmt(c.get("mean_l2"), ".3f"), _fmt(c.get("mean_queries"), ".1f"),
-            )
-        out.print(rob)
-    print_defences(run, out)
-    extra = [(r["number"], row) for r in run["rounds"] for row in r["metric_rows"]
-             if row["phase"] in ("backdoor", "inversion", "privacy", "segmentation")]
-    if extra:
-        more = Table(title="threats, privacy and segmentation (all sites)")
-        for col in ("round", "phase", "metric", "qualifier", "value"):
-            more.add_column(col, justify="right" if col in ("round", "value") else "left")
-        for number, row in extra:
-            qual = row["attack"] + (f" {_eps(row['epsilon'])}" if row["epsilon"] is not None else "")
-            more.add_row(str(number), row["phase"], row["name"], qual, _fmt(row["value"]))
-        out.print(more)
-    refusals = [(r["number"], node, row) for r in run["rounds"] for node, rows in r.get("sites", {}).items()
-                for row in rows if row["phase"] == "refusal"]
-    if refusals:
-        ref = Table(title="requests refused by the sites' policies")
-        for col in ("round", "site", "request", "policy field"):
-            ref.add_column(col)
-        for number, node, row in refusals:
-            ref.add_row(str(number), str(node), row["attack"], row["name"])
-        out.print(ref)
+    print_families(run, out)
     skipped = run["rounds"][-1]["metrics"].get("evaluate.skipped") if run["rounds"] else None
     out.print(f"run id {run['id']} (uuid {run['uuid']}), status {run['status']}")
     if run.get("error"):
         out.print(f"why: {mask_secrets(run['error'], _secrets())}", highlight=False, markup=False)
     if skipped:
-        noised = any(row["phase"] == "privacy" for r in run["rounds"] for row in r["metric_rows"])
+        noised = any(query.rows(r, "privacy") for r in run["rounds"])
         out.print(f"files skipped by the sites (unreadable or rejected): {int(skipped)}"
                   + (" (a DP-noised count, clamped at 0 at each site)" if noised else ""))
     if run["checkpoint_path"]:

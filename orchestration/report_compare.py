@@ -24,6 +24,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
+from ..shared.results.base import eps_display
 from . import report_content, report_html, report_plots
 from .options import JSON_SCHEMA
 
@@ -77,13 +78,13 @@ def _segmentation(run: Mapping[str, Any]) -> dict[str, float]:
 
 
 def _detection(run: Mapping[str, Any]) -> list[dict[str, Any]]:
-    from .defence_view import defence_cells, detection_cells
+    from ..shared.results import query
 
     if not run["rounds"]:
         return []
     rnd = run["rounds"][-1]
-    routed = [c for c in defence_cells(rnd) if c.get("system") == "routed"]
-    return [{"kind": "detector", **c} for c in detection_cells(rnd)] + [{"kind": "routed", **c} for c in routed]
+    routed = [c for c in query.cells(rnd, "defences") if c.get("system") == "routed"]
+    return [{"kind": "detector", **c} for c in query.cells(rnd, "detection")] + [{"kind": "routed", **c} for c in routed]
 
 
 def _attack_parameters(attacks: set[str]) -> dict[str, dict[str, Any]]:
@@ -234,7 +235,7 @@ def _plot_tradeoff(points: list[dict[str, Any]]) -> str | None:
         ax.errorbar([p["clean"] + nudge], [p["robust"]], xerr=_err([p["clean"]], [p["clean_ci"]]),
                     yerr=_err([p["robust"]], [p["robust_ci"]]), color=f"C{p['color'] % 10}",
                     marker=MARKERS[k % len(MARKERS)], ms=7, capsize=2, ls="none",
-                    label=f"{p['label']} @ {p['epsilon'] * 255:.3g}/255")
+                    label=f"{p['label']} @ {eps_display(p['epsilon'])}")
     ax.set(title="Clean vs robust accuracy (the trade-off)", xlabel="clean accuracy", ylabel="robust accuracy",
            xlim=(0, 1.02), ylim=(0, 1.02))
     ax.plot([0, 1], [0, 1], color="grey", lw=0.8, ls=":")
@@ -264,7 +265,7 @@ def _plot_rounds(rep: dict[str, Any]) -> str | None:
         k = attacks.index(attack)
         ax.errorbar(xs, ys, yerr=_err(ys, [c["robust_ci"] for c in rows]), color=f"C{i % 10}",
                     marker=MARKERS[k % len(MARKERS)], ls=LINES[k % len(LINES)], capsize=2, ms=5,
-                    label=f"{run['label']} · {attack} @ {eps * 255:.3g}/255")
+                    label=f"{run['label']} · {attack} @ {eps_display(eps)}")
     report_plots._round_axis(ax, [c["round"] for s in series for c in s[4]])
     ax.set(title="Robust accuracy per round (largest epsilon)", xlabel="round", ylabel="robust accuracy",
            ylim=(0, 1.02))

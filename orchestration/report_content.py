@@ -6,16 +6,20 @@ there is no script and no external URL. Every piece of text from the database is
 The JSON form (``--format json``) holds exactly the same content, without the images:
 both are rendered from :func:`build_report`.
 
-Sections, in order: metrics per round; robustness; hardening trade-off; backdoor; inversion
-audit; privacy budget; then the run and its configuration (results first). Several runs, or a
+Sections, in order: metrics per round; robustness; hardening trade-off; then each metric family
+that declares a report section of its own (segmentation, defended systems, detection: their
+columns, the same ``show`` prints); backdoor; inversion audit; privacy budget; then the run and
+its configuration (results first). Several runs, or a
 sweep, make a comparison instead (:mod:`.report_compare`). A section whose rows the run did
 not record says so plainly (``"measured": false`` and a ``note`` in JSON) instead of
 disappearing, so a reader can tell "not measured" from "measured and fine".
 
-Where the numbers come from: :meth:`fedaegis.shared.store.RunStore.get_run`. Only the
+Where the numbers come from: :meth:`fedaegis.shared.store.RunStore.get_run`, read through the
+query layer :mod:`fedaegis.shared.results.query` (the one ``show`` reads too). Only the
 federation-wide rows of a round (``metric_rows``, no site) are reported, except for the
-privacy budget, whose per-site rows are shown when there are any. Each metric row is
-``(phase, name, value, attack, epsilon)``; the conventions per phase are:
+privacy budget and refusals, whose per-site rows are shown when there are any. Each metric row is
+``(family, phase, name, value, attack, epsilon)``; each family's module in
+:mod:`fedaegis.shared.results` documents its rows; in short, per phase:
 
 ``train`` / ``evaluate``
     ``round["metrics"]``: ``evaluate.accuracy``, ``evaluate.loss``,
@@ -62,11 +66,11 @@ privacy budget, whose per-site rows are shown when there are any. Each metric ro
 from __future__ import annotations
 
 import json
-import math
 from collections.abc import Mapping
 from datetime import datetime, timezone
 from typing import Any
 
+from ..shared.results import BY_NAME, FAMILIES, query
 from .options import JSON_SCHEMA
 
 REPORT_FORMAT = "fedaegis-run-report"
@@ -74,10 +78,12 @@ REPORT_VERSION = 1
 
 ATTACK_FIELDS = ("clean-accuracy", "robust-accuracy", "success-rate", "mean-linf", "mean-l2",
                  "mean-queries", "n-count")
-SECURE_AGG_KEYS = ("secure-aggregation", "secagg")
-PRIVACY_CONFIG_KEYS = ("secure-aggregation", "secagg", "metric-dp", "metric-epsilon", "metric-delta",
-                       "metric-epsilon-budget", "dp", "dp-epsilon", "dp-delta", "dp-noise-multiplier",
-                       "dp-clip-norm", "target-epsilon", "target-delta")
+# families the report shows in a section of their own, as their columns declare (the others have bespoke ones)
+FAMILY_SECTIONS = tuple(f for f in FAMILIES if f.heading)
+SECURE_AGG_KEYS = ("secure-aggregation",)
+# the run-config keys of the privacy section (shared/config.py)
+PRIVACY_CONFIG_KEYS = ("secure-aggregation", "secure-aggregation-train", "metric-dp", "metric-epsilon",
+                       "metric-delta", "metric-epsilon-budget", "dp-epsilon", "dp-delta", "dp-max-grad-norm")
 
 NOT_MEASURED = {
     "rounds": "This run recorded no completed round, so there are no metrics per round.",
@@ -96,19 +102,12 @@ def _key(name: str) -> str:
     return name.replace("-", "_")
 
 
-def _num(value: Any) -> float | None:
-    """A finite float, or None (NaN/inf are not valid JSON and mean 'not available')."""
-    if value is None or isinstance(value, bool):
-        return None
-    try:
-        f = float(value)
-    except (TypeError, ValueError):
-        return None
-    return f if math.isfinite(f) else None
+_num = query.number  # a finite float, or None (NaN/inf are not valid JSON and mean 'not available')
 
 
-def _rows(rnd: Mapping[str, Any], phase: str) -> list[dict[str, Any]]:
-    return [r for r in rnd.get("metric_rows", []) if r["phase"] == phase]
+def _rows(rnd: Mapping[str, Any], family: str) -> list[Mapping[str, Any]]:
+    """The federation-wide rows of one metric family in a round."""
+    return query.rows(rnd, family)
 
 
 def _truthy(value: Any) -> bool:
@@ -141,17 +140,14 @@ def _round_metrics(run: Mapping[str, Any]) -> list[dict[str, Any]]:
 
 
 def _attack_cells(rnd: Mapping[str, Any]) -> list[dict[str, Any]]:
-    cells: dict[tuple[str, float], dict[str, Any]] = {}
-    for row in _rows(rnd, "attack"):
-        if row["epsilon"] is None:
+    cells = []
+    for c in query.cells(rnd, "attacks"):
+        if c["epsilon"] is None:
             continue
-        key = (row["attack"], float(row["epsilon"]))
-        cell = cells.setdefault(key, {"round": rnd["number"], "attack": key[0], "epsilon": key[1]})
-        cell[_key(row["name"])] = _num(row["value"])
-    for cell in cells.values():
-        for f in ATTACK_FIELDS:
-            cell.setdefault(_key(f), None)
-    return [cells[k] for k in sorted(cells)]
+        cell = {"round": rnd["number"], "attack": c["attack"], "epsilon": float(c["epsilon"])}
+        cell |= {k: _num(v) for k, v in c.items() if k not in cell}
+        cells.append({**{_key(f): None for f in ATTACK_FIELDS}, **cell})
+    return cells
 
 
 def _robustness(run: Mapping[str, Any]) -> dict[str, Any]:
@@ -259,6 +255,17 @@ def _inversion(run: Mapping[str, Any]) -> dict[str, Any]:
     }
 
 
+def _family(run: Mapping[str, Any], name: str) -> dict[str, Any]:
+    """A family's cells per round and in the final round, as the family groups them (its columns in HTML)."""
+    per_round = [{"round": number, **{k: (v if isinstance(v, str) else _num(v)) for k, v in cell.items()}}
+                 for number, cell in query.run_cells(run, name)]
+    if not per_round:
+        return {"measured": False, "note": BY_NAME[name].absent}
+    final_round = max(c["round"] for c in per_round)
+    return {"measured": True, "title": BY_NAME[name].title, "final_round": final_round,
+            "final": [c for c in per_round if c["round"] == final_round], "per_round": per_round}
+
+
 def _privacy(run: Mapping[str, Any]) -> dict[str, Any]:
     config = run.get("config", {})
     secure = any(_truthy(config.get(k)) for k in SECURE_AGG_KEYS if k in config)
@@ -271,15 +278,12 @@ def _privacy(run: Mapping[str, Any]) -> dict[str, Any]:
         if any(r["name"] != "secure-aggregation" for r in rows):
             per_round.append({"round": rnd["number"], "epsilon_spent": vals.get("epsilon-spent"),
                               "delta": vals.get("delta"), "epsilon_budget": vals.get("epsilon-budget")})
-        for node, site_rows in rnd.get("sites", {}).items():
-            for r in site_rows:
-                if r["phase"] == "privacy" and r["name"] == "epsilon-spent":
-                    per_site.append({"round": rnd["number"], "site": str(node), "epsilon_spent": _num(r["value"])})
+        for node, r in query.site_rows(rnd, "privacy"):
+            if r["name"] == "epsilon-spent":
+                per_site.append({"round": rnd["number"], "site": str(node), "epsilon_spent": _num(r["value"])})
     settings = {k: config[k] for k in PRIVACY_CONFIG_KEYS if k in config}
     # requests a site's own policy refused (fedaegis.shared.site_policy), per site and round
-    refusals = [{"round": rnd["number"], "site": str(node), "request": r["attack"], "field": r["name"]}
-                for rnd in run["rounds"] for node, site_rows in rnd.get("sites", {}).items()
-                for r in site_rows if r["phase"] == "refusal"]
+    refusals = query.refusals(run)
     result: dict[str, Any] = {"secure_aggregation": secure, "settings": settings, "refusals": refusals}
     if not per_round and not per_site:
         return {"measured": False, "note": NOT_MEASURED["privacy"], **result}
@@ -324,6 +328,7 @@ def build_report(run: Mapping[str, Any]) -> dict[str, Any]:
         else {"measured": False, "note": NOT_MEASURED["rounds"], "per_round": []},
         "robustness": _robustness(run),
         "hardening": _hardening(run),
+        **{f.name: _family(run, f.name) for f in FAMILY_SECTIONS},  # defences, detection, segmentation
         "backdoor": _backdoor(run),
         "inversion": _inversion(run),
         "privacy": _privacy(run),

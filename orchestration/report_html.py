@@ -10,7 +10,9 @@ import json
 from collections.abc import Mapping
 from typing import Any
 
-from .report_content import _num, build_report
+from ..shared.results import BY_NAME, query
+from ..shared.results.base import eps_display
+from .report_content import FAMILY_SECTIONS, _num, build_report
 from .report_plots import (_plot_backdoor, _plot_hardening, _plot_inversion, _plot_privacy, _plot_robustness,
                            _plot_rounds)
 
@@ -47,7 +49,7 @@ def _f(value: Any, spec: str = ".4f") -> str:
 
 
 def _eps(eps: float | None) -> str:
-    return "&ndash;" if eps is None else _e(f"{eps * 255:.3g}/255")
+    return "&ndash;" if eps is None else _e(eps_display(eps))
 
 
 def _table(headers: list[str], rows: list[list[str]], cls: str = "", left: int | tuple[int, ...] = 0) -> str:
@@ -144,6 +146,19 @@ def _html_hardening(rep: dict[str, Any]) -> str:
     return _section("hardening", "Hardening trade-off", body)
 
 
+def _html_family(rep: dict[str, Any], name: str) -> str:
+    """A family's section as its own columns declare it (the table ``show`` prints)."""
+    sec, title = rep[name], BY_NAME[name].heading
+    if not sec["measured"]:
+        return _section(name, title, _note(sec["note"]))
+    family = BY_NAME[name]
+    heads = ["round"] + [c.header for c in family.columns]
+    text = tuple(i + 1 for i, c in enumerate(family.columns) if c.spec == "text")
+    rows = [[_e(c["round"]), *[_e(v) for v in query.table(family, [c], "-")[0]]] for c in sec["per_round"]]
+    body = _note(sec["title"], ok=True) + _table(heads, rows, name, left=text)
+    return _section(name, title, body)
+
+
 def _html_backdoor(rep: dict[str, Any]) -> str:
     sec = rep["backdoor"]
     if not sec["measured"]:
@@ -202,6 +217,7 @@ def _html_privacy(rep: dict[str, Any]) -> str:
 
 
 SECTIONS = (("rounds", "Rounds"), ("robustness", "Robustness"), ("hardening", "Hardening"),
+            *((f.name, f.name.capitalize()) for f in FAMILY_SECTIONS),
             ("backdoor", "Backdoor"), ("inversion", "Inversion"), ("privacy", "Privacy"),
             ("configuration", "Configuration"))  # results first, the configuration after them
 
@@ -226,6 +242,7 @@ def render_html(report: dict[str, Any]) -> str:
         f'created {_e(run.get("created_at"))} &middot; report generated {_e(report["generated_at"])}</p>',
         f"<nav>{nav}</nav></header><main>",
         _html_rounds(report), _html_robustness(report), _html_hardening(report),
+        *(_html_family(report, f.name) for f in FAMILY_SECTIONS),
         _html_backdoor(report), _html_inversion(report), _html_privacy(report), _html_run(report),
         "</main></body></html>",
     ]

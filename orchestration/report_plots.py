@@ -7,6 +7,8 @@ import io
 from collections.abc import Iterable, Mapping
 from typing import Any
 
+from ..shared.results.base import eps_display
+
 # -- plots ----------------------------------------------------------------------------------
 def _figure(width: float = 7.5, height: float = 3.6):
     from matplotlib.backends.backend_agg import FigureCanvasAgg
@@ -101,7 +103,7 @@ def _plot_hardening(sec: dict[str, Any]) -> str:
         (line,) = ax.plot(xs, ys, "o-", label=method)
         for r in rows:
             if r["robust_accuracy"] is not None and r["clean_accuracy"] is not None and r["epsilon"] is not None:
-                ax.annotate(f"{r['epsilon'] * 255:.3g}/255", (r["robust_accuracy"], r["clean_accuracy"]),
+                ax.annotate(eps_display(r["epsilon"]), (r["robust_accuracy"], r["clean_accuracy"]),
                             textcoords="offset points", xytext=(4, 4), fontsize=7, color=line.get_color())
     ax.set(title=f"Hardening trade-off (round {sec['final_round']})", xlabel="robust accuracy",
            ylabel="clean accuracy", xlim=(0, 1.02), ylim=(0, 1.02))

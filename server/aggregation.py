@@ -9,17 +9,10 @@ from __future__ import annotations
 from flwr.app import MetricRecord, RecordDict
 
 from ..shared.protocol import METRICS_KEY
+from ..shared.results import ratios
 
-# derived ratio -> (numerator, denominator); added when both are present.
-RATIOS = {
-    "accuracy": ("correct", "num-examples"),
-    "loss": ("loss-sum", "num-examples"),
-    "train-accuracy": ("train-correct", "num-examples"),
-    "train-loss": ("train-loss-sum", "num-examples"),
-    "backdoor-success": ("backdoor.hit-count", "backdoor.num-examples"),
-    "inversion-psnr": ("inversion.psnr-sum", "inversion.images-count"),
-    "inversion-ssim": ("inversion.ssim-sum", "inversion.images-count"),
-}
+# derived ratio -> (numerator, denominator), declared by each metric family; added when both are present.
+RATIOS = ratios()
 
 
 def sum_metric_records(records: list[RecordDict], weighted_by_key: str) -> MetricRecord:

@@ -14,16 +14,14 @@ import torch
 from flwr.app import ArrayRecord, ConfigRecord, Context
 from flwr.serverapp import Grid, ServerApp
 
-from ..shared import robustness
 from ..shared.checkpoint import save_checkpoint
 from ..shared.paths import under
 from ..shared.config import SERVER_ONLY_KEYS, ConfigError, RunConfig, fedaegis_home
 from ..shared.tasks import build_task_model, model_meta
-from ..shared.store import MetricValue, RoundRecord, RunStore
+from ..shared.results import RoundTotals, round_rows
+from ..shared.store import RoundRecord, RunStore
 from ..shared.store.repository import checkpoint_dir
 from .aggregation import derived_ratios, withheld_examples
-from .defence_rows import defence_rows
-from .dp_rows import dp_rows
 from .recording import RecordingStrategy, RoundOutcome
 from .resume import file_sha256, pending_path, resume_point
 from .secure_evaluation import SecureAggregation
@@ -35,39 +33,6 @@ log = logging.getLogger("fedaegis")
 def client_config(cfg: RunConfig) -> ConfigRecord:
     """The part of the run config that sites need, sent with every request."""
     return ConfigRecord({k: v for k, v in cfg.to_flower().items() if k not in SERVER_ONLY_KEYS})
-
-
-def metric_rows(phase: str, metrics: Mapping[str, float]) -> list[MetricValue]:
-    """Database rows for one phase: plain metrics, and attack cells with their derived ratios."""
-    # detector score histograms (hundreds of bins) are kept only as their AUC (defence_rows)
-    rows = [MetricValue(phase, k, float(v)) for k, v in metrics.items() if not k.startswith(("attack.", "detector."))]
-    if any(k.startswith("seg.") for k in metrics):
-        from ..shared.segmentation import segmentation_summary
-
-        rows += [MetricValue("segmentation", k, v) for k, v in segmentation_summary(metrics).items()]
-    for (attack, eps), totals in robustness.decode(metrics).items():
-        rows += [
-            MetricValue("attack", name, value, attack=attack, epsilon=eps)
-            for name, value in {**totals, **robustness.derive(totals)}.items()
-        ]
-    return rows
-
-
-def threat_rows(
-    cfg: RunConfig, train: Mapping[str, float], evaluate: Mapping[str, float], train_sites: int
-) -> list[MetricValue]:
-    """Backdoor and inversion-audit results in the rows the report and ``show`` read."""
-    rows = []
-    if "backdoor-success" in evaluate:
-        rows += [MetricValue("backdoor", "attack-success-rate", evaluate["backdoor-success"]),
-                 MetricValue("backdoor", "main-accuracy", evaluate.get("accuracy", float("nan")))]
-    if "inversion-psnr" in train:
-        defence = "dp-sgd" if cfg.dp_epsilon > 0 else "pruning" if cfg.prune_fraction else "none"
-        rows += [MetricValue("inversion", "psnr", train["inversion-psnr"], attack=defence),
-                 MetricValue("inversion", "ssim", train.get("inversion-ssim", float("nan")), attack=defence)]
-    if "dpsgd.epsilon-sum" in train and train_sites:
-        rows.append(MetricValue("privacy", "dp-sgd-epsilon", train["dpsgd.epsilon-sum"] / train_sites))
-    return rows
 
 
 class RunRecorder:
@@ -99,24 +64,11 @@ class RunRecorder:
             evaluate_replies=outcome.evaluate_replies,
             failures=outcome.failures,
         )
-        for phase, metrics in (("train", outcome.train_metrics), ("evaluate", outcome.evaluate_metrics)):
-            if metrics is not None:
-                record.metrics += metric_rows(phase, metrics)  # type: ignore[arg-type]
-        record.metrics += threat_rows(self.cfg, outcome.train_metrics or {}, outcome.evaluate_metrics or {},  # type: ignore[arg-type]
-                                      outcome.train_replies)
-        if outcome.evaluate_metrics is not None:
-            record.metrics += dp_rows(self.cfg, outcome.evaluate_metrics, outcome.site_evaluate)  # type: ignore[arg-type]
-            record.metrics += defence_rows(outcome.evaluate_metrics)  # type: ignore[arg-type]
-        for node, phase, policy_field in outcome.refusals:  # a site's policy said no: stored per site and round
-            record.site_metrics.setdefault(node, []).append(MetricValue("refusal", policy_field, 1.0, attack=phase))
-        for policy_field in sorted({f for _, _, f in outcome.refusals}):
-            count = sum(f == policy_field for _, _, f in outcome.refusals)
-            record.metrics.append(MetricValue("refusal", policy_field, float(count)))
-        for phase, sites in (("train", outcome.site_train), ("evaluate", outcome.site_evaluate)):
-            for node, values in sites.items():
-                record.site_metrics.setdefault(node, []).extend(
-                    metric_rows(phase, {**values, **derived_ratios(values, withheld_examples(values))})
-                )
+        record.metrics, record.site_metrics = round_rows(RoundTotals(  # every metric family's rows
+            self.cfg, outcome.train_metrics, outcome.evaluate_metrics, outcome.train_replies,  # type: ignore[arg-type]
+            site_train={n: {**v, **derived_ratios(v, withheld_examples(v))} for n, v in outcome.site_train.items()},
+            site_evaluate={n: {**v, **derived_ratios(v, withheld_examples(v))} for n, v in outcome.site_evaluate.items()},
+            refusals=outcome.refusals))
         # crash-safe (see server/resume.py): the model waits beside the checkpoint until its
         # round and hash are committed together, then replaces it
         pending = pending_path(self.checkpoint)

@@ -23,6 +23,8 @@ from __future__ import annotations
 import re
 from collections.abc import Iterable, Mapping, Sequence
 
+from .results.base import eps_name
+
 PREFIX = "defence"
 # wire table -> database phase
 PHASES = {"hardening": "hardening", "transfer": "defence-transfer", "adaptive": "defence-adaptive"}
@@ -31,7 +33,7 @@ _NAME = re.compile(rf"^{PREFIX}\.(?P<table>[a-z]+)\.(?P<system>[a-z0-9_\-+]+)\."
 
 
 def _eps(eps: float) -> str:
-    return f"eps={eps:.6g}"
+    return f"eps={eps_name(eps)}"
 
 
 def encode_table(

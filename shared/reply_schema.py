@@ -12,9 +12,9 @@ one of its epsilons, one of its defence members), each key's type and its group:
   bound, so it is withheld under DP), on a grid of ``RESOLUTION``;
 - ``meta``: bookkeeping that is not data (suppression flags, epsilon spent).
 
-The same declarations drive the client's guard, ``fedaegis audit``, the server's
-decoding and the DP sensitivities (:mod:`fedaegis.shared.metric_dp`), so a new family is
-added here and nowhere else. A reply may hold only keys the request asked for, at most
+The declarations live with their family (:mod:`fedaegis.shared.results`, one module a
+family); the same declarations drive the client's guard, ``fedaegis audit``, the server's
+decoding and the DP sensitivities (:mod:`fedaegis.shared.metric_dp`). A reply may hold only keys the request asked for, at most
 ``max_keys(cfg)`` of them; anything else is withheld.
 """
 
@@ -22,136 +22,23 @@ from __future__ import annotations
 
 import math
 import re
-from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from collections.abc import Mapping
 
 from .config import RunConfig
+from .results import FAMILIES as RESULT_FAMILIES
+from .results import Key, KeySet, declared
+from .results.basics import FILES_PER_PATIENT
 
 RESOLUTION = 1e-3  # every released sum is rounded to this grid: a float's low bits carry nothing
 SECAGG_PREFIX = "secagg."  # a masked value (secure aggregation): its name, unmasked, must be declared
-# One patient may own several files (a DICOM series, repeat scans): ``skipped`` counts files.
-FILES_PER_PATIENT = 4
-_EPS = r"(?P<eps>[0-9.e+\-]+)"
-_NAME = r"[a-z0-9_\-+]+"
 
-
-@dataclass(frozen=True)
-class Key:
-    """One declared key: a regex over the full name, its type, and its group's size key."""
-
-    pattern: str
-    kind: str  # size | count | sum | meta
-    sensitivity: float = 1.0  # count: how far one patient moves it
-    bound: float | None = None  # sum: per-sample absolute bound (None: unbounded)
-    size: str = "num-examples"  # the group's size key; ".x" means "<this key's group>.x"
-
-    def size_key(self, name: str) -> str:
-        return name.rsplit(".", 1)[0] + self.size if self.size.startswith(".") else self.size
-
-
-@dataclass(frozen=True)
-class Family:
-    name: str
-    keys: tuple[Key, ...]
-    applies: Callable[[RunConfig, bool], bool]  # (request, is_train) -> does the request ask for it
-    max_keys: Callable[[RunConfig], int]
-    params: Callable[[RunConfig], dict[str, set[str]]] = lambda cfg: {}  # allowed values of named groups
-
-
-def _eps_set(cfg: RunConfig, fmt: str = "{:.6g}") -> set[str]:
-    return {fmt.format(e) for e in cfg.epsilon_values}
-
-
-def _classification(cfg: RunConfig) -> bool:
-    return cfg.task == "classification"
-
-
-_SEG_ATTACKS = r"(?:clean|attack\.[a-z0-9_]+\.(?:linf|l2)\.eps=(?P<eps>[0-9.e+\-]+)|robust\.(?:linf|l2)\.eps=(?P<reps>[0-9.e+\-]+))"
-
-FAMILIES: tuple[Family, ...] = (
-    Family("bookkeeping", (
-        Key(r"num-examples", "size"),
-        Key(r"skipped", "count", sensitivity=FILES_PER_PATIENT),
-        Key(r"(?:[a-z0-9_.=+\-]+\.)?suppressed-count", "meta"),
-        Key(r"dp-withheld-count", "meta"),
-        Key(r"dp\.epsilon-sum", "meta"),
-        Key(r"dp\.noise-std-sum", "meta"),
-    ), lambda cfg, train: True, lambda cfg: 6),
-    Family("evaluation", (
-        Key(r"correct", "count"),
-        Key(r"loss-sum", "sum"),  # cross-entropy: no bound
-    ), lambda cfg, train: not train and _classification(cfg), lambda cfg: 2),
-    Family("training", (
-        Key(r"train-correct", "count"),
-        Key(r"train-loss-sum", "sum"),
-        # SSAT's unlabelled pool (its size) and how many of it were pseudo-labelled in the last epoch
-        Key(r"train-unlabelled-count", "size", size="train-unlabelled-count"),
-        Key(r"train-pseudo-labelled-count", "count", size="train-unlabelled-count"),
-    ), lambda cfg, train: train and _classification(cfg), lambda cfg: 8),
-    Family("dp-sgd", (Key(r"dpsgd\.epsilon-sum", "meta"),),
-           lambda cfg, train: train and cfg.dp_epsilon > 0, lambda cfg: 1),
-    Family("attacks", (
-        Key(rf"attack\.(?P<attack>{_NAME})\.eps={_EPS}\.n-count", "size", size=".n-count"),
-        Key(rf"attack\.(?P<attack>{_NAME})\.eps={_EPS}\.(?:clean-correct|robust-correct|successes)", "count",
-            size=".n-count"),
-        Key(rf"attack\.(?P<attack>{_NAME})\.eps={_EPS}\.(?:linf-sum|l2-sum)", "sum", size=".n-count"),
-        Key(rf"attack\.(?P<attack>{_NAME})\.eps={_EPS}\.queries", "sum", size=".n-count"),
-        # an attack's own counts, e.g. AutoAttack's robust-after-<stage>-count: samples of the set
-        Key(rf"attack\.(?P<attack>{_NAME})\.eps={_EPS}\.[a-z0-9\-]+-count", "count", size=".n-count"),
-    ), lambda cfg, train: not train and bool(cfg.attack_names),
-        lambda cfg: 16 * len(cfg.attack_names) * len(cfg.epsilon_values),
-        lambda cfg: {"attack": set(cfg.attack_names), "eps": _eps_set(cfg)}),
-    Family("backdoor", (
-        Key(r"backdoor\.num-examples", "size", size="backdoor.num-examples"),
-        Key(r"backdoor\.hit-count", "count", size="backdoor.num-examples"),
-    ), lambda cfg, train: not train and cfg.threat == "backdoor", lambda cfg: 2),
-    Family("inversion", (
-        Key(r"inversion\.images-count", "size", size="inversion.images-count"),
-        Key(r"inversion\.psnr-sum", "sum", size="inversion.images-count"),
-        Key(r"inversion\.ssim-sum", "sum", bound=1.0, size="inversion.images-count"),
-    ), lambda cfg, train: train and bool(cfg.inversion_audit), lambda cfg: 3),
-    Family("members", (
-        Key(rf"member\.(?P<member>{_NAME})\.train-correct", "count"),
-        Key(rf"member\.(?P<member>{_NAME})\.train-loss-sum", "sum"),
-    ), lambda cfg, train: train and bool(cfg.defence_models), lambda cfg: 2 * len(cfg.defence_model_names),
-        lambda cfg: {"member": set(cfg.defence_model_names)}),
-    Family("hardening-table", (
-        Key(rf"defence\.(?:hardening|transfer|adaptive)\.(?P<system>{_NAME})(?:\.eps={_EPS})?\.n-count", "size",
-            size=".n-count"),
-        Key(rf"defence\.(?:hardening|transfer|adaptive)\.(?P<system>{_NAME})(?:\.eps={_EPS})?\.(?:clean|robust)-correct",
-            "count", size=".n-count"),
-        Key(rf"defence\.transfer\.routed(?:\.eps={_EPS})?\.routed-count", "count"),
-    ), lambda cfg, train: not train and bool(cfg.defence_models),
-        lambda cfg: 4 * (len(cfg.defence_model_names) + 2) * (len(cfg.epsilon_values) + 1) * 3,
-        lambda cfg: {"system": set(cfg.defence_model_names) | {"routed", "ensemble"}, "eps": _eps_set(cfg)}),
-    Family("detection", (
-        # each patient gives two scored inputs (clean and attacked): sensitivity 2
-        Key(rf"detector\.(?P<detector>{_NAME})\.eps={_EPS}\.num-examples", "size", size=".num-examples"),
-        Key(rf"detector\.(?P<detector>{_NAME})\.eps={_EPS}\.(?:clean|adv)-bin[0-9]+-count", "count", sensitivity=2,
-            size=".num-examples"),
-    ), lambda cfg, train: not train and bool(cfg.detector),
-        lambda cfg: len(cfg.epsilon_values) * (1 + 2 * 9999),
-        lambda cfg: {"detector": {cfg.detector}, "eps": _eps_set(cfg)}),
-    Family("segmentation", (
-        Key(r"seg\.(?:volumes|samples|voxels)-count", "size"),  # the site's test volumes, slices, voxels
-        Key(r"train-loss-sum", "sum"),
-        Key(r"seg\.train\.samples-count", "size", size="seg.train.samples-count"),
-        Key(r"seg\.train\.(?:voxels|steps|adversarial)-count", "meta"),
-        Key(rf"seg\.{_SEG_ATTACKS}\.n-count", "size", size=".n-count"),
-        Key(rf"seg\.{_SEG_ATTACKS}\.[a-z0-9\-]+-count", "count", size=".n-count"),
-        # Dice and IoU per volume lie in [0, 1]
-        Key(rf"seg\.{_SEG_ATTACKS}\.(?:dice|dice-class[0-9]+|target-iou|clean-target-iou)-sum", "sum", bound=1.0,
-            size=".n-count"),
-        Key(rf"seg\.{_SEG_ATTACKS}\.[a-z0-9\-]+-sum", "sum", size=".n-count"),
-    ), lambda cfg, train: cfg.task == "segmentation",
-        lambda cfg: 64 * (2 + len(cfg.epsilon_values) * (1 + len(cfg.seg_attacks.split(",")))) * cfg.num_classes,
-        lambda cfg: {"eps": _eps_set(cfg, "{:.4g}"), "reps": _eps_set(cfg, "{:.4g}")}),
-)
+# the key sets of every metric family (fedaegis.shared.results), in registry order
+FAMILIES: tuple[KeySet, ...] = declared(RESULT_FAMILIES)
 
 _COMPILED = {f.name: [(re.compile(k.pattern + "$"), k) for k in f.keys] for f in FAMILIES}
 
 
-def requested(cfg: RunConfig, is_train: bool) -> list[Family]:
+def requested(cfg: RunConfig, is_train: bool) -> list[KeySet]:
     return [f for f in FAMILIES if f.applies(cfg, is_train)]
 
 

@@ -10,6 +10,8 @@ from __future__ import annotations
 import re
 from collections.abc import Mapping
 
+from .results.base import eps_name
+
 PREFIX = "attack"
 
 # field of evaluate_attacks' counts -> wire name (each passes protocol.is_aggregate_name)
@@ -32,7 +34,7 @@ def _wire_field(field: str) -> str:
 def encode(results: Mapping[tuple[str, float], Mapping[str, int | float]]) -> dict[str, int | float]:
     """``evaluate_attacks`` output -> flat scalar metrics for a Flower MetricRecord."""
     return {
-        f"{PREFIX}.{label}.eps={eps:.6g}.{_wire_field(field)}": value
+        f"{PREFIX}.{label}.eps={eps_name(eps)}.{_wire_field(field)}": value
         for (label, eps), counts in results.items()
         for field, value in counts.items()
     }

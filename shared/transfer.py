@@ -20,6 +20,7 @@ from torch import nn
 from .attacks import build_attack
 from .attacks.base import attack_mode, check_batch
 from .data import ImageSet
+from .results.base import eps_name
 
 PREFIX = "transfer"
 _MODEL = re.compile(r"^[a-z0-9][a-z0-9_\-+]*$")
@@ -49,7 +50,7 @@ def transfer_matrix(models: Mapping[str, nn.Module], data: ImageSet | tuple[torc
         out[f"{PREFIX}.{name}.clean-correct"] = 0
         for src in models:
             for e in attacks:
-                out[f"{PREFIX}.{src}.{name}.eps={e:.6g}.fooled-count"] = 0
+                out[f"{PREFIX}.{src}.{name}.eps={eps_name(e)}.fooled-count"] = 0
     for start in range(0, len(y_all), batch_size):
         x, y = check_batch(x_all[start:start + batch_size], y_all[start:start + batch_size])
         ok = {name: _pred(m, x) == y for name, m in models.items()}
@@ -60,7 +61,7 @@ def transfer_matrix(models: Mapping[str, nn.Module], data: ImageSet | tuple[torc
                 x_adv = atk.attack(surrogate, x, y).x_adv
                 for tgt, target in models.items():
                     fooled = ok[tgt] & (_pred(target, x_adv) != y)
-                    out[f"{PREFIX}.{src}.{tgt}.eps={e:.6g}.fooled-count"] += int(fooled.sum())
+                    out[f"{PREFIX}.{src}.{tgt}.eps={eps_name(e)}.fooled-count"] += int(fooled.sum())
     return out
 
 

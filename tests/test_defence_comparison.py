@@ -135,7 +135,7 @@ def test_site_evaluation_is_counts_and_the_server_derives_accuracies():
     from fedaegis.client.classification_round import train_members
     from fedaegis.client.defence_comparison import evaluate_defences
     from fedaegis.server.aggregation import sum_metric_records
-    from fedaegis.server.defence_rows import defence_rows
+    from fedaegis.shared.results import BY_NAME, RoundTotals
     from fedaegis.shared.protocol import METRICS_KEY
     from fedaegis.shared.tasks import build_task_model, model_meta
     from flwr.app import MetricRecord, RecordDict
@@ -152,7 +152,8 @@ def test_site_evaluation_is_counts_and_the_server_derives_accuracies():
         assert check_metrics(counts) == []
         replies.append(RecordDict({METRICS_KEY: MetricRecord(counts)}))
     totals = sum_metric_records(replies, "num-examples")
-    rows = defence_rows(totals)
+    rows = [r for name in ("hardening", "defences", "detection")
+            for r in BY_NAME[name].rows(RoundTotals(cfg, None, totals))]
     phases = {r.phase for r in rows}
     assert phases == {"hardening", "defence-transfer", "defence-adaptive", "detection"}
     table = {(r.phase, r.attack, round(r.epsilon * 255), r.name): r.value for r in rows}

@@ -83,16 +83,16 @@ def test_every_reply_holds_only_aggregates(federated_run):
 
 
 def test_robust_accuracy_per_attack_eps_in_the_final_round_only(federated_run):
-    from fedaegis.orchestration.cli import _robustness
+    from fedaegis.shared.results.query import cells as family_cells
 
     store, run_uuid, grid, *_ = federated_run
     first, final = store.get_run(run_uuid)["rounds"]
-    assert _robustness(first) == []  # attack-rounds = "final" (the default): round 1 pays for no attack
+    assert family_cells(first, "attacks") == []  # attack-rounds = "final" (the default): round 1 pays for no attack
     evaluations = [r for r in grid.replies if r.metadata.message_type == MessageType.EVALUATE]
     sent = [sorted(k for k in r.content["metrics"].keys() if k.startswith("attack.")) for r in evaluations]
     assert sent[:3] == [[], [], []] and all(len(keys) >= 4 * 3 for keys in sent[3:])  # the sites never ran them
     for rnd in [final]:
-        cells = {(c["attack"], round(c["epsilon"] * 255)): c for c in _robustness(rnd)}
+        cells = {(c["attack"], round(c["epsilon"] * 255)): c for c in family_cells(rnd, "attacks")}
         assert set(cells) == {("fgsm", 2), ("fgsm", 8), ("pgd", 2), ("pgd", 8)}
         for cell in cells.values():
             assert cell["n_count"] == 3 * 32  # every site attacked 32 of its test images

@@ -73,7 +73,7 @@ def defence_run(shared_data, tmp_path_factory):
 
 
 def _cells(rnd: dict) -> dict[tuple[str, str], dict]:
-    from fedaegis.orchestration.defence_view import defence_cells
+    from fedaegis.orchestration.results_view import defence_cells
 
     return {(c["threat"], c["system"]): c for c in defence_cells(rnd) if c["epsilon"] == pytest.approx(EPS, rel=1e-4)}
 
@@ -108,9 +108,9 @@ def test_federated_pgd_at_raises_robust_accuracy(defence_run):
 
 
 def test_federated_mahalanobis_detects_pgd(defence_run):
-    from fedaegis.orchestration.defence_view import detection_cells
+    from fedaegis.shared.results.query import cells
 
-    (cell,) = [c for c in detection_cells(_final(defence_run)) if c["epsilon"] == pytest.approx(EPS, rel=1e-4)]
+    (cell,) = [c for c in cells(_final(defence_run), "detection") if c["epsilon"] == pytest.approx(EPS, rel=1e-4)]
     print("\nfederated Mahalanobis ROC AUC at 8/255: %.3f (%d clean, %d adversarial)"
           % (cell["roc_auc"], cell["clean_count"], cell["adv_count"]))
     assert cell["detector"] == "mahalanobis" and cell["adv_count"] > 0

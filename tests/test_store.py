@@ -84,3 +84,31 @@ def test_new_database_opened_concurrently(tmp_path):
         for t in threads:
             t.join()
         assert not errors, errors
+
+
+def migrated_families(url: str) -> dict[tuple[str, str], str]:
+    """A database as the code before metric families wrote it (no ``metrics.family``), reopened: each row's family."""
+    store = RunStore(url)
+    run_id = store.create_run(uuid="old", name="", config={}, num_rounds=1)
+    store.record_round(run_id, RoundRecord(1, metrics=[
+        MetricValue("evaluate", "accuracy", 0.8), MetricValue("attack", "robust-accuracy", 0.4, "pgd", 8 / 255),
+        MetricValue("hardening", "clean-accuracy", 0.7, "pgd-at"), MetricValue("detection", "roc-auc", 0.9, "kd-bu", 0.03),
+        MetricValue("defence-adaptive", "robust-accuracy", 0.5, "routed", 0.03)],
+        site_metrics={"11": [MetricValue("refusal", "release.min-cell-size", 1.0, "evaluate")]}))
+    with store.engine.begin() as conn:
+        conn.execute(sa.text("ALTER TABLE metrics DROP COLUMN family"))
+    store.engine.dispose()
+    rnd = RunStore(url).get_run("old")["rounds"][0]  # opening it adds the column and derives it
+    with RunStore(url).engine.connect() as conn:
+        stored = dict(conn.execute(sa.text(
+            "SELECT m.phase || '.' || m.name, m.family FROM metrics m JOIN rounds r ON m.round_id = r.id "
+            "JOIN runs u ON r.run_id = u.id WHERE u.uuid = 'old'")).all())
+    assert {r["family"] for r in rnd["metric_rows"]} == set(stored.values()) - {"refusals"}
+    return {tuple(k.split(".", 1)): v for k, v in stored.items()}  # type: ignore[misc]
+
+
+def test_old_database_gains_the_family_column(db_url):
+    assert migrated_families(db_url) == {
+        ("evaluate", "accuracy"): "basics", ("attack", "robust-accuracy"): "attacks",
+        ("hardening", "clean-accuracy"): "hardening", ("detection", "roc-auc"): "detection",
+        ("defence-adaptive", "robust-accuracy"): "defences", ("refusal", "release.min-cell-size"): "refusals"}

@@ -89,3 +89,10 @@ def test_federated_run_into_postgres(postgres, monkeypatch):
     res = runner.invoke(app, ["show", run_uuid, "--json"])
     assert res.exit_code == 0, res.output
     assert json.loads(res.stdout)["id"] == shown["id"]
+
+
+def test_old_database_gains_the_family_column_on_postgres(postgres):
+    from test_store import migrated_families
+
+    assert set(migrated_families(postgres.url).values()) == {
+        "basics", "attacks", "hardening", "detection", "defences", "refusals"}

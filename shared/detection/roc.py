@@ -27,6 +27,7 @@ from torch import nn
 from ..attacks import build_attack
 from ..attacks.base import attack_mode, check_batch
 from ..data import ImageSet
+from ..results.base import eps_name
 
 PREFIX = "detector"
 SCALES = ("linear", "log", "asinh")
@@ -98,7 +99,7 @@ def binned_auc(clean: Sequence[float] | torch.Tensor, adv: Sequence[float] | tor
 
 
 def _group(detector: str, eps: float) -> str:
-    return f"{PREFIX}.{detector}.eps={eps:.6g}"
+    return f"{PREFIX}.{detector}.eps={eps_name(eps)}"
 
 
 def encode_histograms(detector: str, eps: float, clean: torch.Tensor, adv: torch.Tensor) -> dict[str, int]:

@@ -19,6 +19,7 @@ from torch import nn
 from ..attacks import build_attack
 from ..attacks.base import attack_mode, check_batch
 from ..data import ImageSet
+from ..results.base import eps_name
 
 PREFIX = "hardening"
 _SYSTEM = re.compile(r"^[a-z0-9][a-z0-9_\-+]*$")
@@ -69,7 +70,7 @@ def evaluate_hardening(
                     robust = atk.attack(system, x, y, clean_logits=clean).robust_correct
                 else:
                     robust = int((ok & (_predict(system, transferred[e]).argmax(1) == y)).sum())
-                _add(out, f"{PREFIX}.{name}.eps={e:.6g}.robust-correct", robust)
+                _add(out, f"{PREFIX}.{name}.eps={eps_name(e)}.robust-correct", robust)
     return out
 
 

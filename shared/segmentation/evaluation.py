@@ -37,6 +37,7 @@ from .attacks.common import NORMS
 from .attacks.ensemble import predict, run_attack, worst_case
 from .attacks.registry import ATTACKS, TARGETED
 from .attacks.targets import make_target
+from ..results.base import eps_name
 from .data import SegmentationSet
 from .metrics import iou_fields, norm_fields, score_fields, target_iou, volume_scores
 
@@ -52,7 +53,8 @@ _NAME = re.compile(
 
 
 def format_eps(eps: float) -> str:
-    return f"{float(eps):.4g}"
+    """An epsilon in a metric name: the one format of every family (:func:`fedaegis.shared.results.eps_name`)."""
+    return eps_name(eps)
 
 
 def parse_attack_spec(spec: str, default_norm: str = "linf") -> tuple[str, str]:

@@ -10,24 +10,26 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import create_engine, event, select
+from sqlalchemy import create_engine, event, inspect, select, text
 from sqlalchemy.engine import Engine
 from sqlalchemy.exc import IntegrityError, OperationalError, ProgrammingError
 from sqlalchemy.orm import Session, selectinload, sessionmaker
 
 from ..paths import create_private_file, private_dir, write_private
+from ..results import FAMILIES, family_of
 from .schema import Base, ConfigEntry, Metric, Round, Run, Site, utcnow
 
 
 @dataclass(frozen=True)
 class MetricValue:
-    """One aggregate number. ``attack``/``epsilon`` qualify robustness metrics."""
+    """One aggregate number of a metric family; ``attack`` (the family's qualifier) and ``epsilon`` qualify it."""
 
     phase: str
     name: str
     value: float
     attack: str = ""
     epsilon: float | None = None
+    family: str = ""  # "" : the family that writes ``phase`` (fedaegis.shared.results.family_of)
 
 
 @dataclass
@@ -93,6 +95,27 @@ def _create_schema(engine: Engine, attempts: int = 5) -> None:
             time.sleep(0.1 * (attempt + 1))
 
 
+def _migrate(engine: Engine) -> None:
+    """Bring a database written by an older fedaegis up to the current tables (SQLite and PostgreSQL).
+
+    There is no version number: each step checks for what it adds. ``metrics.family`` (what a
+    row is) is derived for old rows from their phase, as the families declare it.
+    """
+    columns = {c["name"] for c in inspect(engine).get_columns("metrics")}
+    if "family" in columns:
+        return
+    with engine.begin() as conn:
+        try:
+            conn.execute(text("ALTER TABLE metrics ADD COLUMN family VARCHAR(40) NOT NULL DEFAULT ''"))
+        except (OperationalError, ProgrammingError) as exc:  # another process migrated it first
+            if "duplicate" not in str(exc).lower() and "already exists" not in str(exc).lower():
+                raise
+            return
+        for family in FAMILIES:
+            for phase in family.phases:
+                conn.execute(text("UPDATE metrics SET family = :f WHERE phase = :p"), {"f": family.name, "p": phase})
+
+
 class RunStore:
     """The results database behind every command (SQLite by default, any SQLAlchemy URL)."""
 
@@ -100,6 +123,7 @@ class RunStore:
         self.engine = make_engine(url)
         self.url = self.engine.url.render_as_string(hide_password=True)  # safe to print
         _create_schema(self.engine)
+        _migrate(self.engine)
         self._session = sessionmaker(self.engine, expire_on_commit=False)
 
     # -- writing ---------------------------------------------------------------------------
@@ -199,7 +223,7 @@ class RunStore:
 def _metric(m: MetricValue, site: Site | None = None) -> Metric:
     return Metric(
         phase=m.phase, name=m.name, value=float(m.value), attack=m.attack, epsilon=m.epsilon,
-        site=site,
+        family=m.family or family_of(m.phase), site=site,
     )
 
 
@@ -228,7 +252,7 @@ def _round_detail(rnd: Round) -> dict[str, Any]:
     def rows(values: Iterable[Metric]) -> list[dict[str, Any]]:
         return [
             {"phase": m.phase, "name": m.name, "value": m.value, "attack": m.attack,
-             "epsilon": m.epsilon}
+             "epsilon": m.epsilon, "family": m.family or family_of(m.phase)}
             for m in values
         ]
 

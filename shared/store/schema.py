@@ -2,7 +2,8 @@
 
 Metric rows are long-format (one value per row) so that new kinds of evaluation
 (attacks, epsilons, defences) add rows, not columns. ``site_id`` NULL means the
-value is the federation-wide aggregate of the round.
+value is the federation-wide aggregate of the round; ``family`` names the metric
+family a row belongs to (:mod:`fedaegis.shared.results`), ``attack`` its qualifier.
 """
 
 from __future__ import annotations
@@ -101,8 +102,11 @@ class Metric(Base):
     phase: Mapped[str] = mapped_column(String(40))  # train | evaluate | attack | ...
     name: Mapped[str] = mapped_column(String(100))
     value: Mapped[float] = mapped_column(Float)
+    # the family's qualifier (fedaegis.shared.results: an attack, a system, a detector, a defence, a request)
     attack: Mapped[str] = mapped_column(String(100), default="")
     epsilon: Mapped[float | None] = mapped_column(Float, nullable=True)
+    # what the row is: the metric family that wrote it (fedaegis.shared.results; added by migration to older files)
+    family: Mapped[str] = mapped_column(String(40), default="", server_default="")
 
     round: Mapped[Round] = relationship(back_populates="metrics")
     site: Mapped[Site | None] = relationship()
