@@ -12,7 +12,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .types import DataValidationError, ImageSet, resize_images, to_channels
+from .transforms import resize_keep_aspect
+from .types import DataValidationError, ImageSet, to_channels
 
 Reader = Callable[[Path], np.ndarray]
 
@@ -29,6 +30,8 @@ def load_labelled_files(
 ) -> ImageSet:
     """Shared engine of the folder loaders: find files, label them, read, resize, record skips.
 
+    Images are resized to ``image_size`` keeping their aspect ratio (the rest is zero padding).
+
     ``reader_for(path)`` returns the reader for a file, or None when it is no image type.
     Readers return (H, W) or (H, W, 3) float arrays in [0, 1].
     """
@@ -40,6 +43,8 @@ def load_labelled_files(
     files, skipped, num_classes = _label_files(root, labels, class_names, num_classes)
     images: list[torch.Tensor] = []
     targets: list[int] = []
+    sides: list[int] = []
+    groups: list[str] = []
     for path, label in files:
         key = path.relative_to(root).as_posix()
         reader = reader_for(path)
@@ -57,14 +62,18 @@ def load_labelled_files(
         except Exception as exc:  # noqa: BLE001
             skipped[key] = f"unreadable ({type(exc).__name__}: {exc})"
             continue
+        native = max(image.shape[2:])
         if image_size is not None:
-            image = resize_images(image, image_size)
+            image = resize_keep_aspect(image, image_size)
         elif images and image.shape != images[0].shape:
             size, first = tuple(image.shape[2:]), tuple(images[0].shape[2:])
             skipped[key] = f"size {size} differs from {first} (give image_size to resize)"
             continue
         images.append(image)
         targets.append(label)
+        sides.append(int(native))
+        parts = path.relative_to(root).parts  # class/patient/.../file: the patient is the folder under the class
+        groups.append("/".join(parts[:2]) if len(parts) > 2 else key)
     if not images:
         # Reasons without file names: the skip record itself stays at the site.
         reasons = "; ".join(list(dict.fromkeys(skipped.values()))[:3])
@@ -77,6 +86,8 @@ def load_labelled_files(
         num_classes=num_classes,
         source=str(root),
         skipped=skipped,
+        native_sides=tuple(sides),
+        groups=tuple(groups) if len(set(groups)) < len(groups) else (),  # () : every file its own
     )
 
 
