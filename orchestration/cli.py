@@ -6,6 +6,7 @@ import json
 import logging
 import os
 import sys
+from pathlib import Path
 from typing import Annotated, Any
 
 import typer
@@ -14,7 +15,7 @@ from rich.console import Console
 from rich.logging import RichHandler
 from rich.table import Table
 
-from ..shared.config import ConfigError, RunConfig, default_db_url
+from ..shared.config import ConfigError, RunConfig, default_db_url, fedaegis_home
 from ..shared.preflight import Names, PreflightError
 from ..shared.redact import known_secrets, mask_secrets
 from ..shared.store import RunNotFoundError, RunStore
@@ -62,8 +63,25 @@ def _setup_logging(verbose: bool) -> None:
     ours.setLevel(logging.INFO)
     ours.propagate = False
     logging.getLogger("flwr").propagate = False
+    _site_log(verbose)
     # Flower logs every site's exception as a traceback, every round; the run's end names each distinct one once
     update_console_handler(level=logging.INFO if verbose else logging.CRITICAL)
+
+
+def site_log_path() -> Path:
+    """Where simulated sites (their data loaded here in preflight) name each skipped file and why."""
+    return fedaegis_home() / "logs" / "simulated-sites.log"
+
+
+def _site_log(verbose: bool) -> None:
+    """The sites' own log (``fedaegis.site``) goes to a file; the console gets a one-line summary."""
+    site = logging.getLogger("fedaegis.site")
+    path = site_log_path()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    handler = logging.FileHandler(path, encoding="utf-8")
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
+    site.handlers = [handler, *logging.getLogger("fedaegis").handlers] if verbose else [handler]
+    site.propagate = False
 
 
 def _parse_overrides(items: list[str]) -> dict[str, Any]:
@@ -133,6 +151,8 @@ def simulate(
     resume: Annotated[str | None, typer.Option(help="Resume an interrupted run (id or uuid): its stored config, its verified last checkpoint, its remaining rounds.")] = None,
     config: Annotated[list[str] | None, typer.Option("--config", "-c", help="Any run-config KEY=VALUE (repeatable).")] = None,
     site_policy: Annotated[str | None, typer.Option(help="Site privacy policy (TOML) every simulated site runs under (default: the built-in one).")] = None,
+    modality: Annotated[str, typer.Option(help="Simulated sites keep only DICOM files of these Modality codes, e.g. CR,DX (default: any).")] = "",
+    body_part: Annotated[str, typer.Option(help="Simulated sites keep only DICOM files of these BodyPartExamined codes, e.g. CHEST (default: any).")] = "",
     as_json: Annotated[bool, typer.Option("--json", help="Print the stored run as JSON.")] = False,
     verbose: Annotated[bool, typer.Option(help="Show Flower's own logs.")] = False,
     mlflow: Annotated[str | None, typer.Option("--mlflow", help="Also log the run (config, metrics per round, robustness cells) to this MLflow tracking URI, e.g. file:///path/mlruns (needs fedaegis[mlflow]).")] = None,
@@ -171,7 +191,7 @@ def simulate(
         "partitioning": partitioning, "dirichlet-alpha": alpha, "seed": seed,
         "local-epochs": local_epochs, "attacks": attacks, "epsilons": epsilons,
         "attack-samples": attack_samples, "run-name": name, "db-url": db_url or default_db_url(),
-        "min-sites": min(2, sites),
+        "min-sites": min(2, sites), "modality": modality, "body-part": body_part,
     }
     names = {key: f"--{param.replace('_', '-')}" for key, param in OPTION_KEYS.items()}
     extra = _parse_overrides(config or [])
@@ -193,7 +213,8 @@ def simulate(
 OPTION_KEYS = {"num-server-rounds": "rounds", "task": "task", "dataset": "dataset", "model": "model", "norm": "norm",
                "partitioning": "partitioning", "dirichlet-alpha": "alpha", "seed": "seed",
                "local-epochs": "local_epochs", "attacks": "attacks", "epsilons": "epsilons",
-               "attack-samples": "attack_samples", "run-name": "name", "db-url": "db_url", "num-sites": "sites"}
+               "attack-samples": "attack_samples", "run-name": "name", "db-url": "db_url", "num-sites": "sites",
+               "modality": "modality", "body-part": "body_part"}
 
 
 def _preflight(overrides: dict[str, Any], sites: int, names: Names) -> RunConfig:
@@ -203,8 +224,10 @@ def _preflight(overrides: dict[str, Any], sites: int, names: Names) -> RunConfig
     try:
         check_database(str(overrides["db-url"]), names("db-url"))
         facts = None
+        chosen = "image-size" not in overrides
         if overrides.get("task", "classification") == "classification":
-            facts = dataset_facts(str(overrides.get("dataset", RunConfig.dataset)), overrides.get("num-classes"), names)
+            facts = dataset_facts(str(overrides.get("dataset", RunConfig.dataset)), overrides.get("num-classes"), names,
+                                  spatial_dims=overrides.get("spatial-dims"))
             for message in facts.warnings:
                 console.print(f"[yellow]warning:[/] {message}", highlight=False)
             for key, value in facts.run_config().items():
@@ -215,12 +238,29 @@ def _preflight(overrides: dict[str, Any], sites: int, names: Names) -> RunConfig
         preflight(cfg, sites, names, database=False)
     except PreflightError as exc:
         _fail(str(exc))
+    if facts is not None:
+        from ..shared.data.transforms import SIZE_RULE
+
+        console.print(f"[bold]fedaegis[/]: image size {cfg.image_size} px" + (
+            f" (chosen from the data: {SIZE_RULE})" if chosen else ""), highlight=False)
+        _print_skipped(cfg)
     return cfg
+
+
+def _print_skipped(cfg: RunConfig) -> None:
+    """One line: how many files the simulated sites skipped and why (each is named in the site log)."""
+    from ..client.site import _load, simulated_key, skip_summary
+
+    skipped = {**_load(cfg.dataset, "train", *simulated_key(cfg)).skipped,
+               **_load(cfg.dataset, "test", *simulated_key(cfg)).skipped}
+    if skipped:
+        console.print(f"[yellow]sites:[/] skipped {skip_summary(skipped)}; each is named in {site_log_path()}",
+                      highlight=False, soft_wrap=True)
 
 
 # options that make up a run's configuration: a resumed run keeps its stored one
 RUN_OPTIONS = ("rounds", "task", "dataset", "model", "norm", "partitioning", "alpha", "seed", "local_epochs",
-               "attacks", "epsilons", "attack_samples", "name", "config")
+               "attacks", "epsilons", "attack_samples", "name", "config", "modality", "body_part")
 
 
 def _resume_overrides(ctx: typer.Context, ref: str, db_url: str | None, sites: int | None) -> tuple[dict[str, Any], int]:

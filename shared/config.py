@@ -119,6 +119,12 @@ class RunConfig:
     run_uuid: str = ""
     num_sites: int = 0  # simulated sites (set by `fedaegis simulate`); 0: a deployment's SuperNodes
     resume_run: str = ""  # id or uuid of a stored, interrupted run to continue (see server/resume.py)
+    # --- s5-d: image sizes, volumes, declared sites, model weights ---
+    augment: bool = False  # random flips and small affine changes of training batches (MONAI); off: figures as before
+    modality: str = ""  # simulated sites keep only DICOM files of these Modality codes, e.g. "CR,DX" ("": any)
+    body_part: str = ""  # simulated sites keep only DICOM files of these BodyPartExamined codes ("": any)
+    weights: str = ""  # initial global model: a torch state-dict file or a MONAI bundle folder ("": random)
+    spacing: str = ""  # volumes: voxel spacing in mm all are resampled to, e.g. "1.5,1.5,2" ("": their median)
 
     def __post_init__(self) -> None:
         checks: list[tuple[str, bool, str]] = [
@@ -190,6 +196,7 @@ class RunConfig:
             ("round-timeout", self.round_timeout > 0, "must be > 0"),
             ("num-sites", self.num_sites >= 0, "must be >= 0 (0: not a simulation)"),
             ("secure-aggregation-neighbours", self.secure_aggregation_neighbours >= 2, "must be >= 2"),
+            ("spacing", _spacing_ok(self.spacing), "must be '' or 3 positive numbers in mm, e.g. \"1.5,1.5,2\""),
             ("secure-aggregation-train", not self.secure_aggregation_train or self.aggregation == "fedavg",
              f"aggregation '{self.aggregation}' needs each site's own update, which secure aggregation hides; "
              "use aggregation = \"fedavg\" or secure-aggregation-train = false"),
@@ -276,6 +283,16 @@ class RunConfig:
     @property
     def resolved_db_url(self) -> str:
         return self.db_url or default_db_url()
+
+
+def _spacing_ok(text: str) -> bool:
+    if not text.strip():
+        return True
+    try:
+        values = [float(v) for v in text.split(",")]
+    except ValueError:
+        return False
+    return len(values) == 3 and all(v > 0 for v in values)
 
 
 def _attr(key: str) -> str:
