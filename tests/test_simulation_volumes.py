@@ -31,7 +31,7 @@ def test_adrenalmnist3d_federation(tmp_path, db_url, shared_data):
     res = runner.invoke(app, ["simulate", "--dataset", str(tmp_path / "adrenal.npz"), "--sites", "2", "--rounds", "1",
                               "--local-epochs", "1", "--db-url", db_url, "--json", "--num-cpus", "2"])
     run = _run(res)
-    assert "image size 28 px (chosen from the data" in res.output
+    assert "image size 28 px (chosen from the data" in " ".join(res.output.split())
     assert run["config"]["spatial-dims"] == 3 and run["config"]["image-size"] == 28
     (rnd,) = run["rounds"]
     assert rnd["sites"] == 2 and rnd["failures"] == 0 and rnd["metrics"]["evaluate.num-examples"] == 40
