@@ -444,7 +444,9 @@ def evaluate(
         _fail(str(exc))
     except (ConfigError, RunNotFoundError, FileNotFoundError, DataValidationError, ValueError) as exc:
         _fail(str(exc))
-    subset = attack_subset(data, samples, seed)
+    from ..client.site import eager
+
+    subset = eager(attack_subset(data, samples, seed))  # the attack suite takes one tensor
     torch.manual_seed(seed)
     results = evaluate_attacks(model, (subset.images, subset.labels), list(cfg.attack_names), cfg.epsilon_values)
     cells = [
