@@ -18,7 +18,7 @@ runner = CliRunner()
 
 def _run(res) -> dict:
     assert res.exit_code == 0, res.output
-    return json.loads(res.stdout[res.stdout.index("\n{") + 1:])
+    return json.loads(res.stdout[res.stdout.index("{"):])
 
 
 @pytest.mark.slow
