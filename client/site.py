@@ -18,6 +18,9 @@ import torch
 
 from ..shared.config import RunConfig
 from ..shared.data import DataValidationError, ImageSet, load_site_data, partition_indices
+from ..shared.data.partition import by_group
+from ..shared.data.transforms import InputPipeline
+from ..shared.data.types import LazyImages
 from ..shared.ledger import PrivacyLedger, derived_seed, site_secret
 from ..shared.site_policy import SitePolicy, eval_size, is_simulated, site_policy
 
@@ -50,6 +53,7 @@ def _load(
     seed: int,
     modality: frozenset[str] | None,
     body_part: frozenset[str] | None,
+    spacing: tuple[float, ...] | None = None,
 ) -> ImageSet:
     return load_site_data(
         source,
@@ -59,6 +63,7 @@ def _load(
         expected_modality=set(modality) if modality else None,
         expected_body_part=set(body_part) if body_part else None,
         seed=seed,
+        spacing=spacing,
     )
 
 
@@ -67,9 +72,12 @@ def _partitions(
     source: str, split: str, cfg_key: tuple, num_partitions: int, scheme: str, alpha: float, seed: int
 ) -> list:
     data = _load(source, split, *cfg_key)
-    return partition_indices(
-        data.labels.numpy(), num_partitions, scheme, alpha=alpha, seed=seed
-    )
+
+    def split(labels):
+        return partition_indices(labels, num_partitions, scheme, alpha=alpha, seed=seed)
+
+    # volumes and series folders: whole patients go to one site, never their slices or series apart
+    return by_group(data.labels.numpy(), data.groups, split) if data.groups else split(data.labels.numpy())
 
 
 def state_dir(policy: SitePolicy, node_config: Mapping[str, object]) -> Path:
@@ -126,12 +134,51 @@ def _log_skipped(data: ImageSet, source: str) -> None:
             log.warning("site data %s: skipped %s: %s", source, name, why)
 
 
+#: Skip reasons, grouped for the one-line summary (first match wins); the rest are "unreadable".
+_SKIP_KINDS = (("Modality", "wrong modality"), ("BodyPartExamined", "wrong body part"),
+               ("PatientPosition", "bad patient position"), ("not a supported image", "not an image"),
+               ("class folder", "outside the class folders"), ("no label", "unlabelled"),
+               ("differs from", "odd size"))
+
+
+def skip_summary(skipped: Mapping[str, str]) -> str:
+    """``"3 files (2 wrong modality, 1 unreadable)"``: counts only, no file names (those stay in the log)."""
+    counts: dict[str, int] = {}
+    for why in skipped.values():
+        kind = next((k for key, k in _SKIP_KINDS if key in why), "unreadable")
+        counts[kind] = counts.get(kind, 0) + 1
+    parts = ", ".join(f"{n} {kind}" for kind, n in sorted(counts.items(), key=lambda kv: -kv[1]))
+    return f"{len(skipped)} file{'s' if len(skipped) != 1 else ''} ({parts})"
+
+
+def simulated_key(cfg: RunConfig) -> tuple:
+    """What a simulated site's data depends on: sizes, classes, seed and the declared modality/body part."""
+    return (cfg.shape.image_size, cfg.shape.classes, cfg.seed, _codes(cfg.modality),
+            _codes(cfg.body_part), _spacing(cfg))
+
+
+def _spacing(cfg: RunConfig) -> tuple[float, ...] | None:
+    return tuple(float(v) for v in cfg.spacing.split(",")) if cfg.spacing.strip() else None
+
+
+def augmented(data: ImageSet, seed: int) -> ImageSet:
+    """``data`` whose batches are randomly flipped and slightly moved (training only, ``augment``)."""
+    if isinstance(data.images, LazyImages):
+        lazy = data.images
+        pipeline = InputPipeline(scale=lazy.pipeline.scale, channels=lazy.pipeline.channels,
+                                 size=lazy.pipeline.size, augment=True, seed=seed)
+        images = LazyImages(lazy.stored, pipeline)
+    else:
+        images = LazyImages(data.images, InputPipeline(augment=True, seed=seed))
+    return ImageSet(images, data.labels, data.num_classes, data.source, dict(data.skipped))
+
+
 def site_data(cfg: RunConfig, node_config: Mapping[str, object]) -> SiteData:
     """Load (once) and validate this site's train and test splits."""
     if node_config.get("data-path"):
         source = str(node_config["data-path"])
         key = (cfg.shape.image_size, cfg.shape.classes, cfg.seed,
-               _codes(node_config.get("modality")), _codes(node_config.get("body-part")))
+               _codes(node_config.get("modality")), _codes(node_config.get("body-part")), _spacing(cfg))
         data = SiteData(_load(source, "train", *key), _load(source, "test", *key))
         for split in (data.train, data.test):
             _log_skipped(split, source)
@@ -142,17 +189,31 @@ def site_data(cfg: RunConfig, node_config: Mapping[str, object]) -> SiteData:
                 "'num-partitions' (a simulated site)",
             )
         pid, n = int(node_config["partition-id"]), int(node_config["num-partitions"])  # type: ignore[arg-type]
-        key = (cfg.shape.image_size, cfg.shape.classes, cfg.seed, None, None)
+        key = simulated_key(cfg)
         splits = []
         for split in ("train", "test"):
             parts = _partitions(cfg.dataset, split, key, n, cfg.partitioning, cfg.dirichlet_alpha, cfg.seed)
-            splits.append(_load(cfg.dataset, split, *key).subset(torch.as_tensor(parts[pid])))
+            loaded = _load(cfg.dataset, split, *key)
+            if pid == 0:
+                _log_skipped(loaded, cfg.dataset)
+            splits.append(loaded.subset(torch.as_tensor(parts[pid])))
         if pid != 0:  # the shared dataset's unreadable files are reported once, not by every site
             splits = [ImageSet(s.images, s.labels, s.num_classes, s.source) for s in splits]
         data = SiteData(*splits)
     for split in (data.train, data.test):
         check_against_config(split, cfg)
+    # the training split stays as stored (the memory that grows with the site); the test split, a
+    # share of it, is made whole: attacks, detectors and defences take it as one tensor
+    data = SiteData(augmented(data.train, cfg.seed) if cfg.augment else data.train, eager(data.test))
     return data
+
+
+def eager(data: ImageSet) -> ImageSet:
+    """``data`` with its images as one float32 tensor (the same values as drawn batch by batch)."""
+    if not isinstance(data.images, LazyImages):
+        return data
+    return ImageSet(data.images.materialize(), data.labels, data.num_classes, data.source, dict(data.skipped),
+                    native_sides=data.native_sides, groups=data.groups)
 
 
 def check_against_config(data: ImageSet, cfg: RunConfig) -> None:

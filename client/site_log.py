@@ -1,10 +1,12 @@
-"""A simulated site's own log, shown on the console of ``fedaegis simulate``.
+"""A simulated site's own log: in the simulation's site log file, its errors on the console.
 
 A real site's log (logger ``fedaegis.site``) stays on the site's machine. In a simulation every
-site is a process on the user's machine, so its log is the user's own: its lines are written to
-Flower's log stream with the prefix that ``fedaegis simulate`` relays (:data:`LOG_PREFIX`), one
-line each (an exception as its last line), named by the simulated site's partition. Without this
-a site's error reached the console only as the fixed reason the server sees ("site error").
+site is a process on the user's machine, so its log is the user's own: every line goes to
+``$FEDAEGIS_HOME/logs/simulated-sites.log`` (each skipped file and why, among others), and its
+errors also to Flower's log stream with the prefix that ``fedaegis simulate`` relays
+(:data:`LOG_PREFIX`), one line each (an exception as its last line), named by the simulated
+site's partition. Without this a site's error reached the console only as the fixed reason the
+server sees ("site error").
 """
 
 from __future__ import annotations
@@ -14,6 +16,9 @@ import traceback
 from collections.abc import Mapping
 from contextvars import ContextVar
 
+from pathlib import Path
+
+from ..shared.config import fedaegis_home
 from ..shared.protocol import LOG_PREFIX
 from ..shared.site_policy import is_simulated
 
@@ -30,14 +35,28 @@ class _OneLine(logging.Formatter):
         return f"{LOG_PREFIX}{record.levelname} site {_SITE.get()}: {' '.join(text.split())}"
 
 
+def simulated_sites_log() -> Path:
+    """The log file every simulated site of this machine writes to."""
+    return fedaegis_home() / "logs" / "simulated-sites.log"
+
+
+class _Named(logging.Formatter):
+    def format(self, record: logging.LogRecord) -> str:
+        return f"{self.formatTime(record)} {record.levelname} site {_SITE.get()}: {super().format(record)}"
+
+
 def relay_simulated_site_log(node_config: Mapping[str, object]) -> None:
-    """Name the simulated site handling this message and, once per process, relay its log."""
+    """Name the simulated site handling this message and, once per process, route its log."""
     if not is_simulated(node_config):
         return
     _SITE.set(str(node_config.get("partition-id")))
     if not any(isinstance(h.formatter, _OneLine) for h in log.handlers):
-        handler = logging.StreamHandler()
-        handler.setFormatter(_OneLine())
-        handler.setLevel(logging.WARNING)
-        log.addHandler(handler)
-        log.propagate = False
+        console = logging.StreamHandler()
+        console.setFormatter(_OneLine())
+        console.setLevel(logging.ERROR)
+        path = simulated_sites_log()
+        path.parent.mkdir(parents=True, exist_ok=True)
+        file = logging.FileHandler(path, encoding="utf-8")  # appends: every site process shares it
+        file.setFormatter(_Named())
+        log.handlers = [console, file]
+        log.setLevel(logging.INFO)

@@ -5,13 +5,14 @@ from __future__ import annotations
 import json
 import os
 import sys
+from pathlib import Path
 from typing import Annotated, Any
 
 import typer
 from click.core import ParameterSource
 from rich.table import Table
 
-from ..shared.config import ConfigError, RunConfig, default_db_url
+from ..shared.config import ConfigError, RunConfig, default_db_url, fedaegis_home
 from ..shared.preflight import Names, PreflightError
 from ..shared.redact import mask_secrets
 from ..shared.results import query
@@ -25,6 +26,7 @@ from .terminal import open_store as _open_store
 from .terminal import parse_overrides as _parse_overrides
 from .terminal import secrets as _secrets
 from .terminal import setup_logging as _setup_logging
+from .terminal import site_log_path
 
 app = typer.Typer(
     help="Federated robustness evaluation of medical imaging models.",
@@ -82,6 +84,8 @@ def simulate(
     resume: Annotated[str | None, typer.Option(help="Resume an interrupted run (id or uuid): its stored config, its verified last checkpoint, its remaining rounds.")] = None,
     config: Annotated[list[str] | None, typer.Option("--config", "-c", help="Any run-config KEY=VALUE (repeatable).")] = None,
     site_policy: Annotated[str | None, typer.Option(help="Site privacy policy (TOML) every simulated site runs under (default: the built-in one).")] = None,
+    modality: Annotated[str, typer.Option(help="Simulated sites keep only DICOM files of these Modality codes, e.g. CR,DX (default: any).")] = "",
+    body_part: Annotated[str, typer.Option(help="Simulated sites keep only DICOM files of these BodyPartExamined codes, e.g. CHEST (default: any).")] = "",
     as_json: Annotated[bool, typer.Option("--json", help="Print the stored run as JSON.")] = False,
     verbose: Annotated[bool, typer.Option(help="Show Flower's own logs.")] = False,
     quiet: Annotated[bool, typer.Option(help="No live progress display and warnings only (the display shows on terminals only).")] = False,
@@ -127,7 +131,7 @@ def simulate(
         "partitioning": partitioning, "dirichlet-alpha": alpha, "seed": seed,
         "local-epochs": local_epochs, "attacks": attacks, "epsilons": epsilons,
         "attack-samples": attack_samples, "run-name": name, "db-url": db_url or default_db_url(),
-        "min-sites": min(2, sites),
+        "min-sites": min(2, sites), "modality": modality, "body-part": body_part,
     }
     names = {key: f"--{param.replace('_', '-')}" for key, param in OPTION_KEYS.items()}
     extra = _parse_overrides(config or [])
@@ -149,7 +153,8 @@ def simulate(
 OPTION_KEYS = {"num-server-rounds": "rounds", "task": "task", "dataset": "dataset", "model": "model", "norm": "norm",
                "partitioning": "partitioning", "dirichlet-alpha": "alpha", "seed": "seed",
                "local-epochs": "local_epochs", "attacks": "attacks", "epsilons": "epsilons",
-               "attack-samples": "attack_samples", "run-name": "name", "db-url": "db_url", "num-sites": "sites"}
+               "attack-samples": "attack_samples", "run-name": "name", "db-url": "db_url", "num-sites": "sites",
+               "modality": "modality", "body-part": "body_part"}
 
 
 def _preflight(overrides: dict[str, Any], sites: int, names: Names) -> RunConfig:
@@ -160,8 +165,10 @@ def _preflight(overrides: dict[str, Any], sites: int, names: Names) -> RunConfig
     try:
         check_database(str(overrides["db-url"]), names("db-url"))
         facts = None
+        chosen = "image-size" not in overrides
         if overrides.get("task", "classification") == "classification":
-            facts = dataset_facts(str(overrides.get("dataset", RunConfig.dataset)), overrides.get("num-classes"), names)
+            facts = dataset_facts(str(overrides.get("dataset", RunConfig.dataset)), overrides.get("num-classes"), names,
+                                  spatial_dims=overrides.get("spatial-dims"))
             for message in facts.warnings:
                 console.print(f"[yellow]warning:[/] {message}", highlight=False)
             for key, value in facts.run_config().items():
@@ -172,12 +179,29 @@ def _preflight(overrides: dict[str, Any], sites: int, names: Names) -> RunConfig
         preflight(cfg, sites, names, database=False)
     except PreflightError as exc:
         _fail(str(exc))
+    if facts is not None:
+        from ..shared.data.transforms import SIZE_RULE
+
+        console.print(f"[bold]fedaegis[/]: image size {cfg.image_size} px" + (
+            f" (chosen from the data: {SIZE_RULE})" if chosen else ""), highlight=False)
+        _print_skipped(cfg)
     return cfg
+
+
+def _print_skipped(cfg: RunConfig) -> None:
+    """One line: how many files the simulated sites skipped and why (each is named in the site log)."""
+    from ..client.site import _load, simulated_key, skip_summary
+
+    skipped = {**_load(cfg.dataset, "train", *simulated_key(cfg)).skipped,
+               **_load(cfg.dataset, "test", *simulated_key(cfg)).skipped}
+    if skipped:
+        console.print(f"[yellow]sites:[/] skipped {skip_summary(skipped)}; each is named in {site_log_path()}",
+                      highlight=False, soft_wrap=True)
 
 
 # options that make up a run's configuration: a resumed run keeps its stored one
 RUN_OPTIONS = ("rounds", "task", "dataset", "model", "norm", "partitioning", "alpha", "seed", "local_epochs",
-               "attacks", "epsilons", "attack_samples", "name", "config")
+               "attacks", "epsilons", "attack_samples", "name", "config", "modality", "body_part")
 
 
 def _resume_overrides(ctx: typer.Context, ref: str, db_url: str | None, sites: int | None) -> tuple[dict[str, Any], int]:
@@ -369,7 +393,9 @@ def evaluate(
         _fail(str(exc))
     if verbose and quiet:
         _fail("--verbose and --quiet both set; give one")
-    subset = attack_subset(data, samples, seed)
+    from ..client.site import eager
+
+    subset = eager(attack_subset(data, samples, seed))  # the attack suite takes one tensor
     torch.manual_seed(seed)
     results = _attack_with_progress(lambda progress: evaluate_attacks(
         model, (subset.images, subset.labels), cfg.attack_suite, cfg.epsilon_values, progress=progress),

@@ -16,20 +16,20 @@ from ..shared.preflight import preflight as coordinator_preflight
 
 def check_site_data(cfg: RunConfig, num_sites: int, names: Names = Names()) -> None:
     """Every simulated site's share of every split is non-empty and fits the model (as the site checks it)."""
-    from ..client.site import _load, site_data  # the sites' own loading and checks, run here first
-    from ..shared.data import DataValidationError, partition_indices
+    from ..client.site import _load, _partitions, simulated_key, site_data  # the sites' own loading and checks
+    from ..shared.data import DataValidationError
 
     if cfg.task != "classification":
         return
     try:
         for split in REQUIRED_SPLITS:
-            data = _load(cfg.dataset, split, cfg.shape.image_size, cfg.shape.classes, cfg.seed, None, None)
+            data = _load(cfg.dataset, split, *simulated_key(cfg))
             if len(data) < num_sites:
                 raise PreflightError(
                     f"{names('num-sites')} = {num_sites}: the {split} split of {cfg.dataset} holds only "
                     f"{len(data)} images, fewer than one per site")
-            parts = partition_indices(data.labels.numpy(), num_sites, cfg.partitioning,  # type: ignore[arg-type]
-                                      alpha=cfg.dirichlet_alpha, seed=cfg.seed)
+            parts = _partitions(cfg.dataset, split, simulated_key(cfg), num_sites, cfg.partitioning,
+                                cfg.dirichlet_alpha, cfg.seed)  # by patient where the data names them
             empty = [i for i, p in enumerate(parts) if len(p) == 0]
             if empty:
                 raise PreflightError(f"{names('num-sites')} = {num_sites}: site {empty[0]} would get no {split} images "

@@ -9,6 +9,7 @@ from __future__ import annotations
 import logging
 import os
 import sys
+from pathlib import Path
 from typing import Any
 
 import typer
@@ -33,8 +34,28 @@ def setup_logging(verbose: bool, quiet: bool = False) -> None:
     ours.setLevel(logging.WARNING if quiet else logging.INFO)
     ours.propagate = False
     logging.getLogger("flwr").propagate = False
+    _site_log(verbose)
     # Flower logs every site's exception as a traceback, every round; the run's end names each distinct one once
     update_console_handler(level=logging.INFO if verbose else logging.CRITICAL)
+
+
+def site_log_path() -> Path:
+    """Where simulated sites (their data loaded here in preflight, and each site process) name each
+    skipped file and why, and log their errors."""
+    from ..client.site_log import simulated_sites_log
+
+    return simulated_sites_log()
+
+
+def _site_log(verbose: bool) -> None:
+    """The sites' own log (``fedaegis.site``) goes to a file; the console gets a one-line summary."""
+    site = logging.getLogger("fedaegis.site")
+    path = site_log_path()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    handler = logging.FileHandler(path, encoding="utf-8")
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
+    site.handlers = [handler, *logging.getLogger("fedaegis").handlers] if verbose else [handler]
+    site.propagate = False
 
 
 def parse_overrides(items: list[str]) -> dict[str, Any]:

@@ -127,6 +127,10 @@ def run_federation(grid: Grid, cfg: RunConfig, flwr_run_id: int | str = "") -> i
     log.info("fedaegis run %d (%s) stored in %s", run_id, run_uuid, store.engine.url.render_as_string(hide_password=True))
     torch.manual_seed(cfg.seed)  # the initial global model is part of what a seed reproduces
     model = build_task_model(model_meta(cfg))
+    if cfg.weights:  # the first global model starts from the user's weights (checked in preflight)
+        from ..shared.models.custom import load_weights
+
+        load_weights(model, cfg.weights)
     strategy = build_strategy(cfg)
     if cfg.secure_aggregation or cfg.secure_aggregation_train:
         strategy = SecureAggregation(strategy, train=cfg.secure_aggregation_train, evaluate=cfg.secure_aggregation,

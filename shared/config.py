@@ -185,6 +185,16 @@ class RunSection(Section):
         return self.db_url or default_db_url()
 
 
+def _spacing_ok(text: str) -> bool:
+    if not text.strip():
+        return True
+    try:
+        values = [float(v) for v in text.split(",")]
+    except ValueError:
+        return False
+    return len(values) == 3 and all(v > 0 for v in values)
+
+
 @dataclass(frozen=True)
 class DataSection(Section):
     """The dataset, its shape (one value: cfg.shape) and how simulated sites split it."""
@@ -196,6 +206,9 @@ class DataSection(Section):
     image_size: int = 28
     partitioning: str = "iid"
     dirichlet_alpha: float = 0.5
+    modality: str = ""  # simulated sites keep only DICOM files of these Modality codes, e.g. "CR,DX" ("": any)
+    body_part: str = ""  # simulated sites keep only DICOM files of these BodyPartExamined codes ("": any)
+    spacing: str = ""  # volumes: voxel spacing in mm all are resampled to, e.g. "1.5,1.5,2" ("": their median)
 
     def checks(self) -> Iterator[Check]:
         yield "dataset", bool(self.dataset), "must name a dataset path or embedded:NAME"
@@ -208,6 +221,7 @@ class DataSection(Section):
 
             yield _choice("partitioning", self.partitioning, SCHEMES)
         yield "dirichlet-alpha", self.dirichlet_alpha > 0, "must be > 0"
+        yield "spacing", _spacing_ok(self.spacing), "must be '' or 3 positive numbers in mm, e.g. \"1.5,1.5,2\""
 
     @property
     def shape(self) -> DataShape:
@@ -220,6 +234,7 @@ class ModelSection(Section):
 
     model: str = "cnn"
     norm: str = "group"
+    weights: str = ""  # initial global model: a torch state-dict file or a MONAI bundle folder ("": random)
 
     def checks(self) -> Iterator[Check]:
         yield _choice("norm", self.norm, NORMS)
@@ -235,6 +250,7 @@ class TrainingSection(Section):
     optimizer: str = "adam"
     class_weighting: str = "balanced"
     amp: str = "none"  # mixed precision of local training: none, bf16, or fp16 (CUDA sites only)
+    augment: bool = False  # random flips and small affine changes of training batches (MONAI); off: figures as before
 
     def checks(self) -> Iterator[Check]:
         yield "local-epochs", self.local_epochs >= 1, "must be >= 1"

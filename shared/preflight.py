@@ -77,11 +77,13 @@ def _one_line(text: str) -> str:
     return " ".join(str(text).split())
 
 
-def dataset_facts(source: str, num_classes: int | None = None, names: Names = Names()) -> DataFacts:
+def dataset_facts(source: str, num_classes: int | None = None, names: Names = Names(),
+                  spatial_dims: int | None = None) -> DataFacts:
     """Load every split of ``source`` and check it: readable, finite, labels within the classes.
 
     ``num_classes`` is the declared class count (``-c num-classes``); None infers it (see the
-    module docstring for the rule).
+    module docstring for the rule). ``spatial_dims`` 3 reads a folder as volumes (DICOM series,
+    NIfTI files); ``image_size`` follows the documented rule (``SIZE_RULE`` in shared/data/transforms.py).
     """
     from .data import DataValidationError, load_site_data
     from .data.sources import EMBEDDED_PREFIX, embedded_path
@@ -91,7 +93,13 @@ def dataset_facts(source: str, num_classes: int | None = None, names: Names = Na
         text = str(source)
         path = embedded_path(text[len(EMBEDDED_PREFIX):]) if text.startswith(EMBEDDED_PREFIX) else Path(text).expanduser()
         if path.is_dir():  # a class-per-folder tree: classes are its sub-folders, no split in the files
-            data = load_site_data(path, split="all", num_classes=num_classes)
+            try:
+                data = load_site_data(path, split="all", num_classes=num_classes,
+                                      image_size=(28, 28, 28) if spatial_dims == 3 else None)
+            except DataValidationError as exc:
+                if spatial_dims != 3:
+                    raise
+                raise PreflightError(f"{names('spatial-dims')} = 3 but {flag} {_one_line(exc)}") from None
             return _facts(data, num_classes or data.num_classes, {"all": len(data)}, ())
         if path.suffix.lower() != ".npz" or not path.is_file():
             load_site_data(path, split="train")  # raises the loader's own message
@@ -147,8 +155,11 @@ def _npz_splits(path: Path, flag: str) -> list[str]:
 
 
 def _facts(data: ImageSet, num_classes: int, sizes: dict[str, int], warnings: tuple[str, ...]) -> DataFacts:
+    from .data.transforms import choose_image_size  # the documented rule (SIZE_RULE)
+
+    sides = data.native_sides or (max(int(s) for s in data.images.shape[2:]),)
     return DataFacts(in_channels=data.in_channels, spatial_dims=data.spatial_dims,
-                     image_size=int(data.images.shape[-1]), num_classes=int(num_classes),
+                     image_size=choose_image_size(sides, data.spatial_dims), num_classes=int(num_classes),
                      split_sizes=sizes, warnings=warnings)
 
 
@@ -178,15 +189,25 @@ def check_against_data(cfg: RunConfig, data: Mapping[str, int], names: Names = N
 
 def check_model(cfg: RunConfig, names: Names = Names()) -> None:
     """The model named in the config can be built for this data's shape."""
+    from .models.custom import check_outputs, load_weights
     from .tasks import build_task_model, model_meta
 
     try:
-        build_task_model(model_meta(cfg))
+        model = build_task_model(model_meta(cfg))
+        if cfg.task == "classification" and ":" in cfg.model:  # the user's own: it must give the logits
+            check_outputs(model, in_channels=cfg.in_channels, num_classes=cfg.num_classes,
+                          spatial_dims=cfg.spatial_dims, image_size=cfg.image_size)
     except (ValueError, KeyError, TypeError, RuntimeError) as exc:
         key = "seg-model" if cfg.task == "segmentation" else "model"
         value = cfg.seg_model if cfg.task == "segmentation" else cfg.model
         reason = re.sub(r"^[a-z_]+: ", "", _one_line(names.rewrite(str(exc))))
         raise PreflightError(f"{names(key)} = {value!r}: {reason}") from None
+    if cfg.weights:
+        try:
+            load_weights(model, cfg.weights)
+        except ValueError as exc:
+            reason = re.sub(r"^[a-z_]+: ", "", _one_line(str(exc)))
+            raise PreflightError(f"{names('weights')} = {cfg.weights!r}: {reason}") from None
 
 
 def check_amp_here(cfg: RunConfig, names: Names = Names()) -> None:

@@ -25,6 +25,8 @@ Example (every field optional; these are the defaults)::
     inversion-audits = ["dlg", "idlg", "ig"]
     hardening = ["*"]
     detectors = ["*"]
+    models = ["*"]              # registered models; your own ("package.module:factory") only by
+                                # its exact name here (never by "*"), except at simulated sites
     simulated-threats = true    # poisoning/backdoor/boost: only ever in simulation, by partition id
 
     [dp]
@@ -89,6 +91,7 @@ class SitePolicy:
     allow_inversion_audits: tuple[str, ...] = ("dlg", "idlg", "ig")
     allow_hardening: tuple[str, ...] = ("*",)
     allow_detectors: tuple[str, ...] = ("*",)
+    allow_models: tuple[str, ...] = ("*",)
     allow_simulated_threats: bool = True
     dp_required: bool = True
     dp_mechanism: str = "laplace"
@@ -236,6 +239,11 @@ def check_request(
             raise Refusal("allow.detectors")
         if DEFAULT_BINS[cfg.detector].bins > policy.release_max_histogram_bins:
             raise Refusal("release.max-histogram-bins")
+    if ":" in cfg.model:  # the coordinator asks the site to import and run code: only what the site lists
+        if not simulated and cfg.model not in policy.allow_models:
+            raise Refusal("allow.models")
+    elif not policy.allows("models", cfg.model):
+        raise Refusal("allow.models")
     if cfg.threat != "none" or cfg.boost != 1:
         if not simulated or not policy.allow_simulated_threats:  # never at a real site
             raise Refusal("allow.simulated-threats")

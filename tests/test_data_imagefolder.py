@@ -12,7 +12,7 @@ import torch
 from PIL import Image
 
 from fedaegis.shared.data import DataValidationError, load_image_folder
-from fedaegis.shared.data.types import resize_images
+from fedaegis.shared.data.transforms import resize_keep_aspect
 
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 
@@ -80,7 +80,7 @@ def test_mixed_site(site: Path, xrays: np.ndarray) -> None:
     # Sorted: e.png, g.dcm, h.dcm, i.nii.gz, nested/f.png. NIfTI is min-max scaled, then resized.
     raw = torch.from_numpy(nib.load(site / "pneumonia" / "i.nii.gz").get_fdata()).float()
     scaled = (raw - raw.min()) / (raw.max() - raw.min())
-    torch.testing.assert_close(data.images[7:8], resize_images(scaled[None, None], (28, 28)))
+    torch.testing.assert_close(data.images[7:8], resize_keep_aspect(scaled[None, None], (28, 28)))  # not squashed
 
 
 def test_dicom_checks_apply_inside_folders(site: Path) -> None:

@@ -103,6 +103,8 @@ def _batches(data: Any, batch_size: int) -> Iterable[tuple[torch.Tensor, torch.T
     """Accept (x, y) tensors, an object with ``images``/``labels``, or an iterable of batches."""
     if hasattr(data, "images") and hasattr(data, "labels"):
         data = (data.images, data.labels)
+    if isinstance(data, (tuple, list)) and len(data) == 2 and hasattr(data[0], "materialize"):
+        data = (data[0].materialize(), data[1])  # images kept as stored (shared/data/types.py LazyImages)
     if isinstance(data, (tuple, list)) and len(data) == 2 and isinstance(data[0], torch.Tensor):
         x, y = data
         for i in range(0, x.shape[0], batch_size):

@@ -16,6 +16,7 @@ import pydicom
 from pydicom.multival import MultiValue
 from pydicom.pixels import apply_modality_lut, apply_voi_lut
 
+from .labelled import load_labelled_files
 from .types import DataValidationError
 
 if TYPE_CHECKING:
@@ -193,8 +194,6 @@ def load_dicom_folder(
     whatever its name; each one that fails a check is listed in ``ImageSet.skipped`` with the
     reason. Raises :class:`DataValidationError` only when no usable image is left.
     """
-    from .imagefolder import load_labelled_files  # local: imagefolder imports this module
-
     window = check_window(window)
 
     def reader(path: Path) -> np.ndarray:

@@ -13,7 +13,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .types import DataValidationError, ImageSet
+from .transforms import InputPipeline
+from .types import DataValidationError, ImageSet, LazyImages
 
 SPLITS = ("train", "val", "test")
 
@@ -25,6 +26,9 @@ def load_medmnist(
     path: str | Path, split: str = "train", num_classes: int | None = None
 ) -> ImageSet:
     """Load one split of a MedMNIST file as float images in [0, 1] and int64 labels.
+
+    The images stay as stored (uint8) in a :class:`LazyImages`; each batch becomes float32
+    in [0, 1] when it is indexed (x / 255, the same numbers as converting all at once).
 
     Images (N,H,W) -> (N,1,H,W), (N,H,W,3) -> (N,3,H,W), (N,D,H,W) -> (N,1,D,H,W).
     Labels may be (N,1) (official) or (N,) (re-saved copies such as BreastMNIST).
@@ -65,9 +69,9 @@ def load_medmnist(
             f"{split}_labels: label {int(labels.max())} is out of range for "
             f"num_classes={num_classes}",
         )
-    tensor = _images_to_tensor(images, path, f"{split}_images")
+    stored, scale = _images_to_tensor(images, path, f"{split}_images")
     return ImageSet(
-        images=tensor,
+        images=LazyImages(stored, InputPipeline(scale=scale)),
         labels=torch.from_numpy(labels),
         num_classes=int(num_classes),
         source=f"{path}:{split}",
@@ -120,8 +124,8 @@ def _infer_num_classes(archive: np.lib.npyio.NpzFile, path: Path, labels: np.nda
     return top + 1
 
 
-def _images_to_tensor(images: np.ndarray, path: Path, key: str) -> torch.Tensor:
-    """uint8 (or float in [0,1]) arrays -> float32 (N, C, *spatial) in [0, 1]."""
+def _images_to_tensor(images: np.ndarray, path: Path, key: str) -> tuple[torch.Tensor, float]:
+    """uint8 (or float in [0,1]) arrays -> (N, C, *spatial) as stored, and the value meaning 1.0."""
     if images.ndim == 3:  # (N, H, W) grey
         images = images[:, None]
     elif images.ndim == 4 and images.shape[-1] in (1, 3):  # (N, H, W, C)
@@ -140,13 +144,13 @@ def _images_to_tensor(images: np.ndarray, path: Path, key: str) -> torch.Tensor:
             f"{key} has shape {images.shape}; expected (N,H,W), (N,H,W,3) or (N,D,H,W)",
         )
     if images.dtype == np.bool_:
-        out = images.astype(np.float32)
+        out, scale = images.astype(np.uint8), 1.0
     elif np.issubdtype(images.dtype, np.integer):
         if images.size and (images.min() < 0 or images.max() > 255):
             raise DataValidationError(
                 path, f"{key}: integer pixel values outside 0..255 (dtype {images.dtype})"
             )
-        out = images.astype(np.float32) / np.float32(255.0)
+        out, scale = images.astype(np.uint8, copy=False), 255.0
     elif np.issubdtype(images.dtype, np.floating):
         if not np.isfinite(images).all():
             raise DataValidationError(path, f"{key} contains NaN or infinite values")
@@ -155,7 +159,7 @@ def _images_to_tensor(images: np.ndarray, path: Path, key: str) -> torch.Tensor:
                 path, f"{key}: float pixel values outside [0, 1] (min {images.min()}, "
                 f"max {images.max()})"
             )
-        out = images.astype(np.float32)
+        out, scale = images.astype(np.float32), 1.0
     else:
         raise DataValidationError(path, f"{key} has unsupported dtype {images.dtype}")
-    return torch.from_numpy(np.ascontiguousarray(out))
+    return torch.from_numpy(np.ascontiguousarray(out)), scale

@@ -7,6 +7,7 @@ for a given seed so that runs can be repeated and compared.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Literal
 
 import numpy as np
@@ -113,3 +114,17 @@ def _quantity(
         f"partitions at least min_size={min_size} samples in {MAX_RETRIES} draws; raise alpha "
         "or lower min_size"
     )
+
+
+def by_group(
+    labels: np.ndarray, groups: tuple[str, ...] | list[str], split: Callable[[np.ndarray], list[np.ndarray]]
+) -> list[np.ndarray]:
+    """Apply ``split`` (labels -> index arrays) to whole groups (patients): no group is cut in two.
+
+    Each group counts once, with the label of its first sample; the result holds sample indices.
+    """
+    labels = np.asarray(labels)
+    names, first, inverse = np.unique(np.asarray(groups, dtype=object).astype(str), return_index=True,
+                                      return_inverse=True)
+    parts = split(labels[first])
+    return [np.sort(np.flatnonzero(np.isin(inverse, part))).astype(np.int64) for part in parts]

@@ -10,7 +10,10 @@ import torch
 
 from .imagefolder import load_image_folder
 from .medmnist import load_medmnist
-from .types import DataValidationError, ImageSet, resize_images, to_channels
+from .partition import by_group
+from .transforms import InputPipeline
+from .types import DataValidationError, ImageSet, LazyImages, resize_images, to_channels
+from .volumes import load_volume_folder
 
 EMBEDDED_DIR = Path(__file__).resolve().parent / "embedded"
 EMBEDDED_PREFIX = "embedded:"
@@ -41,6 +44,7 @@ def load_site_data(
     test_fraction: float = 0.2,
     channels: int | None = None,
     class_names: list[str] | None = None,
+    spacing: tuple[float, ...] | None = None,
 ) -> ImageSet:
     """Load a site's ``split`` from ``"embedded:<name>"``, an ``.npz`` MedMNIST file or a folder.
 
@@ -49,7 +53,9 @@ def load_site_data(
     loaded images by a stratified split fixed by ``seed`` and ``test_fraction``; ``all``
     returns everything. ``image_size`` (default: native for ``.npz``, 28x28 for folders) and
     ``channels`` (default: native for ``.npz``, 1 for folders) make every site match the model.
-    ``expected_modality``/``expected_body_part`` apply to DICOM files only.
+    ``expected_modality``/``expected_body_part`` apply to DICOM files only. A 3D ``image_size``
+    loads a folder's DICOM series and NIfTI files as volumes (:mod:`.volumes`), resampled to
+    ``spacing`` mm (default: their median); folder splits keep each patient on one side.
     """
     text = str(source)
     if text.startswith(EMBEDDED_PREFIX):
@@ -64,6 +70,11 @@ def load_site_data(
                 path,
                 f"unknown split {split!r} for a folder source; expected one of {FOLDER_SPLITS}",
             )
+        if image_size is not None and len(tuple(image_size)) == 3:
+            data = load_volume_folder(path, size=int(tuple(image_size)[0]), spacing=spacing, class_names=class_names,
+                                      num_classes=num_classes, expected_modality=expected_modality,
+                                      expected_body_part=expected_body_part)
+            return data if split == "all" else _split(data, split, test_fraction, seed)
         data = load_image_folder(
             path,
             image_size=tuple(image_size) if image_size is not None else DEFAULT_FOLDER_SIZE,
@@ -73,15 +84,22 @@ def load_site_data(
             expected_modality=expected_modality,
             expected_body_part=expected_body_part,
         )
-        if split == "all":
-            return data
-        train, test = stratified_split(data.labels.numpy(), test_fraction, seed)
-        return data.subset(torch.from_numpy(train if split == "train" else test))
+        return data if split == "all" else _split(data, split, test_fraction, seed)
     if not path.exists():
         raise DataValidationError(path, "data source not found")
     raise DataValidationError(
         path, "unsupported data source; expected 'embedded:<name>', an .npz file or a folder"
     )
+
+
+def _split(data: ImageSet, split: str, test_fraction: float, seed: int) -> ImageSet:
+    """The ``train`` or ``test`` side of a folder: stratified, and by patient where samples name one."""
+    labels = data.labels.numpy()
+    if data.groups:
+        train, test = by_group(labels, data.groups, lambda lab: list(stratified_split(lab, test_fraction, seed)))
+    else:
+        train, test = stratified_split(labels, test_fraction, seed)
+    return data.subset(torch.from_numpy(train if split == "train" else test))
 
 
 def stratified_split(
@@ -106,6 +124,20 @@ def stratified_split(
 
 
 def _conform(data: ImageSet, image_size: tuple[int, ...] | None, channels: int | None) -> ImageSet:
+    if isinstance(data.images, LazyImages):  # stays stored: channels and size join its pipeline
+        lazy = data.images
+        shape = tuple(lazy.shape[1:])
+        same_channels = channels is None or channels == shape[0]
+        if image_size is not None and len(tuple(image_size)) != len(shape) - 1:
+            raise ValueError(f"image_size: {tuple(image_size)} has {len(tuple(image_size))} dims, "
+                             f"images have {len(shape) - 1}")
+        same_size = image_size is None or tuple(image_size) == shape[1:]
+        if same_channels and same_size:
+            return data
+        pipeline = InputPipeline(scale=lazy.pipeline.scale, channels=channels,
+                                 size=None if image_size is None else tuple(int(s) for s in image_size))
+        return ImageSet(LazyImages(lazy.stored, pipeline), data.labels, data.num_classes, data.source,
+                        dict(data.skipped))
     images = data.images
     if channels is not None:
         images = to_channels(images, channels)

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 
@@ -16,20 +18,108 @@ class DataValidationError(ValueError):
         super().__init__(f"{self.source}: {problem}")
 
 
+class LazyImages:
+    """Images as stored (uint8, 16-bit, ...) that index like a float32 (N, C, *spatial) tensor.
+
+    ``images[idx]`` and ``images.split(n)`` run ``pipeline`` (see :mod:`.transforms`) on just
+    those items, so a site never holds its whole set as float32. Anything else a tensor can
+    do works too, on the whole set made at once (meant for small sets, such as attack subsets).
+    """
+
+    def __init__(self, stored: torch.Tensor, pipeline: Callable[[torch.Tensor], torch.Tensor]) -> None:
+        self.stored = stored
+        self.pipeline = pipeline
+        out = getattr(pipeline, "out_shape", None)
+        self._item_shape = tuple(out(tuple(stored.shape[1:]))) if out else tuple(pipeline(stored[:1]).shape[1:])
+
+    @property
+    def shape(self) -> torch.Size:
+        return torch.Size((int(self.stored.shape[0]), *self._item_shape))
+
+    dtype = torch.float32
+    device = torch.device("cpu")
+
+    def size(self, dim: int | None = None) -> torch.Size | int:
+        return self.shape if dim is None else self.shape[dim]
+
+    def dim(self) -> int:
+        return len(self.shape)
+
+    ndim = property(dim)
+
+    def __len__(self) -> int:
+        return int(self.stored.shape[0])
+
+    def __getitem__(self, index: Any) -> torch.Tensor:
+        rest: tuple = ()
+        if isinstance(index, tuple):
+            index, rest = index[0], index[1:]
+        if isinstance(index, int):
+            out = self.pipeline(self.stored[index : index + 1 if index != -1 else None])[0]
+            return out[rest] if rest else out
+        out = self.pipeline(self.stored[index])
+        return out[(slice(None), *rest)] if rest else out
+
+    def take(self, index: Any) -> LazyImages:
+        """The items at ``index``, still stored (for :meth:`ImageSet.subset`)."""
+        return LazyImages(self.stored[torch.as_tensor(index, dtype=torch.long)], self.pipeline)
+
+    def split(self, size: int) -> list[torch.Tensor]:
+        return [self[i : i + size] for i in range(0, len(self), size)]
+
+    def __iter__(self) -> Iterator[torch.Tensor]:
+        for batch in self.split(256):
+            yield from batch
+
+    def materialize(self) -> torch.Tensor:
+        """The whole set as one float32 tensor (what eager loading kept in memory)."""
+        if len(self) == 0:
+            return torch.empty(self.shape)
+        return torch.cat(self.split(256))
+
+    def __array__(self, dtype: Any = None) -> Any:
+        array = self.materialize().numpy()
+        return array if dtype is None else array.astype(dtype)
+
+    @classmethod
+    def __torch_function__(cls, func: Any, types: Any, args: tuple = (), kwargs: dict | None = None) -> Any:
+        def real(value: Any) -> Any:
+            if isinstance(value, LazyImages):
+                return value.materialize()
+            if isinstance(value, (list, tuple)):
+                return type(value)(real(v) for v in value)
+            return value
+
+        return func(*real(args), **{k: real(v) for k, v in (kwargs or {}).items()})
+
+    def __getattr__(self, name: str) -> Any:
+        if name.startswith("__") or name in ("stored", "pipeline", "_item_shape"):
+            raise AttributeError(name)
+        return getattr(self.materialize(), name)
+
+    def __repr__(self) -> str:
+        return f"LazyImages(stored={tuple(self.stored.shape)} {self.stored.dtype}, inputs={tuple(self.shape)})"
+
+
 @dataclass
 class ImageSet:
     """A labelled set of images held by one site.
 
-    ``images`` is float32 in [0, 1], shaped (N, C, H, W) or (N, C, D, H, W);
+    ``images`` is float32 in [0, 1], shaped (N, C, H, W) or (N, C, D, H, W): a tensor, or
+    :class:`LazyImages` that makes each indexed batch from the stored images;
     ``labels`` is int64 (N,). ``skipped`` maps each file that could not be used to
     the reason; it stays at the site, only its length is ever reported.
     """
 
-    images: torch.Tensor
+    images: torch.Tensor | LazyImages
     labels: torch.Tensor
     num_classes: int
     source: str
     skipped: dict[str, str] = field(default_factory=dict)
+    #: each loaded file's longer side before resizing (folders), for choosing ``image-size``
+    native_sides: tuple[int, ...] = ()
+    #: each sample's patient (or series); splits never put one patient on both sides ((): each its own)
+    groups: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         if self.images.shape[0] != self.labels.shape[0]:
@@ -56,9 +146,9 @@ class ImageSet:
     def subset(self, indices: torch.Tensor | list[int]) -> ImageSet:
         """The samples at ``indices``; the skip record is kept with the subset."""
         idx = torch.as_tensor(indices, dtype=torch.long)
-        return ImageSet(
-            self.images[idx], self.labels[idx], self.num_classes, self.source, dict(self.skipped)
-        )
+        images = self.images.take(idx) if isinstance(self.images, LazyImages) else self.images[idx]
+        groups = tuple(self.groups[i] for i in idx.tolist()) if self.groups else ()
+        return ImageSet(images, self.labels[idx], self.num_classes, self.source, dict(self.skipped), groups=groups)
 
 
 # --- helpers shared by the loaders -------------------------------------------------------------

@@ -50,21 +50,27 @@ def _densenet121(spatial_dims: int, in_channels: int, num_classes: int, norm: st
     return nn.Sequential(MinSize(32, spatial_dims), net)
 
 
-def _resnet(depth: int) -> Callable[[int, int, int, str], nn.Module]:
+#: From this input size up, MONAI's own stems (7x7 stride-2 conv and max pooling) are used: at
+#: 224 px the small stem costs about 40 times the compute for the same receptive field.
+FULL_STEM_SIZE = 64
+
+
+def _resnet(depth: int) -> Callable[..., nn.Module]:
     layers = {10: [1, 1, 1, 1], 18: [2, 2, 2, 2], 34: [3, 4, 6, 3]}[depth]
 
-    def build(spatial_dims: int, in_channels: int, num_classes: int, norm: str) -> nn.Module:
+    def build(spatial_dims: int, in_channels: int, num_classes: int, norm: str, image_size: int = 28) -> nn.Module:
         from monai.networks import nets
 
+        small = image_size < FULL_STEM_SIZE  # 28 px: a 3x3 stride-1 stem without pooling
         return nets.ResNet(
             block="basic",
             layers=layers,
             block_inplanes=[64, 128, 256, 512],
             spatial_dims=spatial_dims,
             n_input_channels=in_channels,
-            conv1_t_size=3,
-            conv1_t_stride=1,
-            no_max_pool=True,
+            conv1_t_size=3 if small else 7,
+            conv1_t_stride=1 if small else 2,
+            no_max_pool=small,
             num_classes=num_classes,
             norm=_monai_norm(norm),
         )
@@ -102,10 +108,18 @@ def build_model(
 ) -> nn.Module:
     """Instantiate model ``name``; ``norm='group'`` gives a variant Opacus can train.
 
-    ``image_size`` matters only to ``lenet``, whose classifier head is sized for it.
+    ``image_size`` sizes ``lenet``'s head and chooses the ResNets' stem (see
+    :data:`FULL_STEM_SIZE`). A ``name`` of the form ``package.module:factory`` is the user's
+    own model (see :mod:`.custom`).
     """
+    if ":" in name:
+        from .custom import build_custom
+
+        return build_custom(name, in_channels=in_channels, num_classes=num_classes, spatial_dims=spatial_dims,
+                            norm=norm, image_size=image_size)
     if name not in MODELS:
-        raise ValueError(f"model: unknown model {name!r}; choose one of {sorted(MODELS)}")
+        raise ValueError(f"model: unknown model {name!r}; choose one of {sorted(MODELS)} "
+                         "or give your own as 'package.module:factory'")
     if spatial_dims not in (2, 3):
         raise ValueError(f"spatial_dims: must be 2 or 3, got {spatial_dims}")
     if num_classes < 2:
@@ -118,6 +132,8 @@ def build_model(
         _monai_norm(norm)
     if name == "lenet":
         model = _lenet(spatial_dims, in_channels, num_classes, norm, image_size)
+    elif name.startswith("resnet"):
+        model = MODELS[name](spatial_dims, in_channels, num_classes, norm, image_size)
     else:
         model = MODELS[name](spatial_dims, in_channels, num_classes, norm)
     if norm == "group" and name not in ("cnn", "lenet"):
