@@ -8,7 +8,8 @@ it wrapped in ``SecureAggregation``). For each number of sites it runs, interlea
 plain and secure evaluation rounds (clean evaluation and ``--attacks`` at 8/255 on every site's
 test split) and training rounds (``--local-epochs`` of local training, FedAvg), and prints:
 
-* time per round (median): the secure round over the plain one;
+* time per round (median): the secure round over the plain one, wall-clock and this process's
+  CPU time (the sites and the server all run in it; CPU time is less swayed by other jobs);
 * bytes per round: every message's content, both ways, serialised as Flower sends it
   (``recorddict_to_proto``), secure over plain.
 
@@ -94,7 +95,7 @@ def main() -> None:
             return out
 
     print(f"{'sites':>5} {'phase':>9} {'plain s':>8} {'secure s':>9} {'time x':>7} "
-          f"{'plain MB':>9} {'secure MB':>10} {'bytes x':>8}")
+          f"{'plain cpu':>8} {'secure cpu':>9} {'cpu x':>6} {'plain MB':>9} {'secure MB':>10} {'bytes x':>8}")
     for n in [int(s) for s in args.sites.split(",")]:
         cfg = RunConfig.from_flower({"num-sites": n, "min-sites": n, "attacks": args.attacks, "epsilons": "8/255",
                                      "local-epochs": args.local_epochs, "min-cell-size": 0})
@@ -103,6 +104,7 @@ def main() -> None:
         arrays = ArrayRecord(build_task_model(model_meta(cfg)).state_dict())
         base = client_config(cfg)
         times: dict[tuple[str, bool], list[float]] = {}
+        cpus: dict[tuple[str, bool], list[float]] = {}  # this process's CPU time: less swayed by other load
         sizes: dict[tuple[str, bool], int] = {}
         for rep in range(args.repeats + 1):  # the first pass loads every site's data: not timed
             for phase in args.phases.split(","):
@@ -112,7 +114,7 @@ def main() -> None:
                     strategy = (SecureAggregation(inner, train=phase == "train", evaluate=phase == "evaluate",
                                                   neighbours=args.neighbours) if secure else inner)
                     config = ConfigRecord({**dict(base), "server-round": rep + 1})
-                    start = time.perf_counter()
+                    start, cpu = time.perf_counter(), time.process_time()
                     if phase == "evaluate":
                         msgs = strategy.configure_evaluate(rep + 1, arrays, config, grid)
                         result = strategy.aggregate_evaluate(rep + 1, grid.send_and_receive(list(msgs)))
@@ -123,11 +125,14 @@ def main() -> None:
                         assert new is not None
                     if rep:
                         times.setdefault((phase, secure), []).append(time.perf_counter() - start)
+                        cpus.setdefault((phase, secure), []).append(time.process_time() - cpu)
                         sizes[(phase, secure)] = grid.bytes
         for phase in args.phases.split(","):
             plain, secure = (statistics.median(times[(phase, s)]) for s in (False, True))
+            plain_cpu, secure_cpu = (statistics.median(cpus[(phase, s)]) for s in (False, True))
             pb, sb = sizes[(phase, False)], sizes[(phase, True)]
             print(f"{n:>5} {phase:>9} {plain:>8.2f} {secure:>9.2f} {secure / plain:>7.2f} "
+                  f"{plain_cpu:>8.2f} {secure_cpu:>9.2f} {secure_cpu / plain_cpu:>6.2f} "
                   f"{pb / 1e6:>9.2f} {sb / 1e6:>10.2f} {sb / pb:>8.2f}", flush=True)
 
 
