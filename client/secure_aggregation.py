@@ -191,8 +191,8 @@ def _share(config: dict, state: dict, policy: SecAggSettings, context: Context) 
         _check(len(set(signers)) == len(signers), "two peers' keys are signed by the same member")
         for node, pk1, pk2, sig, signer in zip(nodes, pk1s, pk2s, sigs, signers):
             if node == me and policy.signing_key is not None:  # its own keys are checked above: its signer only
-                _check(signer == secagg.fingerprint(policy.signing_key.public_key()),
-                       "this site's keys are listed under another signer")
+                _check(signer == secagg.fingerprint(policy.signing_key.public_key()) and signer in policy.roster,
+                       "this site's keys are listed under another signer, or its own is not in the roster")
                 continue
             key = policy.roster.get(signer)
             _check(key is not None, f"node {node}'s keys are signed by a key outside the consortium's roster")
