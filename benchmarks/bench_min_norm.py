@@ -100,7 +100,7 @@ def min_norm_table(model, x, y, classes: int, repeats: int) -> None:
               f"{res['ours'][0]:.2f}s")
 
 
-def autoattack_seeds(model, x, y, classes: int, eps: float, seeds: int, square_queries: int) -> None:
+def autoattack_seeds(model, x, y, classes: int, eps: float, seeds: range, square_queries: int) -> None:
     import torchattacks as ta
 
     budget = dict(eps=eps, apgd_steps=10, fab_steps=10, n_target_classes=classes - 1,
@@ -109,7 +109,7 @@ def autoattack_seeds(model, x, y, classes: int, eps: float, seeds: int, square_q
           f"(10 steps, {classes - 1} target classes, Square {square_queries} queries)")
     print(f"  {'seed':>4s} {'fooled ours':>11s} {'theirs':>7s} {'theirs only':>11s} {'ours only':>9s} "
           f"{'time ours s':>11s} {'theirs s':>9s}  theirs-only images: their stage -> our stage alone")
-    for seed in range(seeds):
+    for seed in seeds:
         t0 = time.perf_counter()
         ens = build_attack("autoattack", seed=seed, **budget)
         fm, _ = outcome(model, x, y, ens.attack(model, x, y).x_adv)
@@ -141,6 +141,7 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=2)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--seeds", type=int, default=5)
+    ap.add_argument("--first-seed", type=int, default=0, help="seeds run: first-seed .. first-seed + seeds - 1")
     ap.add_argument("--eps", type=float, default=4 / 255)
     ap.add_argument("--square-queries", type=int, default=5000, help="torchattacks' AutoAttack uses 5000")
     ap.add_argument("--skip", choices=["min-norm", "autoattack"], default=None)
@@ -158,7 +159,8 @@ def main() -> None:
         n = args.min_norm_batch
         min_norm_table(model, x[:n], y[:n], 8, args.repeats)
     if args.skip != "autoattack":
-        autoattack_seeds(model, x, y, 8, args.eps, args.seeds, args.square_queries)
+        autoattack_seeds(model, x, y, 8, args.eps, range(args.first_seed, args.first_seed + args.seeds),
+                         args.square_queries)
 
 
 if __name__ == "__main__":

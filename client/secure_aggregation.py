@@ -95,7 +95,7 @@ def _flag(value: object) -> bool:
     return value is True or str(value).lower() in ("true", "1", "yes")
 
 
-@lru_cache(maxsize=8)
+@lru_cache(maxsize=1024)  # one per simulated site in this process (one at a real SuperNode)
 def _load_key(path: str) -> ec.EllipticCurvePrivateKey:
     return secagg.load_private_key(Path(path).read_bytes())
 
@@ -190,6 +190,10 @@ def _share(config: dict, state: dict, policy: SecAggSettings, context: Context) 
         _check(len(sigs) == len(signers) == len(nodes), "the peers' keys are not all signed")
         _check(len(set(signers)) == len(signers), "two peers' keys are signed by the same member")
         for node, pk1, pk2, sig, signer in zip(nodes, pk1s, pk2s, sigs, signers):
+            if node == me and policy.signing_key is not None:  # its own keys are checked above: its signer only
+                _check(signer == secagg.fingerprint(policy.signing_key.public_key()) and signer in policy.roster,
+                       "this site's keys are listed under another signer, or its own is not in the roster")
+                continue
             key = policy.roster.get(signer)
             _check(key is not None, f"node {node}'s keys are signed by a key outside the consortium's roster")
             _check(verify_signature(key, secagg.key_payload(ctx, node, pk1, pk2), sig),
@@ -200,27 +204,26 @@ def _share(config: dict, state: dict, policy: SecAggSettings, context: Context) 
     b = os.urandom(15)  # 120 bits: one Shamir chunk (the server rebuilds one seed per survivor)
     sk1 = bytes.fromhex(s["sk1"])
     b_shares, sk_shares = secagg.create_shares(b, t, holders), secagg.create_shares(sk1, t, holders)
-    sk2 = bytes.fromhex(s["sk2"])
+    # one key per neighbour encrypts the shares sent to it and decrypts those it sends back
+    keys = secagg.pair_seeds(bytes.fromhex(s["sk2"]), {j: pk2s[nodes.index(j)] for j in near})
     dst, cts = [], []
     for idx, j in enumerate(near, start=1):
-        key = secagg.pair_seed(sk2, pk2s[nodes.index(j)])
         dst.append(j)
-        cts.append(encrypt(key, share_keys_plaintext_concat(me, j, b_shares[idx], sk_shares[idx])))
+        cts.append(encrypt(keys[j], share_keys_plaintext_concat(me, j, b_shares[idx], sk_shares[idx])))
     s.update(stage="shared", b=b.hex(), t=t, near=near,
              pk1_peers={str(j): pk1s[nodes.index(j)].hex() for j in near},
-             pk2_peers={str(j): pk2s[nodes.index(j)].hex() for j in near},
+             share_keys={str(j): keys[j].decode() for j in near},
              held={str(me): [b_shares[0].hex(), sk_shares[0].hex()]})
     return {"dst": dst, "ciphertexts": cts}
 
 
 def _receive_shares(config: dict, s: dict, me: int) -> list[int]:
     """Decrypt the shares the neighbours sent this site; returns who sent one."""
-    sk2 = bytes.fromhex(s["sk2"])
     received = []
     for src, ct in zip(config.get("secagg-src", []), config.get("secagg-ciphertexts", [])):
         src = int(src)
-        _check(str(src) in s["pk2_peers"] and src not in received, f"shares from node {src}, not a neighbour")
-        key = secagg.pair_seed(sk2, bytes.fromhex(s["pk2_peers"][str(src)]))
+        _check(str(src) in s["share_keys"] and src not in received, f"shares from node {src}, not a neighbour")
+        key = s["share_keys"][str(src)].encode()
         try:
             actual, dst, b_share, sk_share = share_keys_plaintext_separate(decrypt(key, ct))
         except Exception as exc:  # a forged or altered ciphertext
@@ -287,7 +290,7 @@ def secure_aggregation(msg: Message, context: Context, call_next: ClientAppCalla
     peers = {j: bytes.fromhex(s["pk1_peers"][str(j)]) for j in s["received"]}
     masked = secagg.add(secagg.add(secagg.encode(vector), secagg.prg(bytes.fromhex(s["b"]), ctx, vector.size)),
                         secagg.pairwise_masks(sk1, me, peers, ctx, vector.size))
-    s["sk1"], s["b"] = "", ""  # single use: nothing left to mask a second reply with
+    s["sk1"], s["b"], s["share_keys"] = "", "", {}  # single use: nothing left to mask a second reply with
     _save(context, state)
     reply.content[METRICS_KEY] = MetricRecord({secagg.PREFIX + n: int(v) for n, v in zip(names, masked[:len(names)])})
     if arrays is not None:

@@ -10,9 +10,14 @@ round and its recorded hash describe one model on disk: the checkpoint itself, o
 Resuming (run config ``resume-run``, or ``fedaegis simulate --resume RUN``) takes the
 stored config, loads that model after checking its hash, and runs rounds ``k+1..N`` under
 their true numbers (the sites' seeds derive from the round number), appending to the same
-run. A completed run, a run that never stored a round (unless interrupted by Ctrl-C), a model
-that does not match its hash, or a run whose sites kept state that died with it (metric-DP
-budgets) are refused with the reason.
+run. A completed run, a run that never stored a round (unless interrupted by Ctrl-C), or a
+model that does not match its hash are refused with the reason.
+
+Metric DP needs nothing from the server here: every release is charged to the site's own
+persistent ledger (:mod:`fedaegis.shared.ledger`) as it leaves the site, so the sites of a
+resumed run go on from what they have spent (no reset), the stored rounds are not asked for
+again (no second charge for them), and what the interrupted round had released before the
+crash stays charged; what the sites release again for it is a new release, charged as such.
 """
 
 from __future__ import annotations
@@ -94,12 +99,6 @@ def resume_point(store: RunStore, ref: str, db_url: str = "") -> ResumePoint:
         )
     except ConfigError as exc:
         raise ResumeError(f"{label}: its stored configuration is not valid any more: {exc}") from None
-    if cfg.metric_dp != "none":
-        raise ResumeError(
-            f"{label} releases counts under metric-dp = {cfg.metric_dp!r}: each site's epsilon budget "
-            "lived in the sites' state of the interrupted run, so resuming would overspend it; "
-            "start a new run instead"
-        )
     numbers = [r["number"] for r in run["rounds"]]
     if numbers != list(range(1, stored + 1)):
         raise ResumeError(f"{label}: stored rounds {numbers} are not 1..{stored}; cannot tell where to go on")

@@ -196,8 +196,9 @@ class SecureAggregation(Strategy):
                 if not partners:
                     continue
                 sk = secagg.rebuild(sk_shares[d], secagg.threshold(len(ex.near[d]) + 1))
+                seeds = secagg.pair_seeds(sk, {u: ex.pk1[u] for u in partners})
                 for u in partners:  # u added +mask if u < d, -mask otherwise
-                    m = secagg.prg(secagg.pair_seed(sk, ex.pk1[u]), ex.context, total.size)
+                    m = secagg.prg(seeds[u], ex.context, total.size)
                     total = secagg.sub(total, m) if u < d else secagg.add(total, m)
         except ValueError as exc:
             log.warning("round %d: %s; the sum cannot be revealed", server_round, exc)

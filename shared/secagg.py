@@ -92,16 +92,25 @@ def new_keypair() -> tuple[bytes, bytes]:
 
 def pair_seed(sk: bytes, peer_pk: bytes) -> bytes:
     """The secret a pair of sites agrees on: X25519, then HKDF; base64 so it is also a Fernet key."""
-    shared = X25519PrivateKey.from_private_bytes(sk).exchange(X25519PublicKey.from_public_bytes(peer_pk))
-    key = HKDF(algorithm=hashes.SHA256(), length=32, salt=None, info=b"fedaegis-secagg-pair").derive(shared)
-    return base64.urlsafe_b64encode(key)
+    return pair_seeds(sk, {0: peer_pk})[0]
+
+
+def pair_seeds(sk: bytes, peers: Mapping[int, bytes]) -> dict[int, bytes]:
+    """:func:`pair_seed` with each of ``peers`` (node -> public key), loading ``sk`` once."""
+    key = X25519PrivateKey.from_private_bytes(sk)
+    out = {}
+    for node, pk in peers.items():
+        shared = key.exchange(X25519PublicKey.from_public_bytes(pk))
+        out[node] = base64.urlsafe_b64encode(
+            HKDF(algorithm=hashes.SHA256(), length=32, salt=None, info=b"fedaegis-secagg-pair").derive(shared))
+    return out
 
 
 def pairwise_masks(sk: bytes, me: int, peers: Mapping[int, bytes], context: str, size: int) -> np.ndarray:
     """Sum of this site's signed pairwise masks with ``peers`` (node -> mask public key)."""
     total = np.zeros(size, dtype=np.uint64)
-    for node, pk in peers.items():
-        m = prg(pair_seed(sk, pk), context, size)
+    for node, seed in pair_seeds(sk, peers).items():
+        m = prg(seed, context, size)
         total = add(total, m) if me < node else sub(total, m)
     return total
 

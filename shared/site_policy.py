@@ -52,6 +52,7 @@ import os
 import tomllib
 from collections.abc import Mapping
 from dataclasses import dataclass, field, fields
+from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
@@ -137,10 +138,10 @@ class SitePolicy:
         """Read a policy file; an unknown section or key, or a wrong type, is named."""
         path = Path(path).expanduser()
         try:
-            data = tomllib.loads(path.read_text())
-        except (OSError, tomllib.TOMLDecodeError) as exc:
+            text = path.read_text()
+        except OSError as exc:
             raise PolicyError(f"site policy {path}: cannot be read ({type(exc).__name__})") from None
-        return cls.from_mapping(data, source=str(path))
+        return _parsed(text, str(path))
 
     @classmethod
     def from_mapping(cls, data: Mapping[str, Any], source: str = "mapping") -> SitePolicy:
@@ -155,6 +156,16 @@ class SitePolicy:
                     raise PolicyError(f"site policy {source}: unknown field '{section}.{key}'")
                 values[attr] = _coerce(f"{section}.{key}", value, str(known[attr].type), source)
         return cls(**values, source=source)
+
+
+@lru_cache(maxsize=64)
+def _parsed(text: str, source: str) -> SitePolicy:
+    """A policy file's text, parsed once (read on every message; the text, not its mtime, is the key)."""
+    try:
+        data = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise PolicyError(f"site policy {source}: cannot be read ({type(exc).__name__})") from None
+    return SitePolicy.from_mapping(data, source=source)
 
 
 def _value(policy: SitePolicy, name: str) -> Any:

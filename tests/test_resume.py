@@ -77,10 +77,11 @@ def test_refusals_name_the_reason(db_url):
         resume_point(store, "u1", db_url)
 
 
-def test_metric_dp_runs_are_not_resumed(db_url):
+def test_metric_dp_runs_are_resumed(db_url):
+    """The sites' budgets live in their own ledgers, not in the server's run: nothing to refuse."""
     store, _, _ = _run_with_rounds(db_url, 1, **{"metric-dp": "laplace"})
-    with pytest.raises(ResumeError, match="epsilon budget"):
-        resume_point(store, "u1", db_url)
+    point = resume_point(store, "u1", db_url)
+    assert point.done == 1 and point.cfg.metric_dp == "laplace"
 
 
 def test_a_crash_between_commit_and_rename_is_rolled_forward(db_url):
@@ -172,8 +173,6 @@ def test_resume_refusals_through_the_cli(db_url):
     _run_with_rounds(db_url, 1, **{"metric-dp": "gaussian"})
     res = _in_process(["simulate", "--resume", "u1", "--db-url", db_url, "--model", "resnet10", "-c", "seed=3"])
     assert res.exit_code == 2 and "--model, --config cannot change it" in " ".join(res.output.split()), res.output
-    res = _in_process(["simulate", "--resume", "u1", "--db-url", db_url])
-    assert res.exit_code == 2 and "epsilon budget" in " ".join(res.output.split()), res.output
     res = _in_process(["simulate", "--resume", "nope", "--db-url", db_url])
     assert res.exit_code == 2 and "no run 'nope'" in res.output
 
@@ -185,14 +184,25 @@ def ray_tmp():
     shutil.rmtree(path, ignore_errors=True)
 
 
+def _ledger_charges(env: dict) -> dict[int, list[tuple[str, int, str, float]]]:
+    """Each simulated site's ledger: (Flower run, round, kind, epsilon) of every release charged."""
+    from fedaegis.shared.ledger import PrivacyLedger
+
+    home = Path(env["FEDAEGIS_HOME"]) / "site"
+    return {i: [(r.run, r.round, r.kind, r.epsilon) for r in PrivacyLedger(home / f"simulated-{i}-of-2").releases()]
+            for i in range(2)}
+
+
 @pytest.mark.slow
 def test_killed_server_is_resumed(tmp_path, ray_tmp):
+    """Under metric DP too: the sites' ledgers carry their spending across the resume."""
     env = flower_env(tmp_path / "state", ray_tmp)
     db = f"sqlite:///{tmp_path / 'runs.db'}"
     log = (tmp_path / "first.log").open("w")
     first = subprocess.Popen(
         [str(BIN / "fedaegis"), "simulate", "--sites", "2", "--rounds", "3", "--local-epochs", "1",
-         "--db-url", db, "--name", "crashy"], env=env, stdout=log, stderr=subprocess.STDOUT)
+         "--db-url", db, "--name", "crashy", "-c", "metric-dp=laplace", "-c", "metric-epsilon=0.5"],
+        env=env, stdout=log, stderr=subprocess.STDOUT)
     try:
         deadline = time.monotonic() + RUN_TIMEOUT_S
         while time.monotonic() < deadline and first.poll() is None:
@@ -216,6 +226,8 @@ def test_killed_server_is_resumed(tmp_path, ray_tmp):
     assert [r["number"] for r in crashed["rounds"]] in ([1], [1, 2])
     # (this also completes a checkpoint rename the kill may have interrupted)
     assert resume_point(store, uuid, db).done == len(crashed["rounds"])
+    done = len(crashed["rounds"])
+    before = _ledger_charges(env)
 
     # the stored configuration cannot be changed, a modified checkpoint is refused (before Ray starts)
     res = _in_process(["simulate", "--resume", uuid, "--db-url", db, "--rounds", "5"])
@@ -235,6 +247,19 @@ def test_killed_server_is_resumed(tmp_path, ray_tmp):
     assert [r["round"] for r in shown["rounds"]] == [1, 2, 3]
     assert all(r["sites"] == 2 and r["failures"] == 0 for r in shown["rounds"])
     assert shown["rounds"][0]["accuracy"] == crashed["rounds"][0]["metrics"]["evaluate.accuracy"]
+
+    # metric DP: each site's ledger still holds what it spent before the crash (no reset) and
+    # the resumed run is charged only for rounds after the stored ones (no second charge for them)
+    after = _ledger_charges(env)
+    for site in range(2):
+        assert after[site][:len(before[site])] == before[site]
+        first_run = {run for run, *_ in before[site]}
+        resumed = [(rnd, kind, eps) for run, rnd, kind, eps in after[site][len(before[site]):]]
+        assert len(first_run) == 1 and not {run for run, *_ in after[site][len(before[site]):]} & first_run
+        assert {(rnd, kind) for rnd, kind, _ in resumed if kind != "train-update"} == {
+            (rnd, kind) for rnd in range(done + 1, 4) for kind in ("train", "evaluate")}
+        assert all(eps == pytest.approx(0.5) for _, kind, eps in resumed if kind != "train-update")
+        assert all(rnd > done for _, rnd, _, _ in after[site][len(before[site]):])
 
     from fedaegis.shared.checkpoint import load_checkpoint
 
