@@ -23,7 +23,7 @@ from __future__ import annotations
 import re
 from collections.abc import Iterable, Mapping, Sequence
 
-from .results.base import eps_name
+from .results.eps import eps_name
 
 PREFIX = "defence"
 # wire table -> database phase

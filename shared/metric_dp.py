@@ -20,10 +20,9 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from functools import lru_cache
 
+from .results.privacy import EPSILON_KEY, STD_KEY, WITHHELD, ratio_interval  # noqa: F401 - the declared keys
+
 MECHANISMS = ("none", "laplace", "gaussian")
-WITHHELD = "dp-withheld-count"
-EPSILON_KEY = "dp.epsilon-sum"
-STD_KEY = "dp.noise-std-sum"
 
 
 def _dp():
@@ -177,14 +176,3 @@ def interval(total: float, sites: int, std: float, z: float = 1.96) -> tuple[flo
     half = z * std * math.sqrt(max(sites, 0))
     return total - half, total + half
 
-
-def ratio_interval(num: float, den: float, sites: int, std: float, z: float = 1.96) -> tuple[float, float] | None:
-    """Interval of num/den when the numerator carries independent noise of ``std`` per site.
-
-    Denominators are the sites' fixed set sizes (public, not noised).
-    """
-    if den <= 0:
-        return None
-    r = num / den
-    half = z * std * math.sqrt(max(sites, 0)) / den
-    return max(0.0, r - half), min(1.0, r + half)

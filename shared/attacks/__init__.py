@@ -214,7 +214,7 @@ def evaluate_attacks(
 
 def flatten_metrics(metrics: Mapping[tuple[str, float], Mapping[str, int | float]]) -> dict[str, int | float]:
     """Flat ``"label/eps=0.0314/field"`` keys, e.g. for Flower's scalar metric dicts."""
-    from ..results.base import eps_name
+    from ..results.eps import eps_name
 
     return {f"{label}/eps={eps_name(eps)}/{field}": value
             for (label, eps), fields in metrics.items() for field, value in fields.items()}

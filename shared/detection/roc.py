@@ -27,7 +27,7 @@ from torch import nn
 from ..attacks import build_attack
 from ..attacks.base import attack_mode, check_batch
 from ..data import ImageSet
-from ..results.base import eps_name
+from ..results.eps import eps_name
 
 PREFIX = "detector"
 SCALES = ("linear", "log", "asinh")

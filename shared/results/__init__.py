@@ -14,7 +14,7 @@ from . import attacks, backdoor, basics, defences, detection, hardening, inversi
 from .base import Column, Family, Key, KeySet, RoundTotals, declared, eps_display, eps_name
 
 if TYPE_CHECKING:
-    from ..store import MetricValue
+    from .base import MetricValue
 
 FAMILIES: tuple[Family, ...] = (
     basics.FAMILY, segmentation.FAMILY, attacks.FAMILY, backdoor.FAMILY, inversion.FAMILY, privacy.FAMILY,

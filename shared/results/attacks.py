@@ -16,7 +16,7 @@ from .base import EPS_PATTERN, NAME_PATTERN, Column, Family, Key, KeySet, RoundT
 from .privacy import dp_noise
 
 if TYPE_CHECKING:
-    from ..store import MetricValue
+    from .base import MetricValue
 
 _CELL = rf"attack\.(?P<attack>{NAME_PATTERN})\.eps=(?P<eps>{EPS_PATTERN})"
 

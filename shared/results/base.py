@@ -20,22 +20,27 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, ClassVar
 
+from .eps import eps_display, eps_name  # noqa: F401 - the families' epsilon format
+
 if TYPE_CHECKING:
     from ..config import RunConfig
-    from ..store import MetricValue
 
 EPS_PATTERN = r"[0-9.e+\-]+"  # an epsilon as written by eps_name
 NAME_PATTERN = r"[a-z0-9_\-+]+"  # an attack, system, detector or member label
 
 
-def eps_name(eps: float) -> str:
-    """The one way an epsilon is written into a metric name (``eps=<this>``)."""
-    return f"{float(eps):.6g}"
 
 
-def eps_display(eps: float | None, none: str = "-") -> str:
-    """An L-inf budget for people (images in [0, 1]): ``8/255``."""
-    return none if eps is None else f"{eps * 255:.3g}/255"
+@dataclass(frozen=True)
+class MetricValue:
+    """One aggregate number of a metric family; ``attack`` (the family's qualifier) and ``epsilon`` qualify it."""
+
+    phase: str
+    name: str
+    value: float
+    attack: str = ""
+    epsilon: float | None = None
+    family: str = ""  # "" : the family that writes ``phase`` (fedaegis.shared.results.family_of)
 
 
 @dataclass(frozen=True)
@@ -96,8 +101,15 @@ def snake(name: str) -> str:
     return name.replace("-", "_")
 
 
+CLAIMED: list[str] = []  # every family's claims (filled as each family class is defined)
+
+
 class Family:
     """One family of results. Subclasses set the class attributes and override what they derive."""
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        CLAIMED.extend(p for p in cls.__dict__.get("claims", ()) if p not in CLAIMED)
 
     name: ClassVar[str]
     phases: ClassVar[tuple[str, ...]] = ()  # the store phases of its rows
@@ -131,8 +143,7 @@ class Family:
 
     def row(self, phase: str, name: str, value: float, qualifier: str = "", epsilon: float | None = None
             ) -> MetricValue:
-        from ..store import MetricValue
-
+    
         return MetricValue(phase, name, float(value), attack=qualifier, epsilon=epsilon, family=self.name)
 
     # -- query: stored rows -> cells -----------------------------------------------------------

@@ -10,11 +10,11 @@ from typing import TYPE_CHECKING
 
 from collections.abc import Mapping
 
-from .base import Family, Key, KeySet, RoundTotals
+from .base import CLAIMED, Family, Key, KeySet, RoundTotals
 from .privacy import dp_noise
 
 if TYPE_CHECKING:
-    from ..store import MetricValue
+    from .base import MetricValue
 
 FILES_PER_PATIENT = 4  # one patient may own several files (a DICOM series, repeat scans): ``skipped`` counts files
 
@@ -55,9 +55,7 @@ class Basics(Family):
     }
 
     def phase_rows(self, phase: str, metrics: Mapping[str, float]) -> list[MetricValue]:
-        from . import claimed
-
-        skip = claimed()
+        skip = tuple(CLAIMED)  # what another family stores itself
         return [self.row(phase, k, v) for k, v in metrics.items() if not k.startswith(skip)]
 
     def rows(self, totals: RoundTotals) -> list[MetricValue]:

@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING
 from .base import EPS_PATTERN, NAME_PATTERN, Column, Family, Key, KeySet, RoundTotals, eps_name
 
 if TYPE_CHECKING:
-    from ..store import MetricValue
+    from .base import MetricValue
 
 _GROUP = rf"detector\.(?P<detector>{NAME_PATTERN})\.eps=(?P<eps>{EPS_PATTERN})"
 

@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Any
 from .base import EPS_PATTERN, NAME_PATTERN, Column, Family, Key, KeySet, RoundTotals, eps_name, snake
 
 if TYPE_CHECKING:
-    from ..store import MetricValue
+    from .base import MetricValue
 
 THREATS = {"hardening": "white-box", "defence-transfer": "transfer", "defence-adaptive": "adaptive"}
 PHASE_ORDER = tuple(THREATS)

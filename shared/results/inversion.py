@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING
 from .base import Family, Key, KeySet, RoundTotals
 
 if TYPE_CHECKING:
-    from ..store import MetricValue
+    from .base import MetricValue
 
 
 class Inversion(Family):

@@ -7,15 +7,31 @@ the accuracies (stored by their own families through :func:`dp_noise`) cover the
 
 from __future__ import annotations
 
+import math
+from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from dataclasses import dataclass
-
-from ..metric_dp import EPSILON_KEY, STD_KEY, WITHHELD, ratio_interval
 from .base import Family, Key, KeySet, RoundTotals
 
 if TYPE_CHECKING:
-    from ..store import MetricValue
+    from .base import MetricValue
+
+# what a site that applied metric DP declares in its reply (shared/metric_dp.py writes them)
+WITHHELD = "dp-withheld-count"
+EPSILON_KEY = "dp.epsilon-sum"
+STD_KEY = "dp.noise-std-sum"
+
+
+def ratio_interval(num: float, den: float, sites: int, std: float, z: float = 1.96) -> tuple[float, float] | None:
+    """Interval of num/den when the numerator carries independent noise of ``std`` per site.
+
+    Denominators are the sites' fixed set sizes (public, not noised).
+    """
+    if den <= 0:
+        return None
+    r = num / den
+    half = z * std * math.sqrt(max(sites, 0)) / den
+    return max(0.0, r - half), min(1.0, r + half)
 
 
 @dataclass(frozen=True)

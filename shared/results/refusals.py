@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING
 from .base import Column, Family, RoundTotals
 
 if TYPE_CHECKING:
-    from ..store import MetricValue
+    from .base import MetricValue
 
 
 class Refusals(Family):

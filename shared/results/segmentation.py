@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any
 from .base import EPS_PATTERN, Column, Family, Key, KeySet, eps_name, snake
 
 if TYPE_CHECKING:
-    from ..store import MetricValue
+    from .base import MetricValue
 
 SCOPES = (rf"(?:clean|attack\.[a-z0-9_]+\.(?:linf|l2)\.eps=(?P<eps>{EPS_PATTERN})"
           rf"|robust\.(?:linf|l2)\.eps=(?P<reps>{EPS_PATTERN}))")

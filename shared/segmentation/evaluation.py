@@ -37,7 +37,7 @@ from .attacks.common import NORMS
 from .attacks.ensemble import predict, run_attack, worst_case
 from .attacks.registry import ATTACKS, TARGETED
 from .attacks.targets import make_target
-from ..results.base import eps_name
+from ..results.eps import eps_name
 from .data import SegmentationSet
 from .metrics import iou_fields, norm_fields, score_fields, target_iou, volume_scores
 

@@ -17,19 +17,8 @@ from sqlalchemy.orm import Session, selectinload, sessionmaker
 
 from ..paths import create_private_file, private_dir, write_private
 from ..results import FAMILIES, family_of
+from ..results.base import MetricValue
 from .schema import Base, ConfigEntry, Metric, Round, Run, Site, utcnow
-
-
-@dataclass(frozen=True)
-class MetricValue:
-    """One aggregate number of a metric family; ``attack`` (the family's qualifier) and ``epsilon`` qualify it."""
-
-    phase: str
-    name: str
-    value: float
-    attack: str = ""
-    epsilon: float | None = None
-    family: str = ""  # "" : the family that writes ``phase`` (fedaegis.shared.results.family_of)
 
 
 @dataclass
