@@ -68,8 +68,9 @@ class SecAggSettings:
     def from_node_config(cls, node_config: dict[str, Any]) -> SecAggSettings:
         key, roster = node_config.get("secagg-signing-key"), node_config.get("secagg-roster")
         sim = Path(os.environ.get(KEYS_DIR_ENV) or fedaegis_home() / "simulation-keys")
-        if key is None and "partition-id" in node_config and sim.is_dir():  # a simulated site
-            key, roster = str(sim / f"site-{int(node_config['partition-id'])}.key"), roster or str(sim)
+        own = sim / f"site-{int(node_config['partition-id'])}.key" if "partition-id" in node_config else None
+        if key is None and own is not None and own.is_file():  # a simulated site with its key
+            key, roster = str(own), roster or str(sim)
         return cls(
             min_sites=int(node_config.get("secagg-min-sites", 3)),
             signing_key=_load_key(str(key)) if key else None,

@@ -291,11 +291,13 @@ def simulate(
     if cfg.min_sites > num_sites:
         raise ValueError(f"run config 'min-sites' = {cfg.min_sites} exceeds the {num_sites} sites")
     _quiet_environment()
-    if cfg.secure_aggregation or cfg.secure_aggregation_train:  # the simulated sites' signing keys
-        from ..client.secure_aggregation import KEYS_DIR_ENV
-        from ..shared.secagg import simulation_keys
+    # the simulated sites' signing keys, for every site of every run: a site whose policy demands
+    # secure aggregation needs its key whatever the run config asks, and a folder that holds fewer
+    # keys than this run's sites (left by a smaller run) must not leave the others without theirs
+    from ..client.secure_aggregation import KEYS_DIR_ENV
+    from ..shared.secagg import simulation_keys
 
-        simulation_keys(Path(os.environ.get(KEYS_DIR_ENV) or fedaegis_home() / "simulation-keys"), num_sites)
+    simulation_keys(Path(os.environ.get(KEYS_DIR_ENV) or fedaegis_home() / "simulation-keys"), num_sites)
     fed = federation_config(resources, num_sites, verbose)
 
     from .runtime import ManagedSuperLink, write_app

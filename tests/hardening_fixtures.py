@@ -140,7 +140,8 @@ def kd_bu() -> nn.Module:
     from fedaegis.shared.detection import KDBUDetector
 
     cal = blood().calibration
+    x = cal.images[:]  # the images as model inputs (a site's split may keep them as stored)
     model = standard(32)
     with single_thread():
-        x_adv = build_attack("pgd", eps=EPS, steps=10, early_stop=False).attack(model, cal.images, cal.labels).x_adv
-        return KDBUDetector(model).fit(blood().train).fit_combiner(cal.images, x_adv)
+        x_adv = build_attack("pgd", eps=EPS, steps=10, early_stop=False).attack(model, x, cal.labels).x_adv
+        return KDBUDetector(model).fit(blood().train).fit_combiner(x, x_adv)

@@ -31,7 +31,7 @@ def train(msg: Message, context: Context) -> Message:
 
 @app.evaluate()
 def evaluate(msg: Message, context: Context) -> Message:
-    cfg, model, _ = real._setup(msg, context)
+    cfg, model, *_ = real._setup(msg, context)
     data = site_data(cfg, context.node_config)
     metrics: dict = evaluate_local(model, data.test)
     with torch.no_grad():

@@ -105,7 +105,7 @@ def test_training_updates_average_exactly_within_quantisation(tmp_path):
 def test_robust_aggregators_and_server_clipping_are_refused_with_secure_training():
     for rule in ("krum", "multikrum", "bulyan", "fedmedian", "fedtrimmedavg"):
         with pytest.raises(ConfigError, match="'secure-aggregation-train'.*needs each site's own update"):
-            RunConfig.from_flower({"secure-aggregation-train": True, "aggregation": rule})
+            RunConfig.from_flower({"secure-aggregation-train": True, "aggregation": rule, "min-sites": 7})
     with pytest.raises(ConfigError, match="'secure-aggregation-train'.*clip-norm"):
         RunConfig.from_flower({"secure-aggregation-train": True, "clip-norm": 1.0})
 
