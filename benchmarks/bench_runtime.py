@@ -54,7 +54,7 @@ def main() -> None:
     from flwr.supercore.logger import update_console_handler
 
     from fedaegis.orchestration.simulation import SimulationResources, simulate
-    from fedaegis.shared.config import RunConfig
+    from fedaegis.shared.run.config import RunConfig
     from fedaegis.shared.store import RunStore
 
     update_console_handler(level=40)

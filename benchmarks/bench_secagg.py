@@ -59,9 +59,9 @@ def main() -> None:
     from fedaegis.server.app import client_config
     from fedaegis.server.secure_evaluation import SecureAggregation
     from fedaegis.server.strategies import build_strategy
-    from fedaegis.shared.config import RunConfig, fedaegis_home
-    from fedaegis.shared.secagg import simulation_keys
-    from fedaegis.shared.tasks import build_task_model, model_meta
+    from fedaegis.shared.run.config import RunConfig, fedaegis_home
+    from fedaegis.shared.reply.secagg import simulation_keys
+    from fedaegis.shared.models.tasks import build_task_model, model_meta
 
     import logging
 

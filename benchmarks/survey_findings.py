@@ -33,7 +33,7 @@ from torch import nn
 
 from fedaegis.shared.attacks import build_attack, evaluate_attacks
 from fedaegis.shared.data import ImageSet, load_medmnist
-from fedaegis.shared.defence_systems import LogitEnsemble
+from fedaegis.shared.models.defence_systems import LogitEnsemble
 from fedaegis.shared.detection import KDBUDetector, MahalanobisDetector, detection_scores
 from fedaegis.shared.detection.kd_bu import rank_auc
 from fedaegis.shared.hardening import build_hardening

@@ -15,11 +15,19 @@ import torch
 from flwr.app import ArrayRecord, Context, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
 
-from ..shared.config import RunConfig
-from ..shared.tasks import build_task_model, model_meta
-from ..shared.protocol import ARRAYS_KEY, METRICS_KEY
-from ..shared.site_policy import site_policy
-from .mods import ROUND_KEY, LedgerSource, cell_suppression, metric_dp, protocol_guard, request_config, site_guard
+from ..shared.run.config import RunConfig
+from ..shared.models.tasks import build_task_model, model_meta
+from ..shared.reply.protocol import ARRAYS_KEY, METRICS_KEY
+from ..shared.site.policy import site_policy
+from .mods import (
+    ROUND_KEY,
+    LedgerSource,
+    cell_suppression,
+    metric_dp,
+    protocol_guard,
+    request_config,
+    site_guard,
+)
 from .secure_aggregation import answer_query, secure_aggregation
 from .robustness import evaluate_robustness
 from ..shared.training import data_to, evaluate_local, to_cpu

@@ -17,9 +17,9 @@ from collections.abc import Mapping
 import torch
 from torch import nn
 
-from ..shared.config import RunConfig
+from ..shared.run.config import RunConfig
 from ..shared.data import ImageSet
-from ..shared.members import MemberSet
+from ..shared.models.members import MemberSet
 from ..shared import training
 from ..shared.training import CrossEntropy, DPSGD, Objective, balanced_weights
 from ..shared.training.transforms import apply_data, apply_updates, data_transforms, update_transforms
@@ -27,7 +27,7 @@ from ..shared.training.transforms import apply_data, apply_updates, data_transfo
 
 def is_malicious(cfg: RunConfig, node_config: Mapping[str, object]) -> bool:
     """Only a simulated site (a partition id, no data of its own) below ``num-malicious`` plays the threat."""
-    from ..shared.site_policy import is_simulated
+    from ..shared.site.policy import is_simulated
 
     if cfg.threat == "none" or not is_simulated(node_config):
         return False
@@ -98,7 +98,7 @@ def train_classifier_round(
     threat's poisoning), the objective (``hardening``), the step (DP-SGD when
     ``dp-epsilon`` > 0) and update transforms (pruning, a threat's boosting).
     """
-    from ..shared.site_policy import check_train_size, site_policy
+    from ..shared.site.policy import check_train_size, site_policy
 
     model.to(device)
     global_state = {k: v.detach().clone() for k, v in model.state_dict().items()}

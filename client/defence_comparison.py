@@ -1,6 +1,6 @@
 """A site's part of a defence comparison (``defence-models``): train every member, evaluate the defences.
 
-Training: each member of the global :class:`~fedaegis.shared.members.MemberSet` is
+Training: each member of the global :class:`~fedaegis.shared.models.members.MemberSet` is
 trained on the site's data, plainly (``none``) or with its hardening method, with
 the same class weighting (``class-weighting = balanced``: inverse local class
 frequency) in every loss.
@@ -19,7 +19,7 @@ Evaluation, on at most ``attack-samples`` test images (the *evaluation* images):
   and against the adaptive PGD through detector, gate and both models;
 * with two or more members: the logit ensemble of all members under the adaptive PGD.
 
-Everything leaves the site as counts (:mod:`fedaegis.shared.defence_report`,
+Everything leaves the site as counts (:mod:`fedaegis.shared.results.defence_report`,
 :mod:`fedaegis.shared.detection.roc`); scores, thresholds and images stay.
 """
 
@@ -32,9 +32,9 @@ import math
 import torch
 from torch import nn
 
-from ..shared.config import RunConfig
+from ..shared.run.config import RunConfig
 from ..shared.data import ImageSet
-from ..shared.members import MemberSet
+from ..shared.models.members import MemberSet
 from ..shared.results.base import eps_name
 
 PGD_STEPS = 10
@@ -125,7 +125,7 @@ def _transfer_and_detection(cfg: RunConfig, standard: nn.Module, hardened_name: 
             hist[e][1] += bins.histogram(adv_scores[fooled])
         for name in systems:
             add(f"{name}.clean-correct", clean_ok[name].sum())
-    from ..shared.defence_report import encode_table
+    from ..shared.results.defence_report import encode_table
 
     table = {"num-examples": n, **{f"hardening.{k}": v for k, v in counts.items() if not k.endswith("routed-count")}}
     out: dict[str, int] = encode_table("transfer", table, systems, eps_list)
@@ -144,8 +144,8 @@ def evaluate_defences(model: nn.Module, cfg: RunConfig, train: ImageSet, test: I
     """
     if not isinstance(model, MemberSet):
         return {}
-    from ..shared.defence_report import encode_table
-    from ..shared.defence_systems import DetectorGatedRouter, LogitEnsemble
+    from ..shared.results.defence_report import encode_table
+    from ..shared.models.defence_systems import DetectorGatedRouter, LogitEnsemble
     from ..shared.hardening import evaluate_hardening
 
     torch.manual_seed(seed)
@@ -154,7 +154,7 @@ def evaluate_defences(model: nn.Module, cfg: RunConfig, train: ImageSet, test: I
     if node_config is None:
         evaluation, calibration = evaluation_split(test, cfg.attack_samples, seed)
     else:
-        from ..shared.site_policy import eval_size, site_policy
+        from ..shared.site.policy import eval_size, site_policy
         from .site import site_seed
 
         half = math.ceil(len(test) / 2)

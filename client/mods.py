@@ -13,11 +13,11 @@ from collections.abc import Callable, Mapping
 from flwr.app import Context, Error, Message, MessageType, MetricRecord
 from flwr.clientapp.typing import ClientAppCallable
 
-from ..shared import reply_schema
-from ..shared.config import RunConfig
-from ..shared.ledger import PrivacyLedger
-from ..shared.metric_dp import EPSILON_KEY, CountMechanism, privatize, withhold
-from ..shared.protocol import (
+from ..shared.reply import schema as reply_schema
+from ..shared.run.config import RunConfig
+from ..shared.site.ledger import PrivacyLedger
+from ..shared.reply.metric_dp import EPSILON_KEY, CountMechanism, privatize, withhold
+from ..shared.reply.protocol import (
     ARRAYS_KEY,
     METRICS_KEY,
     POLICY_REFUSAL,
@@ -27,8 +27,8 @@ from ..shared.protocol import (
     check_reply,
     suppress_small_cells,
 )
-from ..shared.protocol import request_config as _request_config
-from ..shared.site_policy import PolicyError, Refusal, SitePolicy, check_request, site_policy
+from ..shared.reply.protocol import request_config as _request_config
+from ..shared.site.policy import PolicyError, Refusal, SitePolicy, check_request, site_policy
 from .site_log import relay_simulated_site_log
 
 log = logging.getLogger("fedaegis.site")  # the site's own log: stays at the site
@@ -110,7 +110,7 @@ def site_guard(msg: Message, context: Context, call_next: ClientAppCallable, *,
 
 
 def protocol_guard(msg: Message, context: Context, call_next: ClientAppCallable) -> Message:
-    """Send a reply only if it holds exactly what the request asked for (:mod:`fedaegis.shared.reply_schema`).
+    """Send a reply only if it holds exactly what the request asked for (:mod:`fedaegis.shared.reply.schema`).
 
     A violating reply is withheld and replaced by an error with a fixed reason; what was
     wrong goes to the site's log, so a bug in site code can never put per-sample values

@@ -6,9 +6,9 @@ import torch
 from torch import nn
 
 from ..shared.attacks import evaluate_attacks
-from ..shared.config import RunConfig
+from ..shared.run.config import RunConfig
 from ..shared.data import ImageSet
-from ..shared.robustness import encode
+from ..shared.results.robustness import encode
 
 
 def attack_subset(data: ImageSet, max_samples: int, seed: int) -> ImageSet:
@@ -21,7 +21,7 @@ def attack_subset(data: ImageSet, max_samples: int, seed: int) -> ImageSet:
 
 def evaluate_robustness(model: nn.Module, data: ImageSet, cfg: RunConfig, seed: int) -> dict[str, int | float]:
     """Counts and sums per (attack, epsilon) on ``data`` (the site's chosen evaluation set), in the
-    wire format of :mod:`fedaegis.shared.robustness`."""
+    wire format of :mod:`fedaegis.shared.results.robustness`."""
     if not cfg.attack_names:
         return {}
     torch.manual_seed(seed)

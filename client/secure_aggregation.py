@@ -1,6 +1,6 @@
 """Secure aggregation at the site: the SecAgg+ state machine, and every check the site makes itself.
 
-The server drives four steps (see :mod:`fedaegis.shared.secagg`): ``keys`` and
+The server drives four steps (see :mod:`fedaegis.shared.reply.secagg`): ``keys`` and
 ``share`` and ``unmask`` are queries (:func:`answer_query`); the masked reply
 rides on the train or evaluate message itself (:func:`secure_aggregation`, a
 client mod, so it masks the reply exactly as it will be sent). Nothing the server
@@ -38,9 +38,9 @@ from flwr.common.secure_aggregation.secaggplus_utils import (
 )
 from flwr.supercore.primitives.asymmetric import sign_message, verify_signature
 
-from ..shared import secagg
-from ..shared.config import fedaegis_home
-from ..shared.protocol import ARRAYS_KEY, METRICS_KEY, SECAGG_KEY
+from ..shared.reply import secagg
+from ..shared.run.config import fedaegis_home
+from ..shared.reply.protocol import ARRAYS_KEY, METRICS_KEY, SECAGG_KEY
 
 SECAGG_STATE = "fedaegis.secagg"
 SECAGG_REFUSED = 7302  # error code of a refused secure-aggregation step
@@ -81,8 +81,8 @@ class SecAggSettings:
 
 
 def _policy_requires_train(node_config: dict[str, Any]) -> bool:
-    """The hospital's site policy (:mod:`fedaegis.shared.site_policy`) says ``[updates] mode = "secure-aggregation"``."""
-    from ..shared.site_policy import site_policy
+    """The hospital's site policy (:mod:`fedaegis.shared.site.policy`) says ``[updates] mode = "secure-aggregation"``."""
+    from ..shared.site.policy import site_policy
 
     return site_policy(node_config).updates_mode == "secure-aggregation"
 

@@ -13,13 +13,8 @@ from functools import lru_cache
 import torch
 from torch import nn
 
-from ..shared.config import RunConfig
-from ..shared.segmentation import (
-    AdversarialTraining,
-    SiteData,
-    evaluate_segmentation,
-    load_site_segmentation,
-)
+from ..shared.run.config import RunConfig
+from ..shared.segmentation import AdversarialTraining, SiteData, evaluate_segmentation, load_site_segmentation
 from ..shared.training import data_to, train_segmenter
 
 

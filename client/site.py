@@ -16,13 +16,13 @@ from pathlib import Path
 
 import torch
 
-from ..shared.config import RunConfig
+from ..shared.run.config import RunConfig
 from ..shared.data import DataValidationError, ImageSet, load_site_data, partition_indices
 from ..shared.data.partition import by_group
 from ..shared.data.transforms import InputPipeline
 from ..shared.data.types import LazyImages
-from ..shared.ledger import PrivacyLedger, derived_seed, site_secret
-from ..shared.site_policy import SitePolicy, eval_size, is_simulated, site_policy
+from ..shared.site.ledger import PrivacyLedger, derived_seed, site_secret
+from ..shared.site.policy import SitePolicy, eval_size, is_simulated, site_policy
 
 log = logging.getLogger("fedaegis.site")  # the site's own log: never sent to the server
 

@@ -18,9 +18,9 @@ from contextvars import ContextVar
 
 from pathlib import Path
 
-from ..shared.config import fedaegis_home
-from ..shared.protocol import LOG_PREFIX
-from ..shared.site_policy import is_simulated
+from ..shared.run.config import fedaegis_home
+from ..shared.reply.protocol import LOG_PREFIX
+from ..shared.site.policy import is_simulated
 
 log = logging.getLogger("fedaegis.site")
 _SITE: ContextVar[str] = ContextVar("fedaegis_simulated_site", default="?")

@@ -31,9 +31,9 @@ import torch
 from torch import nn
 
 from ..shared.attacks import attack_mode, build_attack
-from ..shared.config import RunConfig
+from ..shared.run.config import RunConfig
 from ..shared.data import ImageSet
-from ..shared.paths import write_private
+from ..shared.run.paths import write_private
 
 log = logging.getLogger("fedaegis.site")
 

@@ -3,7 +3,7 @@
 Before a hospital joins a consortium, its IT can run the exact ClientApp it will deploy (or
 fedaegis' own) against simulated data and see, reply by reply, what would leave the
 hospital: which records, which metric names, and whether the privacy protocol
-(:mod:`fedaegis.shared.protocol`) allows it. Tests use it the same way.
+(:mod:`fedaegis.shared.reply.protocol`) allows it. Tests use it the same way.
 
 Every reply the server receives is recorded by :class:`~fedaegis.server.audit.AuditingGrid`,
 where replies enter the server, so nothing a site sends can bypass the check. A reply that
@@ -146,7 +146,7 @@ def run_audit(
     no attack suite). Raises ``ValueError``/``ConfigError`` for a bad app or config.
     """
     from .datainfo import data_config
-    from ..shared.config import RunConfig
+    from ..shared.run.config import RunConfig
     from ..shared.store import RunStore
     from . import quarantine
     from .simulation import SimulationResources, simulate
@@ -241,7 +241,7 @@ def audit(
     verbose: Annotated[bool, typer.Option(help="Show Flower's own logs.")] = False,
 ) -> None:
     """Run a ClientApp in a short simulated federation and check every reply against the privacy protocol."""
-    from ..shared.config import ConfigError
+    from ..shared.run.config import ConfigError
     from .terminal import console, fail, parse_overrides, setup_logging
 
     setup_logging(verbose)

@@ -37,7 +37,7 @@ from flwr.supercore.primitives.asymmetric_ed25519 import (
     sign_message,
 )
 
-from ..shared.paths import private_dir, write_private
+from ..shared.run.paths import private_dir, write_private
 
 _APP_ID = re.compile(r"^@[A-Za-z0-9_-]+/[A-Za-z0-9_-]+$")
 _VERSION = re.compile(r"^\d+\.\d+\.\d+$")

@@ -12,9 +12,9 @@ import typer
 from click.core import ParameterSource
 from rich.table import Table
 
-from ..shared.config import ConfigError, RunConfig, default_db_url, fedaegis_home
-from ..shared.preflight import Names, PreflightError
-from ..shared.redact import mask_secrets
+from ..shared.run.config import ConfigError, RunConfig, default_db_url, fedaegis_home
+from ..shared.run.preflight import Names, PreflightError
+from ..shared.run.redact import mask_secrets
 from ..shared.results import query
 from ..shared.results.base import eps_display
 from ..shared.store import RunNotFoundError, RunStore
@@ -92,13 +92,13 @@ def simulate(
     mlflow: Annotated[str | None, typer.Option("--mlflow", help="Also log the run (config, metrics per round, robustness cells) to this MLflow tracking URI, e.g. file:///path/mlruns (needs fedaegis[mlflow]).")] = None,
 ) -> None:
     """Run a federated training and evaluation of simulated hospitals on Ray, and store it."""
-    from ..orchestration.simulation import SimulationResources, check_client_gpus
+    from .simulation import SimulationResources, check_client_gpus
 
     if verbose and quiet:
         _fail("--verbose and --quiet both set; give one")
     _setup_logging(verbose, quiet)
     if mlflow is not None:
-        from ..orchestration.tracking import check_mlflow
+        from .tracking import check_mlflow
 
         try:
             check_mlflow(mlflow)
@@ -111,7 +111,7 @@ def simulate(
     except ValueError as exc:
         _fail(str(exc))
     if site_policy:
-        from ..shared.site_policy import PolicyError, SitePolicy
+        from ..shared.site.policy import PolicyError, SitePolicy
 
         try:
             SitePolicy.from_toml(site_policy)
@@ -158,8 +158,8 @@ OPTION_KEYS = {"num-server-rounds": "rounds", "task": "task", "dataset": "datase
 
 
 def _preflight(overrides: dict[str, Any], sites: int, names: Names) -> RunConfig:
-    """Every check of shared/preflight.py, before Ray starts or a row is written; one line and exit 2 on failure."""
-    from ..shared.preflight import check_against_data, check_config, check_database, dataset_facts
+    """Every check of shared/run/preflight.py, before Ray starts or a row is written; one line and exit 2 on failure."""
+    from ..shared.run.preflight import check_against_data, check_config, check_database, dataset_facts
     from .preflight import preflight
 
     try:
@@ -228,8 +228,8 @@ def _run_and_report(overrides: dict[str, Any], sites: int, resources: Any, as_js
     """Run, then print the stored run; a run that failed (or was interrupted) exits non-zero with its reason."""
     import uuid as uuidlib
 
-    from ..orchestration.runtime import RuntimeFailure
-    from ..orchestration.simulation import simulate as run_sim
+    from .runtime import RuntimeFailure
+    from .simulation import simulate as run_sim
     from ..server.app import RunFailed
 
     overrides = {**overrides, "run-uuid": overrides.get("run-uuid") or uuidlib.uuid4().hex}
@@ -260,7 +260,7 @@ def _run_and_report(overrides: dict[str, Any], sites: int, resources: Any, as_js
     except RunNotFoundError:
         _fail("the run did not start (see the log above); nothing was stored", code=1)
     if mlflow and run["status"] == "completed":
-        from ..orchestration.tracking import log_run
+        from .tracking import log_run
 
         mlflow_id = log_run(run, mlflow, db_url=str(overrides["db-url"]))
         console.print(f"MLflow run {mlflow_id} in {mlflow}", markup=False, highlight=False)
@@ -361,11 +361,11 @@ def evaluate(
 
     from ..client.robustness import attack_subset
     from ..shared.attacks import evaluate_attacks
-    from ..shared.checkpoint import load_checkpoint
+    from ..shared.models.checkpoint import load_checkpoint
     from ..shared.data import DataValidationError, load_site_data
-    from ..shared.robustness import derive, encode, decode
+    from ..shared.results.robustness import derive, encode, decode
 
-    from ..shared.preflight import dataset_facts
+    from ..shared.run.preflight import dataset_facts
 
     store = _open_store(db_url)
     try:

@@ -3,15 +3,15 @@
 The sites' share of the data is loaded and checked by the sites' own code
 (:mod:`fedaegis.client.site`), run here before Ray starts, so a dataset a site would refuse
 is one line naming it instead of a traceback per site per round. It lives in this layer
-because the shared library's preflight (:mod:`fedaegis.shared.preflight`) must not import the
+because the shared library's preflight (:mod:`fedaegis.shared.run.preflight`) must not import the
 site's code.
 """
 
 from __future__ import annotations
 
-from ..shared.config import RunConfig
-from ..shared.preflight import REQUIRED_SPLITS, Names, PreflightError, _one_line
-from ..shared.preflight import preflight as coordinator_preflight
+from ..shared.run.config import RunConfig
+from ..shared.run.preflight import REQUIRED_SPLITS, Names, PreflightError, _one_line
+from ..shared.run.preflight import preflight as coordinator_preflight
 
 
 def check_site_data(cfg: RunConfig, num_sites: int, names: Names = Names()) -> None:

@@ -14,7 +14,7 @@ from flwr.app import Error, Message, MetricRecord
 from flwr.serverapp import Grid
 
 from ..server.audit import AuditEntry, AuditingGrid
-from ..shared.protocol import METRICS_KEY
+from ..shared.reply.protocol import METRICS_KEY
 
 QUARANTINED = 7302  # error code the server sees in place of a violating reply
 

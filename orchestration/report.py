@@ -16,9 +16,7 @@ import typer
 
 from .options import DbOption
 from .report_content import *  # noqa: F403 - the report's content API, as before the split
-from .report_content import (  # noqa: F401 - names the comparison and tests use
-    _attack_cells, _hardening, _num, _rows, build_report, report_json,
-)
+from .report_content import _attack_cells, _hardening, _num, _rows, build_report, report_json
 from .report_html import *  # noqa: F403
 from .report_html import CSS, _e, _eps, _f, _img, _note, _section, _table, render_html, report_html  # noqa: F401
 from .report_plots import _figure, _png, _round_axis  # noqa: F401

@@ -25,7 +25,7 @@ privacy budget and refusals, whose per-site rows are shown when there are any. E
     ``round["metrics"]``: ``evaluate.accuracy``, ``evaluate.loss``,
     ``evaluate.num-examples``, ``train.train-accuracy``, ``train.train-loss``.
 
-``attack`` (written by the server, see :mod:`fedaegis.shared.robustness`)
+``attack`` (written by the server, see :mod:`fedaegis.shared.results.robustness`)
     ``attack`` = attack label, ``epsilon`` = budget (L-inf, images in [0, 1]); names
     ``robust-accuracy``, ``clean-accuracy``, ``success-rate``, ``mean-linf``,
     ``mean-l2``, ``mean-queries``, ``n-count``. The curves use the last round with
@@ -81,7 +81,7 @@ ATTACK_FIELDS = ("clean-accuracy", "robust-accuracy", "success-rate", "mean-linf
 # families the report shows in a section of their own, as their columns declare (the others have bespoke ones)
 FAMILY_SECTIONS = tuple(f for f in FAMILIES if f.heading)
 SECURE_AGG_KEYS = ("secure-aggregation",)
-# the run-config keys of the privacy section (shared/config.py)
+# the run-config keys of the privacy section (shared/run/config.py)
 PRIVACY_CONFIG_KEYS = ("secure-aggregation", "secure-aggregation-train", "metric-dp", "metric-epsilon",
                        "metric-delta", "metric-epsilon-budget", "dp-epsilon", "dp-delta", "dp-max-grad-norm")
 
@@ -282,7 +282,7 @@ def _privacy(run: Mapping[str, Any]) -> dict[str, Any]:
             if r["name"] == "epsilon-spent":
                 per_site.append({"round": rnd["number"], "site": str(node), "epsilon_spent": _num(r["value"])})
     settings = {k: config[k] for k in PRIVACY_CONFIG_KEYS if k in config}
-    # requests a site's own policy refused (fedaegis.shared.site_policy), per site and round
+    # requests a site's own policy refused (fedaegis.shared.site.policy), per site and round
     refusals = query.refusals(run)
     result: dict[str, Any] = {"secure_aggregation": secure, "settings": settings, "refusals": refusals}
     if not per_round and not per_site:

@@ -13,8 +13,14 @@ from typing import Any
 from ..shared.results import BY_NAME, query
 from ..shared.results.base import eps_display
 from .report_content import FAMILY_SECTIONS, _num, build_report
-from .report_plots import (_plot_backdoor, _plot_hardening, _plot_inversion, _plot_privacy, _plot_robustness,
-                           _plot_rounds)
+from .report_plots import (
+    _plot_backdoor,
+    _plot_hardening,
+    _plot_inversion,
+    _plot_privacy,
+    _plot_robustness,
+    _plot_rounds,
+)
 
 # -- HTML -----------------------------------------------------------------------------------
 CSS = """

@@ -109,7 +109,7 @@ def write_app(folder: Path, components: Mapping[str, str], config: Mapping[str, 
     The components are imported from the installed fedaegis (or any importable module), so
     the app bundle holds nothing else; ``config`` becomes its run config.
     """
-    from ..shared.config import toml_key
+    from ..shared.run.config import toml_key
 
     folder.mkdir(parents=True, exist_ok=True)
     lines = [
@@ -247,7 +247,7 @@ class ManagedSuperLink:
 
 def export_app(folder: Path) -> Path:
     """fedaegis as a minimal Flower App in ``folder``, for ``flwr run`` from an installed copy."""
-    from ..shared.config import RunConfig
+    from ..shared.run.config import RunConfig
 
     return write_app(folder, {"serverapp": "fedaegis.server.app:app", "clientapp": "fedaegis.client.app:app"},
                      RunConfig().to_flower())

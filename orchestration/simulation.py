@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from ..shared.config import RunConfig, fedaegis_home
+from ..shared.run.config import RunConfig, fedaegis_home
 
 if TYPE_CHECKING:
     from flwr.serverapp import Grid
@@ -266,7 +266,7 @@ def simulate(
     (``module:attr`` of a grid wrapper) acts in the server while the run goes on.
     Raises :class:`~.runtime.RuntimeFailure` when Flower reports the run failed.
     ``site_policy`` is a policy TOML file every simulated site runs under (given to the sites as
-    ``$FEDAEGIS_SITE_POLICY``; default: each site's own, see :mod:`fedaegis.shared.site_policy`).
+    ``$FEDAEGIS_SITE_POLICY``; default: each site's own, see :mod:`fedaegis.shared.site.policy`).
     ``progress`` receives the run's progress events (:mod:`fedaegis.server.progress`) as they come.
     """
     if num_sites < 1:
@@ -281,7 +281,7 @@ def simulate(
     overrides = {**overrides, "run-uuid": overrides.get("run-uuid") or uuidlib.uuid4().hex,
                  "num-sites": num_sites}
     cfg = RunConfig.from_flower(overrides)  # fail here, with the field named, not in Ray
-    from ..shared.site_policy import POLICY_ENV, SitePolicy
+    from ..shared.site.policy import POLICY_ENV, SitePolicy
 
     if site_policy:
         site_policy = str(Path(site_policy).expanduser().resolve())
@@ -295,7 +295,7 @@ def simulate(
     # secure aggregation needs its key whatever the run config asks, and a folder that holds fewer
     # keys than this run's sites (left by a smaller run) must not leave the others without theirs
     from ..client.secure_aggregation import KEYS_DIR_ENV
-    from ..shared.secagg import simulation_keys
+    from ..shared.reply.secagg import simulation_keys
 
     simulation_keys(Path(os.environ.get(KEYS_DIR_ENV) or fedaegis_home() / "simulation-keys"), num_sites)
     fed = federation_config(resources, num_sites, verbose)
@@ -314,7 +314,7 @@ def simulate(
         if secret_db_url:  # the ServerApp's environment, never the run config Flower sends to every site
             env["FEDAEGIS_DB_URL"] = secret_db_url
         if site_policy:
-            from ..shared.site_policy import POLICY_ENV
+            from ..shared.site.policy import POLICY_ENV
 
             env[POLICY_ENV] = str(Path(site_policy).resolve())
         if progress is not None:

@@ -24,7 +24,7 @@ PolicyOption = Annotated[str | None, typer.Option("--policy", help="The site's p
 
 
 def _policy(path: str | None):
-    from ..shared.site_policy import PolicyError, SitePolicy
+    from ..shared.site.policy import PolicyError, SitePolicy
 
     try:
         return SitePolicy.from_toml(path) if path else SitePolicy()
@@ -40,7 +40,7 @@ def ledger(
     as_json: Annotated[bool, typer.Option("--json", help="Machine-readable output.")] = False,
 ) -> None:
     """The site's privacy ledger: every release, and the budget left."""
-    from ..shared.ledger import LEDGER_FILE, PrivacyLedger
+    from ..shared.site.ledger import LEDGER_FILE, PrivacyLedger
 
     pol = _policy(policy)
     folder = pol.state_dir / f"simulated-{simulated}" if simulated else pol.state_dir

@@ -34,9 +34,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ..shared.config import SERVER_ONLY_KEYS, ConfigError, RunConfig
-from ..shared.preflight import Names, PreflightError, check_against_data
-from ..shared.paths import name_problem
+from ..shared.run.config import SERVER_ONLY_KEYS, ConfigError, RunConfig
+from ..shared.run.preflight import Names, PreflightError, check_against_data
+from ..shared.run.paths import name_problem
 from .preflight import preflight
 
 # Set by the sweep for every run (num-sites from [sweep]), never by [config] or [grid].
@@ -95,7 +95,7 @@ def load_sweep(path: Path, db_url: str | None = None) -> Sweep:
 
 def build_sweep(doc: dict[str, Any], default_name: str = "sweep", db_url: str | None = None) -> Sweep:
     """Validate a parsed sweep file and expand its grid: every error names its table and field."""
-    from ..shared.config import default_db_url
+    from ..shared.run.config import default_db_url
 
     unknown = sorted(set(doc) - {"sweep", "config", "grid"})
     if unknown:

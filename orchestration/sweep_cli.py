@@ -42,7 +42,7 @@ def sweep(
             plan = dataclasses.replace(plan, options=opts)
     except SweepConfigError as exc:
         fail(str(exc))
-    from ..shared.preflight import PreflightError, check_database
+    from ..shared.run.preflight import PreflightError, check_database
 
     try:
         check_database(plan.db_url, "--db-url" if db_url else "database")

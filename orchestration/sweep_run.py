@@ -24,8 +24,8 @@ from typing import Any
 
 from rich.table import Table
 
-from ..shared.config import fedaegis_home
-from ..shared.paths import private_dir, under, write_private
+from ..shared.run.config import fedaegis_home
+from ..shared.run.paths import private_dir, under, write_private
 from ..shared.store import RunNotFoundError, RunStore
 from .sweep import Sweep, SweepPoint, describe
 
@@ -182,8 +182,8 @@ def _main() -> int:
 
     logging.getLogger("flwr").propagate = False
     update_console_handler(level=logging.WARNING)  # Flower's per-round INFO would drown our log
-    from ..shared.config import RunConfig
-    from ..shared.preflight import PreflightError
+    from ..shared.run.config import RunConfig
+    from ..shared.run.preflight import PreflightError
     from .preflight import preflight
 
     try:  # checked when the sweep was planned; the database and this machine's data again here

@@ -16,9 +16,9 @@ import typer
 from rich.console import Console
 from rich.logging import RichHandler
 
-from ..shared.config import default_db_url
-from ..shared.preflight import PreflightError
-from ..shared.redact import known_secrets, mask_secrets
+from ..shared.run.config import default_db_url
+from ..shared.run.preflight import PreflightError
+from ..shared.run.redact import known_secrets, mask_secrets
 from ..shared.store import RunStore
 
 console = Console(stderr=True, emoji=False)
@@ -90,7 +90,7 @@ def fail(message: str, code: int = 2) -> None:
 
 def open_store(db_url: str | None) -> RunStore:
     """The results database, or one line naming ``--db-url`` and why it cannot be opened."""
-    from ..shared.preflight import check_database
+    from ..shared.run.preflight import check_database
 
     url = db_url or default_db_url()
     try:

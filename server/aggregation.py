@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from flwr.app import MetricRecord, RecordDict
 
-from ..shared.protocol import METRICS_KEY
+from ..shared.reply.protocol import METRICS_KEY
 from ..shared.results import ratios
 
 # derived ratio -> (numerator, denominator), declared by each metric family; added when both are present.

@@ -14,10 +14,10 @@ import torch
 from flwr.app import ArrayRecord, ConfigRecord, Context
 from flwr.serverapp import Grid, ServerApp
 
-from ..shared.checkpoint import save_checkpoint
-from ..shared.paths import under
-from ..shared.config import SERVER_ONLY_KEYS, ConfigError, RunConfig, fedaegis_home
-from ..shared.tasks import build_task_model, model_meta
+from ..shared.models.checkpoint import save_checkpoint
+from ..shared.run.paths import under
+from ..shared.run.config import SERVER_ONLY_KEYS, ConfigError, RunConfig, fedaegis_home
+from ..shared.models.tasks import build_task_model, model_meta
 from ..shared.results import RoundTotals, round_rows
 from ..shared.store import RoundRecord, RunStore
 from ..shared.store.repository import checkpoint_dir
@@ -171,7 +171,7 @@ def refuse_shared_credentials(run_config: Mapping[str, Any]) -> None:
                           "site; give the ServerApp $FEDAEGIS_DB_URL in its environment instead")
 
 
-from ..shared.protocol import LOG_PREFIX  # noqa: E402 - re-exported: how fedaegis' lines start in Flower's log stream
+from ..shared.reply.protocol import LOG_PREFIX  # noqa: E402 - re-exported: how fedaegis' lines start in Flower's log stream
 
 
 def log_to_flower() -> None:
@@ -197,7 +197,7 @@ def with_data_shape(config: dict[str, Any]) -> dict[str, Any]:
     """
     if config.get("task", "classification") != "classification" or not config.get("dataset"):
         return config
-    from ..shared.preflight import dataset_facts
+    from ..shared.run.preflight import dataset_facts
 
     try:
         shape = dataset_facts(str(config["dataset"])).run_config()
@@ -223,7 +223,7 @@ def make_server_app(
 
     @app.main()
     def main(grid: Grid, context: Context) -> None:
-        from ..shared.preflight import check_config, preflight
+        from ..shared.run.preflight import check_config, preflight
 
         from .progress import PROGRESS_ENV, log_events, progress_grid
 

@@ -14,8 +14,8 @@ from flwr.app import Message, MessageType, RecordDict
 from flwr.supercore.run import Run
 from flwr.serverapp import Grid
 
-from ..shared.config import ConfigError
-from ..shared.protocol import ARRAYS_KEY, check_reply, request_config
+from ..shared.run.config import ConfigError
+from ..shared.reply.protocol import ARRAYS_KEY, check_reply, request_config
 
 
 @dataclass(frozen=True)

@@ -27,7 +27,7 @@ from flwr.app import Message, MessageType, RecordDict
 from flwr.serverapp import Grid
 from flwr.supercore.run import Run
 
-from ..shared.protocol import ROUND_KEY
+from ..shared.reply.protocol import ROUND_KEY
 
 PROGRESS_ENV = "FEDAEGIS_PROGRESS"
 EVENT_LEVEL = "EVENT"  # the level field of an event line: ``[fedaegis] EVENT {json}``

@@ -15,7 +15,7 @@ from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord
 from flwr.serverapp import Grid
 from flwr.serverapp.strategy import Strategy
 
-from ..shared.protocol import METRICS_KEY, POLICY_REFUSAL, REFUSAL_PREFIX
+from ..shared.reply.protocol import METRICS_KEY, POLICY_REFUSAL, REFUSAL_PREFIX
 from ..shared.store.schema import utcnow
 
 

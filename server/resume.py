@@ -14,7 +14,7 @@ run. A completed run, a run that never stored a round (unless interrupted by Ctr
 model that does not match its hash are refused with the reason.
 
 Metric DP needs nothing from the server here: every release is charged to the site's own
-persistent ledger (:mod:`fedaegis.shared.ledger`) as it leaves the site, so the sites of a
+persistent ledger (:mod:`fedaegis.shared.site.ledger`) as it leaves the site, so the sites of a
 resumed run go on from what they have spent (no reset), the stored rounds are not asked for
 again (no second charge for them), and what the interrupted round had released before the
 crash stays charged; what the sites release again for it is a new release, charged as such.
@@ -30,10 +30,10 @@ from pathlib import Path
 
 from flwr.app import ArrayRecord
 
-from ..shared.checkpoint import MODEL_KEYS, load_checkpoint
-from ..shared.config import ConfigError, RunConfig
+from ..shared.models.checkpoint import MODEL_KEYS, load_checkpoint
+from ..shared.run.config import ConfigError, RunConfig
 from ..shared.store import RunStore
-from ..shared.tasks import model_meta
+from ..shared.models.tasks import model_meta
 
 log = logging.getLogger("fedaegis")
 

@@ -1,7 +1,7 @@
 """Secure aggregation of evaluation replies and, if the run asks, of training updates.
 
 A strategy wrapper (like Flower's DP wrappers) that runs SecAgg+ (see
-:mod:`fedaegis.shared.secagg`) around the inner strategy's train and/or evaluate
+:mod:`fedaegis.shared.reply.secagg`) around the inner strategy's train and/or evaluate
 messages: a ``keys`` and a ``share`` query, the masked replies, an ``unmask`` query
 to the survivors; the server learns the sums over the survivors only. Training
 under it is FedAvg computed from the sums (sum of n*w over sum of n): a robust rule
@@ -22,8 +22,8 @@ from flwr.app import Array, ArrayRecord, ConfigRecord, Message, MessageType, Met
 from flwr.serverapp import Grid
 from flwr.serverapp.strategy import Strategy
 
-from ..shared import secagg
-from ..shared.protocol import ARRAYS_KEY, METRICS_KEY, SECAGG_KEY
+from ..shared.reply import secagg
+from ..shared.reply.protocol import ARRAYS_KEY, METRICS_KEY, SECAGG_KEY
 from .aggregation import derived_ratios
 
 log = logging.getLogger("fedaegis")

@@ -25,10 +25,10 @@ from flwr.serverapp.strategy import (
     Strategy,
 )
 
-from ..shared.config import RunConfig
+from ..shared.run.config import RunConfig
 from .aggregation import sum_metric_records
 
-from ..shared.aggregations import AGGREGATIONS  # noqa: F401 - the rules built below, named once
+from ..shared.run.aggregations import AGGREGATIONS  # noqa: F401 - the rules built below, named once
 
 
 class NormBounding(DifferentialPrivacyServerSideFixedClipping):
@@ -55,7 +55,7 @@ def _setting(cfg: RunConfig, name: str, default: Any) -> Any:
 def check_aggregation(cfg: RunConfig) -> None:
     """Reject settings the chosen rule cannot honour, naming the run-config key.
 
-    The checks live with the run config (``AggregationSection`` in shared/config.py), which
+    The checks live with the run config (``AggregationSection`` in shared/run/config.py), which
     runs them whenever a :class:`RunConfig` is built; anything else passed here is built into one.
     """
     if not isinstance(cfg, RunConfig):

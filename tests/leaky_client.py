@@ -17,7 +17,7 @@ from flwr.clientapp import ClientApp
 from fedaegis.client import app as real
 from fedaegis.client.site import site_data
 from fedaegis.shared.training import evaluate_local
-from fedaegis.shared.protocol import METRICS_KEY
+from fedaegis.shared.reply.protocol import METRICS_KEY
 
 LEAKY_METRIC = "predictions"
 

@@ -13,7 +13,7 @@ from flwr.clientapp import ClientApp
 
 from fedaegis.client import app as real
 from fedaegis.client.site import site_data
-from fedaegis.shared.protocol import METRICS_KEY, request_config
+from fedaegis.shared.reply.protocol import METRICS_KEY, request_config
 
 app = ClientApp()  # no guard: nothing stops the leak at the site
 

@@ -14,12 +14,7 @@ import pytest
 import torch
 from torch import nn
 
-from fedaegis.shared.segmentation import (
-    SegmentationSet,
-    build_segmenter,
-    load_hippocampus,
-    split_sites,
-)
+from fedaegis.shared.segmentation import SegmentationSet, build_segmenter, load_hippocampus, split_sites
 from fedaegis.shared.training import train_segmenter
 
 HIPPOCAMPUS = Path(__file__).resolve().parents[2] / "shared" / "data" / "msd_hippocampus"

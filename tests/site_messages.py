@@ -15,8 +15,8 @@ from typing import Any
 import torch
 from flwr.app import ArrayRecord, ConfigRecord, Context, Message, Metadata, RecordDict
 
-from fedaegis.shared.config import RunConfig
-from fedaegis.shared.tasks import build_task_model, model_meta
+from fedaegis.shared.run.config import RunConfig
+from fedaegis.shared.models.tasks import build_task_model, model_meta
 
 _ids = itertools.count(1)
 

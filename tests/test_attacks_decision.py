@@ -17,8 +17,8 @@ from attack_fixtures import trained
 from torch import nn
 
 from fedaegis.shared.attacks import ATTACKS, build_attack
-from fedaegis.shared.protocol import check_metrics
-from fedaegis.shared.robustness import encode
+from fedaegis.shared.reply.protocol import check_metrics
+from fedaegis.shared.results.robustness import encode
 
 art_cls = pytest.importorskip("art.estimators.classification")
 E = pytest.importorskip("art.attacks.evasion")

@@ -69,7 +69,7 @@ def test_suppressed_training_metrics_are_withheld_not_zero(db_url):
     from flwr.app import MetricRecord, RecordDict
 
     from fedaegis.server.aggregation import sum_metric_records
-    from fedaegis.shared.protocol import suppress_small_cells
+    from fedaegis.shared.reply.protocol import suppress_small_cells
 
     small = suppress_small_cells({"num-examples": 4, "train-correct": 3, "train-loss-sum": 2.0}, 10,
                                  keep=("num-examples",))

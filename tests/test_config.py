@@ -3,7 +3,7 @@ from pathlib import Path
 
 import pytest
 
-from fedaegis.shared.config import ConfigError, RunConfig
+from fedaegis.shared.run.config import ConfigError, RunConfig
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -46,8 +46,8 @@ import torch  # noqa: E402
 from flwr.common.config import flatten_dict  # noqa: E402
 from torch import nn  # noqa: E402
 
-from fedaegis.shared import config as config_module  # noqa: E402
-from fedaegis.shared.config import (  # noqa: E402
+from fedaegis.shared.run import config as config_module  # noqa: E402
+from fedaegis.shared.run.config import (
     ATTRS,
     SECTIONS,
     AttackSection,
@@ -62,7 +62,7 @@ def test_pyproject_table_is_generated_from_the_sections(tmp_path):
     """pyproject's table is exactly what the sections generate; Flower reads it as the same flat dict."""
     text = (ROOT / "pyproject.toml").read_text()
     assert "[tool.flwr.app.config]\n" + pyproject_table() in text, \
-        "pyproject.toml is stale: run `python -m fedaegis.shared.config pyproject.toml`"
+        "pyproject.toml is stale: run `python -m fedaegis.shared.run.config pyproject.toml`"
     table = tomllib.loads(text)["tool"]["flwr"]["app"]["config"]
     assert flatten_dict(table) == RunConfig().to_flower()  # as Flower flattens it, dotted keys included
     copy = tmp_path / "pyproject.toml"
@@ -152,7 +152,7 @@ def test_unknown_key_suggests_the_near_one():
 
 
 def test_registries_lists_are_read_not_copied():
-    from fedaegis.shared.aggregations import AGGREGATIONS
+    from fedaegis.shared.run.aggregations import AGGREGATIONS
     from fedaegis.shared.hardening import HARDENINGS
 
     assert config_module.HARDENINGS == ("none", *HARDENINGS)
@@ -208,7 +208,7 @@ def test_a_hardening_parameter_for_an_unused_method_is_refused():
 
 
 def test_the_preflight_reads_the_same_shape(shared_data):
-    from fedaegis.shared.preflight import check_config, dataset_facts
+    from fedaegis.shared.run.preflight import check_config, dataset_facts
 
     facts = dataset_facts(str(shared_data / "adrenalmnist3d" / "adrenalmnist3d.npz"))
     cfg = check_config({"dataset": "x.npz", **facts.run_config()})

@@ -7,8 +7,8 @@ import pytest
 
 from fedaegis.client.app import build_client_app
 from fedaegis.client.site import site_ledger
-from fedaegis.shared.ledger import PrivacyLedger
-from fedaegis.shared.protocol import POLICY_REFUSAL
+from fedaegis.shared.site.ledger import PrivacyLedger
+from fedaegis.shared.reply.protocol import POLICY_REFUSAL
 from site_messages import ask
 
 

@@ -11,12 +11,7 @@ import pydicom
 import pytest
 import torch
 
-from fedaegis.shared.data import (
-    DataValidationError,
-    load_dicom_folder,
-    load_dicom_series,
-    read_dicom_image,
-)
+from fedaegis.shared.data import DataValidationError, load_dicom_folder, load_dicom_series, read_dicom_image
 from fedaegis.shared.data.dicom import apply_window
 
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data"

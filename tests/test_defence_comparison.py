@@ -7,12 +7,12 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from fedaegis.shared.config import ConfigError, RunConfig
+from fedaegis.shared.run.config import ConfigError, RunConfig
 from fedaegis.shared.data import ImageSet
 from fedaegis.shared.hardening import build_hardening
 from fedaegis.shared.hardening.base import weighted_mean
 from fedaegis.shared.models import SmallCNN
-from fedaegis.shared.protocol import check_metrics
+from fedaegis.shared.reply.protocol import check_metrics
 from fedaegis.shared.training import balanced_weights, train_classifier
 
 METHODS = {"pgd-at": {"steps": 2}, "trades": {"steps": 2}, "mart": {"steps": 2}, "fast-fgsm": {}}
@@ -92,8 +92,8 @@ def test_hardening_site_uses_balanced_weights(monkeypatch):
 
 def test_member_set_is_one_model_with_prefixed_members():
     from fedaegis.client.classification_round import train_members
-    from fedaegis.shared.members import MemberSet
-    from fedaegis.shared.tasks import build_task_model, model_meta
+    from fedaegis.shared.models.members import MemberSet
+    from fedaegis.shared.models.tasks import build_task_model, model_meta
 
     cfg = RunConfig.from_flower({**SMALL, "defence-models": "none,fast-fgsm,trades", "local-epochs": 1,
                                  "hardening-steps": 1})
@@ -136,8 +136,8 @@ def test_site_evaluation_is_counts_and_the_server_derives_accuracies():
     from fedaegis.client.defence_comparison import evaluate_defences
     from fedaegis.server.aggregation import sum_metric_records
     from fedaegis.shared.results import BY_NAME, RoundTotals
-    from fedaegis.shared.protocol import METRICS_KEY
-    from fedaegis.shared.tasks import build_task_model, model_meta
+    from fedaegis.shared.reply.protocol import METRICS_KEY
+    from fedaegis.shared.models.tasks import build_task_model, model_meta
     from flwr.app import MetricRecord, RecordDict
 
     cfg = RunConfig.from_flower({**SMALL, "defence-models": "none,pgd-at", "detector": "mahalanobis",

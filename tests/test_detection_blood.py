@@ -20,7 +20,7 @@ from hardening_fixtures import (
 )
 from sklearn.metrics import roc_auc_score
 
-from fedaegis.shared.defence_systems import DetectorGatedRouter, LogitEnsemble
+from fedaegis.shared.models.defence_systems import DetectorGatedRouter, LogitEnsemble
 from fedaegis.shared.detection import (
     DEFAULT_BINS,
     auc_table,
@@ -29,7 +29,7 @@ from fedaegis.shared.detection import (
     encode_histograms,
 )
 from fedaegis.shared.hardening import evaluate_hardening, hardening_accuracies
-from fedaegis.shared.protocol import check_metrics
+from fedaegis.shared.reply.protocol import check_metrics
 
 ROBUST = f"eps={EPS:.6g}"
 BINS = DEFAULT_BINS  # fixed, site-independent bins: distances on a log scale, logits on asinh

@@ -8,14 +8,8 @@ import pytest
 import torch
 from sklearn.metrics import roc_auc_score
 
-from fedaegis.shared.detection import (
-    ScoreBins,
-    auc_table,
-    binned_auc,
-    decode_histograms,
-    encode_histograms,
-)
-from fedaegis.shared.protocol import check_metrics, is_aggregate_name, suppress_small_cells
+from fedaegis.shared.detection import ScoreBins, auc_table, binned_auc, decode_histograms, encode_histograms
+from fedaegis.shared.reply.protocol import check_metrics, is_aggregate_name, suppress_small_cells
 
 
 def _exact_auc(clean: torch.Tensor, adv: torch.Tensor) -> float:

@@ -12,7 +12,7 @@ from typer.testing import CliRunner
 
 from fedaegis.orchestration.cli import app
 from fedaegis.server.app import with_data_shape
-from fedaegis.shared.config import RunConfig
+from fedaegis.shared.run.config import RunConfig
 
 from flower_processes import BIN, ROOT
 

@@ -8,7 +8,7 @@ import torch
 from sklearn.linear_model import LogisticRegression
 from torch import nn
 
-from fedaegis.shared.defence_systems import DetectorGatedRouter, LogitEnsemble
+from fedaegis.shared.models.defence_systems import DetectorGatedRouter, LogitEnsemble
 from fedaegis.shared.detection import KDBUDetector, MahalanobisDetector, fit_logistic
 from fedaegis.shared.hardening import (
     HARDENINGS,
@@ -18,7 +18,7 @@ from fedaegis.shared.hardening import (
     pgd_linf,
 )
 from fedaegis.shared.models import build_model
-from fedaegis.shared.protocol import check_metrics
+from fedaegis.shared.reply.protocol import check_metrics
 from fedaegis.shared.training import train_classifier
 
 from hardening_fixtures import single_thread

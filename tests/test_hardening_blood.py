@@ -16,7 +16,7 @@ from hardening_fixtures import EPS, RECIPES, blood, hardened, hardening_table, s
 from fedaegis.shared.hardening import build_hardening, evaluate_hardening, hardening_accuracies
 from fedaegis.shared.training import train_classifier
 from fedaegis.shared.models import SmallCNN
-from fedaegis.shared.protocol import check_metrics
+from fedaegis.shared.reply.protocol import check_metrics
 
 ROBUST = f"eps={EPS:.6g}"
 

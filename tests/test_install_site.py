@@ -20,7 +20,7 @@ import numpy as np
 import pytest
 
 from fedaegis.orchestration.runtime import write_app
-from fedaegis.shared.config import RunConfig
+from fedaegis.shared.run.config import RunConfig
 from fedaegis.shared.store import RunStore
 
 from flower_processes import BIN, ROOT, flower_env, free_port, stop, wait_healthy

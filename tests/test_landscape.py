@@ -6,8 +6,8 @@ from __future__ import annotations
 import torch
 from attack_fixtures import trained
 
-from fedaegis.shared.landscape import landscape_surface, loss_landscape
-from fedaegis.shared.protocol import check_metrics
+from fedaegis.shared.attacks.landscape import landscape_surface, loss_landscape
+from fedaegis.shared.reply.protocol import check_metrics
 
 
 def test_landscape_sums_and_shape() -> None:

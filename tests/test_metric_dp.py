@@ -7,10 +7,17 @@ import math
 import numpy as np
 import pytest
 
-from fedaegis.shared.config import RunConfig
-from fedaegis.shared.metric_dp import CountMechanism, interval, noised_keys, privatize, ratio_interval, withhold
-from fedaegis.shared.protocol import check_metrics
-from fedaegis.shared.reply_schema import FILES_PER_PATIENT, check, declaration
+from fedaegis.shared.run.config import RunConfig
+from fedaegis.shared.reply.metric_dp import (
+    CountMechanism,
+    interval,
+    noised_keys,
+    privatize,
+    ratio_interval,
+    withhold,
+)
+from fedaegis.shared.reply.protocol import check_metrics
+from fedaegis.shared.reply.schema import FILES_PER_PATIENT, check, declaration
 
 CFG = RunConfig(attacks="pgd", epsilons="8/255")
 EPS = f"{8 / 255:.6g}"

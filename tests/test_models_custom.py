@@ -10,10 +10,10 @@ import torch
 from typer.testing import CliRunner
 
 from fedaegis.orchestration.cli import app
-from fedaegis.shared.config import RunConfig
+from fedaegis.shared.run.config import RunConfig
 from fedaegis.shared.models import build_model
 from fedaegis.shared.models.custom import load_weights
-from fedaegis.shared.site_policy import Refusal, SitePolicy, check_request
+from fedaegis.shared.site.policy import Refusal, SitePolicy, check_request
 
 runner = CliRunner()
 

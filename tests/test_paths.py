@@ -10,9 +10,9 @@ import torch
 
 from fedaegis.orchestration.sweep import SweepConfigError, build_sweep
 from fedaegis.server.app import RunRecorder
-from fedaegis.shared.checkpoint import save_checkpoint
-from fedaegis.shared.config import ConfigError, RunConfig
-from fedaegis.shared.paths import under
+from fedaegis.shared.models.checkpoint import save_checkpoint
+from fedaegis.shared.run.config import ConfigError, RunConfig
+from fedaegis.shared.run.paths import under
 from fedaegis.shared.store import RunStore
 from fedaegis.shared.store.repository import checkpoint_dir
 

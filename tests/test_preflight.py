@@ -131,7 +131,7 @@ def test_unexpected_errors_are_one_line_and_debug_shows_the_traceback(tmp_path):
 def test_tracebacks_are_masked(tmp_path):
     import traceback
 
-    from fedaegis.shared.redact import known_secrets, mask_secrets
+    from fedaegis.shared.run.redact import known_secrets, mask_secrets
 
     url = f"postgresql+psycopg://nobody:{PASSWORD}@127.0.0.1:1/x"
     try:
@@ -155,8 +155,8 @@ def test_version_and_fast_start(tmp_path):
 def test_evaluate_refuses_data_that_does_not_fit_the_model(tmp_path, shared_data):
     from fedaegis.server.app import RunRecorder
     from fedaegis.server.recording import RoundOutcome
-    from fedaegis.shared.config import RunConfig
-    from fedaegis.shared.tasks import build_task_model, model_meta
+    from fedaegis.shared.run.config import RunConfig
+    from fedaegis.shared.models.tasks import build_task_model, model_meta
     from flwr.app import ArrayRecord, MetricRecord
 
     db = f"sqlite:///{tmp_path / 'runs.db'}"
@@ -191,7 +191,7 @@ def test_privacy_without_audited_runs_says_so(tmp_path):
 def test_class_gaps_warn_and_3d_data_fits_its_sites(broken, shared_data, tmp_path):
     from fedaegis.client.site import site_data
     from fedaegis.orchestration.preflight import preflight
-    from fedaegis.shared.preflight import check_config, dataset_facts
+    from fedaegis.shared.run.preflight import check_config, dataset_facts
 
     src = dict(np.load(broken["tiny"]))
     labels = src["train_labels"].copy()

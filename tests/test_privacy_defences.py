@@ -21,7 +21,7 @@ from fedaegis.shared.privacy import (
     psgl_train,
     split_model,
 )
-from fedaegis.shared.protocol import check_metrics
+from fedaegis.shared.reply.protocol import check_metrics
 from fedaegis.shared.training import DPSGD, train_classifier
 from privacy_fixtures import medmnist, one_thread  # noqa: F401
 

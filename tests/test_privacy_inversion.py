@@ -18,7 +18,7 @@ from fedaegis.shared.privacy import (
     reconstruct,
 )
 from fedaegis.shared.privacy.quality import PSNR_CAP_DB
-from fedaegis.shared.protocol import check_metrics
+from fedaegis.shared.reply.protocol import check_metrics
 from privacy_fixtures import medmnist, one_thread  # noqa: F401
 
 pytestmark = pytest.mark.usefixtures("one_thread")

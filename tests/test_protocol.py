@@ -1,7 +1,7 @@
 from flwr.app import ArrayRecord, ConfigRecord, MetricRecord, RecordDict
 
 from fedaegis.server.aggregation import sum_metric_records
-from fedaegis.shared.protocol import check_reply, is_aggregate_name
+from fedaegis.shared.reply.protocol import check_reply, is_aggregate_name
 
 
 def test_aggregate_reply_passes():
@@ -48,7 +48,7 @@ def test_sum_aggregation_is_n_weighted():
 
 
 def test_small_cells_are_zeroed_and_marked():
-    from fedaegis.shared.protocol import check_metrics, suppress_small_cells
+    from fedaegis.shared.reply.protocol import check_metrics, suppress_small_cells
 
     metrics = {"num-examples": 40, "correct": 30, "loss-sum": 9.5,
                "attack.pgd.eps=0.0314.n-count": 6, "attack.pgd.eps=0.0314.robust-correct": 2}

@@ -22,7 +22,7 @@ from typer.testing import CliRunner
 
 from fedaegis.orchestration import report as report_mod
 from fedaegis.orchestration.cli import app
-from fedaegis.shared import robustness
+from fedaegis.shared.results import robustness
 from fedaegis.shared.store import MetricValue, RoundRecord, RunStore
 
 pytest.importorskip("matplotlib", reason="the HTML report needs matplotlib")

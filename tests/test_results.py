@@ -4,9 +4,10 @@ import re
 
 import torch
 
-from fedaegis.shared import reply_schema, robustness
-from fedaegis.shared.config import RunConfig
-from fedaegis.shared.defence_report import encode_table
+from fedaegis.shared.reply import schema as reply_schema
+from fedaegis.shared.results import robustness
+from fedaegis.shared.run.config import RunConfig
+from fedaegis.shared.results.defence_report import encode_table
 from fedaegis.shared.detection import encode_histograms
 from fedaegis.shared.results import FAMILIES, RoundTotals, declared, query, round_rows
 from fedaegis.shared.segmentation.evaluation import format_eps

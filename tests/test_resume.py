@@ -20,10 +20,10 @@ from flwr.app import ArrayRecord, ConfigRecord, MetricRecord
 from fedaegis.server.app import RunRecorder
 from fedaegis.server.recording import RecordingStrategy
 from fedaegis.server.resume import ResumeError, pending_path, resume_point
-from fedaegis.shared.config import RunConfig
+from fedaegis.shared.run.config import RunConfig
 from fedaegis.shared.store import RunStore
 from fedaegis.shared.store.schema import utcnow
-from fedaegis.shared.tasks import build_task_model, model_meta
+from fedaegis.shared.models.tasks import build_task_model, model_meta
 
 from flower_processes import BIN, flower_env, kill_tree
 
@@ -186,7 +186,7 @@ def ray_tmp():
 
 def _ledger_charges(env: dict) -> dict[int, list[tuple[str, int, str, float]]]:
     """Each simulated site's ledger: (Flower run, round, kind, epsilon) of every release charged."""
-    from fedaegis.shared.ledger import PrivacyLedger
+    from fedaegis.shared.site.ledger import PrivacyLedger
 
     home = Path(env["FEDAEGIS_HOME"]) / "site"
     return {i: [(r.run, r.round, r.kind, r.epsilon) for r in PrivacyLedger(home / f"simulated-{i}-of-2").releases()]
@@ -261,7 +261,7 @@ def test_killed_server_is_resumed(tmp_path, ray_tmp):
         assert all(eps == pytest.approx(0.5) for _, kind, eps in resumed if kind != "train-update")
         assert all(rnd > done for _, rnd, _, _ in after[site][len(before[site]):])
 
-    from fedaegis.shared.checkpoint import load_checkpoint
+    from fedaegis.shared.models.checkpoint import load_checkpoint
 
     _, meta = load_checkpoint(store.checkpoint_path(uuid))  # sha256 checked against the database
     assert meta["round"] == 3

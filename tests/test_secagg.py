@@ -14,8 +14,8 @@ from flwr.supercore.primitives.asymmetric import generate_key_pairs, sign_messag
 from flwr.supercore.task_identity import TaskIdentity
 
 from fedaegis.server.secure_evaluation import SecureAggregation
-from fedaegis.shared import secagg
-from fedaegis.shared.config import ConfigError, RunConfig
+from fedaegis.shared.reply import secagg
+from fedaegis.shared.run.config import ConfigError, RunConfig
 
 from secagg_fixtures import RUN, LocalGrid, planned, query, refused
 

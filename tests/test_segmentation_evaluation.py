@@ -7,7 +7,7 @@ import math
 import pytest
 from seg_fixtures import EPS, trained_2d, trained_3d
 
-from fedaegis.shared.protocol import check_metrics, is_aggregate_name
+from fedaegis.shared.reply.protocol import check_metrics, is_aggregate_name
 from fedaegis.shared.segmentation import (
     evaluate_segmentation,
     format_eps,
@@ -67,7 +67,7 @@ def test_perturbation_norms_respect_the_budget(metrics):
 
 
 def test_every_group_carries_its_size_for_cell_suppression(metrics):
-    from fedaegis.shared.protocol import group_sizes, suppress_small_cells
+    from fedaegis.shared.reply.protocol import group_sizes, suppress_small_cells
 
     e = format_eps(EPS)
     groups = {g: n for g, n in group_sizes(metrics).items() if g.startswith("seg.")}

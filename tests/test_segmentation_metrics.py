@@ -7,7 +7,7 @@ import math
 import pytest
 import torch
 
-from fedaegis.shared.protocol import is_aggregate_name
+from fedaegis.shared.reply.protocol import is_aggregate_name
 from fedaegis.shared.segmentation.metrics import (
     label_iou,
     perturbation_norms,

@@ -6,7 +6,7 @@ import pytest
 import torch
 from seg_fixtures import CHANNELS_2D, EPS, slices_2d
 
-from fedaegis.shared.protocol import check_metrics
+from fedaegis.shared.reply.protocol import check_metrics
 from fedaegis.shared.segmentation import AdversarialTraining, build_segmenter
 from fedaegis.shared.training import train_segmenter
 

@@ -7,8 +7,8 @@ from flwr.app import ArrayRecord, MessageType, MetricRecord
 
 from fedaegis.orchestration.simulation import SimulationResources, simulate
 from fedaegis.server.audit import AuditingGrid
-from fedaegis.shared.protocol import is_aggregate_name
-from fedaegis.shared.reply_schema import RESOLUTION
+from fedaegis.shared.reply.protocol import is_aggregate_name
+from fedaegis.shared.reply.schema import RESOLUTION
 from fedaegis.shared.store import RunStore
 
 pytestmark = pytest.mark.slow
@@ -54,7 +54,7 @@ def test_run_is_stored_round_by_round(federated_run):
 
 
 def test_final_model_checkpoint_loads(federated_run):
-    from fedaegis.shared.checkpoint import load_checkpoint
+    from fedaegis.shared.models.checkpoint import load_checkpoint
 
     store, run_uuid, *_ = federated_run
     model, meta = load_checkpoint(store.checkpoint_path(run_uuid))
@@ -97,7 +97,7 @@ def test_robust_accuracy_per_attack_eps_in_the_final_round_only(federated_run):
         for cell in cells.values():
             assert cell["n_count"] == 3 * 32  # every site attacked 32 of its test images
             assert cell["robust_accuracy"] <= cell["clean_accuracy"]
-            # each site's sum is rounded to the release grid (shared/reply_schema.py): 3 sites, half a step each
+            # each site's sum is rounded to the release grid (shared/reply/schema.py): 3 sites, half a step each
             assert cell["mean_linf"] <= cell["epsilon"] + 3 * RESOLUTION / 2 / cell["successes"] + 1e-6
         assert cells[("pgd", 8)]["robust_accuracy"] < cells[("pgd", 8)]["clean_accuracy"]
         assert cells[("pgd", 8)]["robust_accuracy"] <= cells[("pgd", 2)]["robust_accuracy"]

@@ -22,7 +22,7 @@ from flwr.app import ArrayRecord, MessageType, MetricRecord
 
 from fedaegis.orchestration.simulation import SimulationResources, simulate
 from fedaegis.server.audit import AuditingGrid
-from fedaegis.shared.protocol import is_aggregate_name
+from fedaegis.shared.reply.protocol import is_aggregate_name
 from fedaegis.shared.store import RunStore
 
 pytestmark = pytest.mark.slow

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from fedaegis.orchestration.simulation import SimulationResources, simulate
-from fedaegis.shared.checkpoint import load_checkpoint
+from fedaegis.shared.models.checkpoint import load_checkpoint
 from fedaegis.shared.store import RunStore
 
 pytestmark = pytest.mark.slow

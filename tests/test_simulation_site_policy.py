@@ -9,7 +9,7 @@ from typer.testing import CliRunner
 
 from fedaegis.orchestration.cli import app
 from fedaegis.orchestration.simulation import SimulationResources, simulate
-from fedaegis.shared.config import fedaegis_home
+from fedaegis.shared.run.config import fedaegis_home
 from fedaegis.shared.store import RunStore
 
 pytestmark = pytest.mark.slow

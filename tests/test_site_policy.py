@@ -21,10 +21,10 @@ from fedaegis.client import mods
 from fedaegis.client.app import app
 from fedaegis.client.classification_round import is_malicious
 from fedaegis.client.site import evaluation_subset, site_data, site_ledger
-from fedaegis.shared.config import RunConfig
-from fedaegis.shared.protocol import POLICY_REFUSAL, PROTOCOL_VIOLATION, SITE_ERROR, check_reply
-from fedaegis.shared.site_policy import PolicyError, SitePolicy, check_request
-from fedaegis.shared.tasks import build_task_model, model_meta
+from fedaegis.shared.run.config import RunConfig
+from fedaegis.shared.reply.protocol import POLICY_REFUSAL, PROTOCOL_VIOLATION, SITE_ERROR, check_reply
+from fedaegis.shared.site.policy import PolicyError, SitePolicy, check_request
+from fedaegis.shared.models.tasks import build_task_model, model_meta
 
 from fedaegis.tests.site_messages import ask
 

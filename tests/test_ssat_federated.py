@@ -6,7 +6,7 @@ import pytest
 
 from fedaegis.client.classification_round import labelled_split
 from fedaegis.orchestration.simulation import SimulationResources, simulate
-from fedaegis.shared.config import ConfigError, RunConfig
+from fedaegis.shared.run.config import ConfigError, RunConfig
 from fedaegis.shared.data import load_site_data
 from fedaegis.shared.store import RunStore
 

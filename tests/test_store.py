@@ -2,7 +2,7 @@ import pytest
 import sqlalchemy as sa
 import torch
 
-from fedaegis.shared.checkpoint import load_checkpoint, save_checkpoint
+from fedaegis.shared.models.checkpoint import load_checkpoint, save_checkpoint
 from fedaegis.shared.models import build_model
 from fedaegis.shared.store import MetricValue, RoundRecord, RunNotFoundError, RunStore
 from fedaegis.shared.store.schema import Metric

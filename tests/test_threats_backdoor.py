@@ -10,7 +10,7 @@ import torch
 from fedaegis.shared.training import evaluate_local, train_classifier
 from fedaegis.shared.data import ImageSet
 from fedaegis.shared.models import SmallCNN
-from fedaegis.shared.protocol import check_metrics
+from fedaegis.shared.reply.protocol import check_metrics
 from fedaegis.shared.threats import Trigger, backdoor_counts, poison, poison_imageset, stamp_trigger
 from privacy_fixtures import medmnist, one_thread  # noqa: F401
 

@@ -22,10 +22,10 @@ from flwr.supercore.task_identity import TaskIdentity
 from fedaegis.shared.training import train_classifier
 from fedaegis.server.aggregation import sum_metric_records
 from fedaegis.server.strategies import NormBounding, build_strategy
-from fedaegis.shared.config import ConfigError, RunConfig
+from fedaegis.shared.run.config import ConfigError, RunConfig
 from fedaegis.shared.data import ImageSet
 from fedaegis.shared.models import SmallCNN
-from fedaegis.shared.protocol import ARRAYS_KEY, METRICS_KEY
+from fedaegis.shared.reply.protocol import ARRAYS_KEY, METRICS_KEY
 from fedaegis.shared.threats import boost_update, flip_labels, replacement_boost
 from privacy_fixtures import medmnist, one_thread  # noqa: F401
 

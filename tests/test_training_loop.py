@@ -10,11 +10,11 @@ import fedaegis.shared.training as training
 import fedaegis.shared.training.loop as loop
 from fedaegis.client.app import app
 from fedaegis.client.classification_round import train_classifier_round
-from fedaegis.shared.config import ConfigError, RunConfig
+from fedaegis.shared.run.config import ConfigError, RunConfig
 from fedaegis.shared.data import ImageSet
 from fedaegis.shared.hardening import build_hardening
 from fedaegis.shared.models import SmallCNN
-from fedaegis.shared.protocol import check_metrics
+from fedaegis.shared.reply.protocol import check_metrics
 from fedaegis.shared.training import DPSGD, balanced_weights, resolve_device, train_classifier
 from fedaegis.tests.site_messages import ask
 
@@ -119,7 +119,7 @@ def test_bad_device_and_amp_are_named():
 @pytest.mark.skipif(torch.cuda.is_available(), reason="fp16 is refused only where there is no CUDA")
 def test_fp16_without_cuda_is_refused_at_preflight_and_client_gpus_without_gpu():
     from fedaegis.orchestration.simulation import SimulationResources, check_client_gpus
-    from fedaegis.shared.preflight import PreflightError, preflight
+    from fedaegis.shared.run.preflight import PreflightError, preflight
 
     with pytest.raises(PreflightError, match="^run config 'amp' = 'fp16': needs a CUDA device"):
         preflight(RunConfig(amp="fp16"), 2, database=False)

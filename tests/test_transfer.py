@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from hardening_fixtures import EPS, blood, single_thread, standard
 
-from fedaegis.shared.protocol import check_metrics
-from fedaegis.shared.transfer import transfer_matrix, transfer_rates
+from fedaegis.shared.reply.protocol import check_metrics
+from fedaegis.shared.attacks.transfer import transfer_matrix, transfer_rates
 
 
 def test_transfer_matrix_counts_and_white_box_dominates() -> None:

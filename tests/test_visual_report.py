@@ -12,8 +12,8 @@ import torch
 
 from fedaegis.client.app import app
 from fedaegis.client.visual_report import last_conv
-from fedaegis.shared.config import RunConfig
-from fedaegis.shared.tasks import build_task_model, model_meta
+from fedaegis.shared.run.config import RunConfig
+from fedaegis.shared.models.tasks import build_task_model, model_meta
 
 from fedaegis.tests.site_messages import ask
 

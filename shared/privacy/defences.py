@@ -38,7 +38,7 @@ def dp_sgd_step_gradients(
     ((w_before - w_after) / lr). Spending the whole budget on one step is the least noise
     this epsilon allows, so the audit errs on the attacker's side.
     """
-    from .inversion import gradients_from_update  # local: inversion imports nothing from here
+    from .inversion import gradients_from_update
 
     work = copy.deepcopy(model)
     before = {k: v.detach().clone() for k, v in work.state_dict().items()}

@@ -10,7 +10,18 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from . import attacks, backdoor, basics, defences, detection, hardening, inversion, privacy, refusals, segmentation
+from . import (
+    attacks,
+    backdoor,
+    basics,
+    defences,
+    detection,
+    hardening,
+    inversion,
+    privacy,
+    refusals,
+    segmentation,
+)
 from .base import Column, Family, Key, KeySet, RoundTotals, declared, eps_display, eps_name
 
 if TYPE_CHECKING:

@@ -1,6 +1,6 @@
 """Attack cells: clean and robust accuracy, success rate and perturbation norms per (attack, epsilon).
 
-A site sends ``attack.<label>.eps=<eps>.<field>`` counts and sums (:mod:`fedaegis.shared.robustness`);
+A site sends ``attack.<label>.eps=<eps>.<field>`` counts and sums (:mod:`fedaegis.shared.results.robustness`);
 the server sums them and derives the ratios once, from the totals. Rows: phase ``attack``, the
 attack's label in the ``attack`` column, its budget in ``epsilon``; under metric DP the robust
 accuracy's noise interval too.
@@ -11,7 +11,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import TYPE_CHECKING
 
-from .. import robustness
+from . import robustness
 from .base import EPS_PATTERN, NAME_PATTERN, Column, Family, Key, KeySet, RoundTotals, eps_name
 from .privacy import dp_noise
 

@@ -4,8 +4,8 @@ A family of results (attack cells, the hardening table, detection, ...) is one u
 attack is one file behind :class:`fedaegis.shared.attacks.base.Attack`. A :class:`Family` declares
 
 - its reply keys (:class:`KeySet` of :class:`Key`): names, types, group sizes and sensitivities,
-  read by the site guard and the audit (:mod:`fedaegis.shared.reply_schema`), the protocol's
-  group sizes (:mod:`fedaegis.shared.protocol`) and metric DP (:mod:`fedaegis.shared.metric_dp`);
+  read by the site guard and the audit (:mod:`fedaegis.shared.reply.schema`), the protocol's
+  group sizes (:mod:`fedaegis.shared.reply.protocol`) and metric DP (:mod:`fedaegis.shared.reply.metric_dp`);
 - how the server derives figures from the summed counts (``ratios`` and :meth:`Family.rows`);
 - how the store keeps them: the ``phases`` it writes, every row tagged with the family's name
   (the store's ``family`` column) and ``qualifier`` naming what the ``attack`` column holds;
@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING, Any, ClassVar
 from .eps import eps_display, eps_name  # noqa: F401 - the families' epsilon format
 
 if TYPE_CHECKING:
-    from ..config import RunConfig
+    from ..run.config import RunConfig
 
 EPS_PATTERN = r"[0-9.e+\-]+"  # an epsilon as written by eps_name
 NAME_PATTERN = r"[a-z0-9_\-+]+"  # an attack, system, detector or member label

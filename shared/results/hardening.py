@@ -1,7 +1,7 @@
 """The hardening table: each member of a defence comparison under white-box PGD-10 on itself.
 
 Sites train every member (``member.<name>.train-*``) and send ``defence.hardening.<system>...``
-counts (:mod:`fedaegis.shared.defence_report`); rows phase ``hardening``, the member (``none``: the
+counts (:mod:`fedaegis.shared.results.defence_report`); rows phase ``hardening``, the member (``none``: the
 standard model) in the ``attack`` column, ``clean-accuracy``/``robust-accuracy``/``n-count`` per eps.
 """
 
@@ -50,7 +50,7 @@ class DefenceTable(Family):
     def rows(self, totals: RoundTotals) -> list[MetricValue]:
         if totals.evaluate is None:
             return []
-        from ..defence_report import derive
+        from .defence_report import derive
 
         return [self.row(cell["phase"], name, value, cell["system"], cell["epsilon"])  # type: ignore[arg-type]
                 for cell in derive(totals.evaluate) if cell["phase"] in self.phases

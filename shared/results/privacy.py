@@ -16,7 +16,7 @@ from .base import Family, Key, KeySet, RoundTotals
 if TYPE_CHECKING:
     from .base import MetricValue
 
-# what a site that applied metric DP declares in its reply (shared/metric_dp.py writes them)
+# what a site that applied metric DP declares in its reply (shared/reply/metric_dp.py writes them)
 WITHHELD = "dp-withheld-count"
 EPSILON_KEY = "dp.epsilon-sum"
 STD_KEY = "dp.noise-std-sum"

@@ -1,7 +1,7 @@
 """Refusals: requests a site's own policy turned down, per site and round, and their count per policy field.
 
 Nothing of a refusal is data: a site answers with a fixed code and the policy field
-(:mod:`fedaegis.shared.site_policy`). Rows phase ``refusal``, named by the policy field; a site's
+(:mod:`fedaegis.shared.site.policy`). Rows phase ``refusal``, named by the policy field; a site's
 row holds the refused request (``train``/``evaluate``) in the ``attack`` column.
 """
 

@@ -2,14 +2,7 @@
 training (optionally adversarial) and evaluation reduced to summable counts and sums.
 """
 
-from .attacks import (
-    ATTACKS,
-    TARGETED,
-    SegmentationAttack,
-    build_attack,
-    make_target,
-    robust_dice,
-)
+from .attacks import ATTACKS, TARGETED, SegmentationAttack, build_attack, make_target, robust_dice
 from .data import (
     DEFAULT_SIZE_3D,
     NUM_CLASSES,

@@ -1,6 +1,6 @@
 """Clean and adversarial evaluation of a segmenter at a site, as aggregate sums and counts.
 
-Metric names (all pass :func:`fedaegis.shared.protocol.is_aggregate_name`)::
+Metric names (all pass :func:`fedaegis.shared.reply.protocol.is_aggregate_name`)::
 
     num-examples                                  volumes (patients) evaluated
     seg.volumes-count | seg.samples-count | seg.voxels-count

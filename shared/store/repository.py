@@ -15,7 +15,7 @@ from sqlalchemy.engine import Engine
 from sqlalchemy.exc import IntegrityError, OperationalError, ProgrammingError
 from sqlalchemy.orm import Session, selectinload, sessionmaker
 
-from ..paths import create_private_file, private_dir, write_private
+from ..run.paths import create_private_file, private_dir, write_private
 from ..results import FAMILIES, family_of
 from ..results.base import MetricValue
 from .schema import Base, ConfigEntry, Metric, Round, Run, Site, utcnow

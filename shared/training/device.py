@@ -14,7 +14,7 @@ from typing import TypeVar
 
 import torch
 
-from ..config import AMP_MODES
+from ..run.config import AMP_MODES
 
 T = TypeVar("T")
 

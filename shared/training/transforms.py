@@ -12,7 +12,7 @@ from functools import partial
 
 import torch
 
-from ..config import RunConfig
+from ..run.config import RunConfig
 from ..data import ImageSet
 
 DataTransform = Callable[[ImageSet], ImageSet]

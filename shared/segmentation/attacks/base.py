@@ -21,7 +21,16 @@ from typing import ClassVar
 import torch
 from torch import nn
 
-from ...attacks.base import Attack, AttackResult, Details, Run, ThreatModel, attack_mode, non_negative, positive_int
+from ...attacks.base import (
+    Attack,
+    AttackResult,
+    Details,
+    Run,
+    ThreatModel,
+    attack_mode,
+    non_negative,
+    positive_int,
+)
 from .common import check_dense_batch, generator
 
 

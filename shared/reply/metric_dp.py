@@ -1,7 +1,7 @@
 """Differential privacy for the values a site releases, with OpenDP's mechanisms and accounting.
 
 Which values are noised, and how far one patient moves each, is declared once in
-:mod:`fedaegis.shared.reply_schema`: counts (sensitivity 1, or more where one patient
+:mod:`fedaegis.shared.reply.schema`: counts (sensitivity 1, or more where one patient
 gives several inputs or files) and sums with a per-sample bound. Sizes of the site's
 fixed sets and bookkeeping pass as they are; sums without a known bound are withheld.
 
@@ -10,7 +10,7 @@ A release of ``m`` noised values at privacy cost ``epsilon`` gives each ``epsilo
 float Laplace on sums), Gaussian noise is OpenDP's discrete Gaussian, calibrated in zCDP
 and converted to (epsilon, delta) by OpenDP. No noise is sampled here by hand: OpenDP
 samples from exact distributions, so no released value reveals the count it hides.
-The site's persistent budget is :class:`fedaegis.shared.ledger.PrivacyLedger`.
+The site's persistent budget is :class:`fedaegis.shared.site.ledger.PrivacyLedger`.
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from functools import lru_cache
 
-from .results.privacy import EPSILON_KEY, STD_KEY, WITHHELD, ratio_interval  # noqa: F401 - the declared keys
+from ..results.privacy import EPSILON_KEY, STD_KEY, WITHHELD, ratio_interval  # noqa: F401 - the declared keys
 
 MECHANISMS = ("none", "laplace", "gaussian")
 
@@ -111,7 +111,7 @@ class CountMechanism:
 def noised_keys(metrics: Mapping[str, int | float], cfg, is_train: bool, keep: tuple[str, ...] = ()
                 ) -> dict[str, tuple[float, bool]]:
     """The keys a DP release noises, each with (sensitivity, is an integer count)."""
-    from .reply_schema import declaration
+    from .schema import declaration
 
     out = {}
     for name in metrics:
@@ -134,7 +134,7 @@ def privatize(
     training reply's FedAvg weight, which the federation needs and the site knowingly
     shares). Noisy counts are clamped to ``[0, group size]`` (post-processing).
     """
-    from .reply_schema import declaration, group_size
+    from .schema import declaration, group_size
 
     if mechanism.kind == "none":
         return dict(metrics), (0.0, 0.0)
@@ -160,7 +160,7 @@ def privatize(
 
 def withhold(metrics: Mapping[str, int | float], cfg, is_train: bool, keep: tuple[str, ...] = ()) -> dict[str, int | float]:
     """Everything but sizes, bookkeeping and ``keep`` zeroed, marked ``dp-withheld-count = 1``."""
-    from .reply_schema import declaration
+    from .schema import declaration
 
     out: dict[str, int | float] = {}
     for name, value in metrics.items():

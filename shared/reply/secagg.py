@@ -39,7 +39,7 @@ from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey, X
 from Crypto.Protocol.SecretSharing import Shamir
 from Crypto.Util.Padding import pad, unpad
 
-from .paths import private_dir, write_private
+from ..run.paths import private_dir, write_private
 
 MODULUS_BITS = 62
 MODULUS = 1 << MODULUS_BITS

@@ -6,7 +6,7 @@ from typing import Any
 
 from torch import nn
 
-from .config import RunConfig
+from ..run.config import RunConfig
 
 
 def model_meta(cfg: RunConfig) -> dict[str, Any]:
@@ -16,7 +16,7 @@ def model_meta(cfg: RunConfig) -> dict[str, Any]:
                 "num_classes": 3, "spatial_dims": cfg.spatial_dims, "image_size": cfg.image_size}
     meta = {"task": "classification", "model": cfg.model, "norm": cfg.norm, "in_channels": cfg.in_channels,
             "num_classes": cfg.num_classes, "spatial_dims": cfg.spatial_dims, "image_size": cfg.image_size}
-    if cfg.defence_models:  # a defence comparison: one member per method (see shared/members.py)
+    if cfg.defence_models:  # a defence comparison: one member per method (see shared/models/members.py)
         meta["members"] = list(cfg.defence_model_names)
     return meta
 
@@ -24,11 +24,11 @@ def model_meta(cfg: RunConfig) -> dict[str, Any]:
 def build_task_model(meta: dict[str, Any]) -> nn.Module:
     """The classifier or segmenter ``meta`` (see :func:`model_meta`) describes."""
     if meta.get("task", "classification") == "segmentation":
-        from .segmentation import build_segmenter
+        from ..segmentation import build_segmenter
 
         return build_segmenter(meta["model"], spatial_dims=meta["spatial_dims"], in_channels=meta["in_channels"],
                                num_classes=meta["num_classes"], norm=meta["norm"])
-    from .models import build_model
+    from . import build_model
 
     if meta.get("members"):
         from .members import MemberSet

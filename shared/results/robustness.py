@@ -10,7 +10,7 @@ from __future__ import annotations
 import re
 from collections.abc import Mapping
 
-from .results.eps import eps_name
+from .eps import eps_name
 
 PREFIX = "attack"
 

@@ -27,7 +27,7 @@ from .config import ConfigError, DataShape, RunConfig
 from .redact import known_secrets, mask_secrets
 
 if TYPE_CHECKING:
-    from .data import ImageSet
+    from ..data import ImageSet
 
 NPZ_SPLITS = ("train", "val", "test")
 REQUIRED_SPLITS = ("train", "test")  # what every site loads
@@ -85,8 +85,8 @@ def dataset_facts(source: str, num_classes: int | None = None, names: Names = Na
     module docstring for the rule). ``spatial_dims`` 3 reads a folder as volumes (DICOM series,
     NIfTI files); ``image_size`` follows the documented rule (``SIZE_RULE`` in shared/data/transforms.py).
     """
-    from .data import DataValidationError, load_site_data
-    from .data.sources import EMBEDDED_PREFIX, embedded_path
+    from ..data import DataValidationError, load_site_data
+    from ..data.sources import EMBEDDED_PREFIX, embedded_path
 
     flag = names("dataset")
     try:
@@ -155,7 +155,7 @@ def _npz_splits(path: Path, flag: str) -> list[str]:
 
 
 def _facts(data: ImageSet, num_classes: int, sizes: dict[str, int], warnings: tuple[str, ...]) -> DataFacts:
-    from .data.transforms import choose_image_size  # the documented rule (SIZE_RULE)
+    from ..data.transforms import choose_image_size  # the documented rule (SIZE_RULE)
 
     sides = data.native_sides or (max(int(s) for s in data.images.shape[2:]),)
     return DataFacts(in_channels=data.in_channels, spatial_dims=data.spatial_dims,
@@ -189,8 +189,8 @@ def check_against_data(cfg: RunConfig, data: Mapping[str, int], names: Names = N
 
 def check_model(cfg: RunConfig, names: Names = Names()) -> None:
     """The model named in the config can be built for this data's shape."""
-    from .models.custom import check_outputs, load_weights
-    from .tasks import build_task_model, model_meta
+    from ..models.custom import check_outputs, load_weights
+    from ..models.tasks import build_task_model, model_meta
 
     try:
         model = build_task_model(model_meta(cfg))
@@ -232,7 +232,7 @@ def check_database(url: str, flag: str = "--db-url") -> str:
     """Open ``url`` and make its schema ready; returns the URL with its password masked."""
     from sqlalchemy.exc import SQLAlchemyError
 
-    from .store import RunStore
+    from ..store import RunStore
 
     secrets = known_secrets(url)
     shown = mask_secrets(url, secrets)

@@ -56,7 +56,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
-from .config import TASKS, RunConfig, fedaegis_home
+from ..run.config import TASKS, RunConfig, fedaegis_home
 
 POLICY_ENV = "FEDAEGIS_SITE_POLICY"
 POLICY_NODE_KEY = "policy"
@@ -244,7 +244,7 @@ def check_request(
         if name != "none" and not policy.allows("hardening", name):
             raise Refusal("allow.hardening")
     if cfg.detector:
-        from .detection import DEFAULT_BINS
+        from ..detection import DEFAULT_BINS
 
         if not policy.allows("detectors", cfg.detector):
             raise Refusal("allow.detectors")

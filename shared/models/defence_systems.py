@@ -13,7 +13,7 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
-from .detection.base import batched, threshold_at_fpr
+from ..detection.base import batched, threshold_at_fpr
 
 GATES = ("straight-through", "soft", "hard")
 

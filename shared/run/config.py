@@ -11,7 +11,7 @@ Keys on the wire: field ``foo_bar`` is key ``foo-bar``; a method's own parameter
 dotted keys (``attack.pgd.steps``, ``hardening.trades.beta``; see :func:`method_param`).
 Choice lists come from the registries (attacks, hardening methods, detectors, aggregation
 rules), imported only when a value needs checking. pyproject's ``[tool.flwr.app.config]`` is
-generated from here (:func:`pyproject_table`; ``python -m fedaegis.shared.config``).
+generated from here (:func:`pyproject_table`; ``python -m fedaegis.shared.run.config``).
 """
 
 from __future__ import annotations
@@ -60,14 +60,14 @@ def default_db_url() -> str:
 # -- the registries' names (torch-heavy imports: only when a value needs checking) --------------
 def hardening_names() -> tuple[str, ...]:
     """``none`` and every hardening method of :data:`fedaegis.shared.hardening.HARDENINGS`."""
-    from .hardening import HARDENINGS
+    from ..hardening import HARDENINGS
 
     return ("none", *HARDENINGS)
 
 
 def detector_names() -> tuple[str, ...]:
     """``""`` (off) and every detector of :data:`fedaegis.shared.detection.DETECTORS`."""
-    from .detection import DETECTORS
+    from ..detection import DETECTORS
 
     return ("", *DETECTORS)
 
@@ -217,7 +217,7 @@ class DataSection(Section):
         yield "spatial-dims", self.spatial_dims in (2, 3), "must be 2 or 3"
         yield "image-size", self.image_size >= 8, "must be >= 8"
         if self.partitioning != "iid":  # the partitioner's own list (imported only when needed)
-            from .data.partition import SCHEMES
+            from ..data.partition import SCHEMES
 
             yield _choice("partitioning", self.partitioning, SCHEMES)
         yield "dirichlet-alpha", self.dirichlet_alpha > 0, "must be > 0"
@@ -262,7 +262,7 @@ class TrainingSection(Section):
 
 
 def _attacks() -> Mapping[str, Any]:
-    from .attacks import ATTACKS  # torch-heavy: imported only when attacks are named
+    from ..attacks import ATTACKS
 
     return ATTACKS
 
@@ -529,8 +529,8 @@ class SegmentationSection(Section):
 
 
 def _segmentation_checks(attacks: str, target: str) -> Iterator[Check]:
-    from .segmentation.attacks.targets import parse_target
-    from .segmentation.evaluation import parse_attack_spec
+    from ..segmentation.attacks.targets import parse_target
+    from ..segmentation.evaluation import parse_attack_spec
 
     specs = []
     for spec in (a for a in attacks.split(",") if a.strip()):
@@ -703,7 +703,7 @@ def pyproject_table(cfg: RunConfig | None = None) -> str:
     return "\n".join(lines) + "\n"
 
 
-HEADER = "# Defaults of fedaegis.shared.config.RunConfig, generated: python -m fedaegis.shared.config pyproject.toml\n"
+HEADER = "# Defaults of fedaegis.shared.run.config.RunConfig, generated: python -m fedaegis.shared.run.config pyproject.toml\n"
 
 
 def write_pyproject(path: Path) -> bool:
@@ -720,7 +720,7 @@ def write_pyproject(path: Path) -> bool:
     return new != text
 
 
-if __name__ == "__main__":  # python -m fedaegis.shared.config [pyproject.toml]
+if __name__ == "__main__":  # python -m fedaegis.shared.run.config [pyproject.toml]
     import sys
 
     if len(sys.argv) > 1:

@@ -18,9 +18,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .attacks.base import attack_mode, check_batch
-from .attacks.ops import input_grad, view_b
-from .data import ImageSet
+from .base import attack_mode, check_batch
+from .ops import input_grad, view_b
+from ..data import ImageSet
 
 PREFIX = "landscape"
 _CELL = re.compile(rf"^{PREFIX}\.i(?P<i>[0-9]+)\.j(?P<j>[0-9]+)\.(?P<field>loss-sum|correct|n-count)$")

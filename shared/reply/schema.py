@@ -14,7 +14,7 @@ one of its epsilons, one of its defence members), each key's type and its group:
 
 The declarations live with their family (:mod:`fedaegis.shared.results`, one module a
 family); the same declarations drive the client's guard, ``fedaegis audit``, the server's
-decoding and the DP sensitivities (:mod:`fedaegis.shared.metric_dp`). A reply may hold only keys the request asked for, at most
+decoding and the DP sensitivities (:mod:`fedaegis.shared.reply.metric_dp`). A reply may hold only keys the request asked for, at most
 ``max_keys(cfg)`` of them; anything else is withheld.
 """
 
@@ -24,10 +24,10 @@ import math
 import re
 from collections.abc import Mapping
 
-from .config import RunConfig
-from .results import FAMILIES as RESULT_FAMILIES
-from .results import Key, KeySet, declared
-from .results.basics import FILES_PER_PATIENT
+from ..run.config import RunConfig
+from ..results import FAMILIES as RESULT_FAMILIES
+from ..results import Key, KeySet, declared
+from ..results.basics import FILES_PER_PATIENT
 
 RESOLUTION = 1e-3  # every released sum is rounded to this grid: a float's low bits carry nothing
 SECAGG_PREFIX = "secagg."  # a masked value (secure aggregation): its name, unmasked, must be declared

@@ -1,6 +1,6 @@
 """A defence comparison on the wire: counts per (table, system, epsilon), summed by the server.
 
-A site evaluates every member of the global :class:`~fedaegis.shared.members.MemberSet`
+A site evaluates every member of the global :class:`~fedaegis.shared.models.members.MemberSet`
 and the defended systems built from them, and sends only counts::
 
     defence.<table>.<system>.n-count                    samples the system was scored on
@@ -23,7 +23,7 @@ from __future__ import annotations
 import re
 from collections.abc import Iterable, Mapping, Sequence
 
-from .results.eps import eps_name
+from .eps import eps_name
 
 PREFIX = "defence"
 # wire table -> database phase

@@ -11,7 +11,7 @@ import torch
 from torch import nn
 
 from .tasks import build_task_model
-from .store.repository import atomic_write
+from ..store.repository import atomic_write
 
 MODEL_KEYS = ("model", "norm", "in_channels", "num_classes", "spatial_dims")
 

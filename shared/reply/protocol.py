@@ -19,7 +19,7 @@ from flwr.app import ArrayRecord, ConfigRecord, MetricRecord, RecordDict
 
 from .secagg import record_problems as secagg_record_problems
 if TYPE_CHECKING:
-    from .config import RunConfig
+    from ..run.config import RunConfig
 
 # The only error codes a fedaegis site sends; the reason is fixed text or a site-policy field.
 PROTOCOL_VIOLATION = 7301  # a reply broke the reply schema and was withheld
@@ -31,7 +31,7 @@ LOG_PREFIX = "[fedaegis] "  # how fedaegis' lines start in Flower's log stream (
 
 ARRAYS_KEY = "arrays"
 METRICS_KEY = "metrics"
-SECAGG_KEY = "secagg"  # public keys, signatures and encrypted shares of secure aggregation (shared/secagg.py)
+SECAGG_KEY = "secagg"  # public keys, signatures and encrypted shares of secure aggregation (shared/reply/secagg.py)
 
 # The last dotted segment of every metric name must be an aggregate over a site's data.
 _AGGREGATE_NAMES = {"num-examples", "correct", "skipped", "queries", "successes", "failures"}
@@ -46,7 +46,7 @@ def is_aggregate_name(name: str) -> bool:
     )
 
 
-SIZE_KEYS = ("num-examples", "n-count", "images-count")  # the group sizes of shared/reply_schema.py
+SIZE_KEYS = ("num-examples", "n-count", "images-count")  # the group sizes of shared/reply/schema.py
 SUPPRESSED = "suppressed-count"
 
 
@@ -119,7 +119,7 @@ ROUND_KEY = "server-round"
 
 def request_config(content: RecordDict) -> tuple[RunConfig, int]:
     """A request's run config (what the coordinator asks for) and its round number."""
-    from .config import RunConfig
+    from ..run.config import RunConfig
 
     config = dict(content["config"])  # type: ignore[arg-type]
     server_round = int(config.pop(ROUND_KEY, 0))  # type: ignore[arg-type]
@@ -137,14 +137,14 @@ def check_reply(
     """All protocol violations of one reply's content (an empty list means it may be sent).
 
     With the ``request`` (its run config), the metrics must also fit the reply schema of
-    what it asked for (:func:`fedaegis.shared.reply_schema.check`).
+    what it asked for (:func:`fedaegis.shared.reply.schema.check`).
     """
     problems: list[str] = []
     for key, record in content.items():
         if key == METRICS_KEY and isinstance(record, MetricRecord):
             problems += check_metrics(record)
             if request is not None:
-                from .reply_schema import check
+                from .schema import check
 
                 problems += [p for p in check(record, request, is_train) if p not in problems]
         elif key == ARRAYS_KEY and isinstance(record, ArrayRecord) and is_train:

@@ -17,10 +17,10 @@ from collections.abc import Mapping, Sequence
 import torch
 from torch import nn
 
-from .attacks import build_attack
-from .attacks.base import attack_mode, check_batch
-from .data import ImageSet
-from .results.base import eps_name
+from . import build_attack
+from .base import attack_mode, check_batch
+from ..data import ImageSet
+from ..results.base import eps_name
 
 PREFIX = "transfer"
 _MODEL = re.compile(r"^[a-z0-9][a-z0-9_\-+]*$")
