@@ -9,7 +9,6 @@ reports summed loss and correct counts, never per-sample values.
 from __future__ import annotations
 
 import math
-from abc import ABC, abstractmethod
 from collections.abc import Callable
 from typing import ClassVar
 
@@ -93,7 +92,7 @@ def eval_logits(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
         return model(x)
 
 
-class Hardening(Objective, ABC):
+class Hardening(Objective):
     """An adversarial-training method: its threat model (Linf ``eps``) and per-batch loss.
 
     ``steps`` and ``alpha`` set the inner PGD (``alpha`` defaults to 2.5 * eps / steps,
@@ -115,14 +114,3 @@ class Hardening(Objective, ABC):
                            for k, v in vars(self).items() if not k.startswith("_"))
         return f"{type(self).__name__}({params})"
 
-    @abstractmethod
-    def loss(
-        self,
-        model: nn.Module,
-        x: torch.Tensor,
-        y: torch.Tensor,
-        gen: torch.Generator,
-        x_unlabelled: torch.Tensor | None = None,
-        weight: torch.Tensor | None = None,
-    ) -> tuple[torch.Tensor, torch.Tensor]:
-        """Mean (class-``weight``ed) training loss of the batch and the logits its accuracy is counted on."""

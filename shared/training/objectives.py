@@ -8,6 +8,7 @@ optional PGD hardening, is :class:`SegmentationObjective`.
 
 from __future__ import annotations
 
+from abc import ABC, abstractmethod
 from typing import TYPE_CHECKING, ClassVar
 
 import torch
@@ -18,7 +19,7 @@ if TYPE_CHECKING:
     from ..segmentation.training import AdversarialTraining
 
 
-class Objective:
+class Objective(ABC):
     """A batch's training loss. ``needs_unlabelled`` objectives get an unlabelled batch too.
 
     ``loss`` returns the (class-``weight``ed) mean loss and the logits the batch's
@@ -38,6 +39,7 @@ class Objective:
     def reset(self) -> None:
         """Start counting afresh (called at the start of every epoch)."""
 
+    @abstractmethod
     def loss(
         self,
         model: nn.Module,
@@ -47,7 +49,8 @@ class Objective:
         x_unlabelled: torch.Tensor | None = None,
         weight: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
-        raise NotImplementedError
+        """Mean (class-``weight``ed) loss of the batch and the logits its accuracy is counted on
+        (None where accuracy means nothing, e.g. segmentation)."""
 
 
 class CrossEntropy(Objective):
