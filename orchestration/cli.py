@@ -119,6 +119,11 @@ def simulate(
             _fail(f"--site-policy: {exc}")
     if resume:
         overrides, sites = _resume_overrides(ctx, resume, db_url, sites)
+        from .simulation import resume_policy_problem
+
+        problem = resume_policy_problem(str(overrides["run-uuid"]), site_policy)
+        if problem:
+            _fail(problem)
         _preflight(overrides, sites, Names({"num-sites": "--sites", "db-url": "--db-url"}))
         console.print(f"[bold]fedaegis[/]: resuming run {resume} with {sites} simulated sites")
         _run_and_report(overrides, sites, resources, as_json, verbose, mlflow, site_policy, quiet)

@@ -290,6 +290,7 @@ def simulate(
         SitePolicy.from_toml(os.environ[POLICY_ENV])
     if cfg.min_sites > num_sites:
         raise ValueError(f"run config 'min-sites' = {cfg.min_sites} exceeds the {num_sites} sites")
+    record_site_policy(cfg.run_uuid, site_policy)
     _quiet_environment()
     # the simulated sites' signing keys, for every site of every run: a site whose policy demands
     # secure aggregation needs its key whatever the run config asks, and a folder that holds fewer
@@ -328,6 +329,56 @@ def simulate(
             if wrap_grid is not None and exchanges.exists():
                 replay(read_events(exchanges), wrap_grid)
     return cfg.run_uuid
+
+
+def _policy_record(run_uuid: str) -> Path:
+    from ..shared.run.paths import name_problem, under
+
+    if name_problem(run_uuid):
+        raise ValueError(f"run-uuid: {name_problem(run_uuid)}")
+    return under(fedaegis_home() / "simulations", f"{run_uuid}.site-policy")
+
+
+def site_policy_fingerprint(site_policy: str | None) -> str:
+    """What the simulated sites run under: the parsed policy (file, ``$FEDAEGIS_SITE_POLICY`` or built-in), hashed.
+
+    Parsed, so comments and key order do not count; every field does.
+    """
+    import dataclasses
+    import hashlib
+
+    from ..shared.site.policy import POLICY_ENV, SitePolicy
+
+    path = site_policy or os.environ.get(POLICY_ENV)
+    policy = SitePolicy.from_toml(str(path)) if path else SitePolicy()
+    fields = {f.name: getattr(policy, f.name) for f in dataclasses.fields(policy) if f.name != "source"}
+    return hashlib.sha256(repr(sorted(fields.items())).encode()).hexdigest()
+
+
+def resume_policy_problem(run_uuid: str, site_policy: str | None) -> str | None:
+    """Why resuming ``run_uuid`` under ``site_policy`` would change what its sites release, or None.
+
+    A resumed run goes on charging the sites' ledgers: under another policy its rounds would be
+    released under other floors and budgets than the rounds already stored. Runs started before
+    this record existed are not checked.
+    """
+    record = _policy_record(run_uuid)
+    if not record.exists():
+        return None
+    if record.read_text().strip() != site_policy_fingerprint(site_policy):
+        return (f"--site-policy: run {run_uuid} started under another site policy; resume it under the "
+                "same one (the same --site-policy file, or none if it had none)")
+    return None
+
+
+def record_site_policy(run_uuid: str, site_policy: str | None) -> None:
+    """Remember which site policy the simulated sites of ``run_uuid`` run under (refused if it changed)."""
+    from ..shared.run.paths import write_private
+
+    problem = resume_policy_problem(run_uuid, site_policy)
+    if problem:
+        raise ValueError(problem)
+    write_private(_policy_record(run_uuid), site_policy_fingerprint(site_policy).encode())
 
 
 def _without_db_password(run_config: dict[str, Any]) -> tuple[dict[str, Any], str]:

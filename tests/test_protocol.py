@@ -60,3 +60,22 @@ def test_small_cells_are_zeroed_and_marked():
     small = suppress_small_cells({"num-examples": 7, "train-correct": 5}, 10, keep=("num-examples",))
     assert small == {"num-examples": 7, "train-correct": 0, "suppressed-count": 1}
     assert suppress_small_cells(metrics, 0) == metrics
+
+
+def test_group_sizes_come_from_the_families_declarations():
+    """Every size a family declares sizes its group for cell suppression (no list kept apart)."""
+    from fedaegis.shared.reply.protocol import SIZE_LEAVES, SIZE_NAMES, suppress_small_cells
+    from fedaegis.shared.results import FAMILIES
+
+    for family in FAMILIES:
+        for key_set in family.key_sets:
+            for key in key_set.keys:
+                assert key.size.lstrip(".") in (SIZE_LEAVES if key.size.startswith(".") else SIZE_NAMES), key
+    # segmentation training on 3 samples at a site with 50 test images: its own group is small
+    metrics = {"num-examples": 50, "correct": 40, "seg.train.samples-count": 3, "seg.train.steps-count": 2,
+               "seg.volumes-count": 5, "inversion.images-count": 2, "inversion.psnr-sum": 30.5}
+    out = suppress_small_cells(metrics, 10)
+    assert out["seg.train.suppressed-count"] == 1 and out["seg.train.steps-count"] == 0
+    assert out["inversion.suppressed-count"] == 1 and out["inversion.psnr-sum"] == 0
+    assert out["seg.suppressed-count"] == 0 and out["seg.volumes-count"] == 5  # sized by num-examples
+    assert out["correct"] == 40

@@ -177,6 +177,27 @@ def test_resume_refusals_through_the_cli(db_url):
     assert res.exit_code == 2 and "no run 'nope'" in res.output
 
 
+def test_resume_refuses_another_site_policy(db_url, tmp_path, monkeypatch):
+    """A resumed run's sites go on under the policy it started with: another file is refused."""
+    from fedaegis.orchestration.simulation import record_site_policy
+
+    monkeypatch.setenv("FEDAEGIS_HOME", str(tmp_path / "home"))
+    monkeypatch.delenv("FEDAEGIS_SITE_POLICY")  # the built-in policy
+
+    _run_with_rounds(db_url, 1)
+    strict = tmp_path / "strict.toml"
+    strict.write_text("[release]\nmin-cell-size = 20\n")
+    record_site_policy("u1", None)  # what simulate records when the run starts under the built-in policy
+    res = _in_process(["simulate", "--resume", "u1", "--db-url", db_url, "--site-policy", str(strict)])
+    assert res.exit_code == 2 and "--site-policy: run u1 started under another site policy" in " ".join(
+        res.output.split()), res.output
+    with pytest.raises(ValueError, match="another site policy"):
+        record_site_policy("u1", str(strict))
+    commented = tmp_path / "same.toml"  # the same fields, written differently: the same policy
+    commented.write_text("# the built-in floors\n[release]\n")
+    record_site_policy("u1", str(commented))
+
+
 @pytest.fixture
 def ray_tmp():
     path = Path(tempfile.mkdtemp(prefix="frs-", dir="/tmp"))  # short: Ray's socket paths

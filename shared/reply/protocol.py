@@ -46,7 +46,26 @@ def is_aggregate_name(name: str) -> bool:
     )
 
 
-SIZE_KEYS = ("num-examples", "n-count", "images-count")  # the group sizes of shared/reply/schema.py
+def _declared_sizes() -> tuple[tuple[str, ...], tuple[str, ...]]:
+    """The group-size keys the metric families declare: full names, and leaves of any group.
+
+    Read from every :class:`~fedaegis.shared.results.Key`'s ``size`` (a full name such as
+    ``inversion.images-count``, or ``.n-count``: "this key's own group's ``n-count``"), so a
+    family that declares a new group size is suppressed by it without a list kept here.
+    """
+    from ..results import FAMILIES
+
+    names, leaves = ["num-examples"], []
+    for family in FAMILIES:
+        for key_set in family.key_sets:
+            for key in key_set.keys:
+                into, size = (leaves, key.size[1:]) if key.size.startswith(".") else (names, key.size)
+                if size not in into:
+                    into.append(size)
+    return tuple(names), tuple(leaves)
+
+
+SIZE_NAMES, SIZE_LEAVES = _declared_sizes()  # e.g. ("num-examples", ..., "inversion.images-count"), ("n-count", ...)
 SUPPRESSED = "suppressed-count"
 
 
@@ -61,15 +80,17 @@ def _key(group: str, leaf: str) -> str:
 def group_sizes(metrics: Mapping[str, float]) -> dict[str, float]:
     """Each metric group (name up to its last dot) and the number of samples it was computed on.
 
-    A group's size is its own ``num-examples`` or ``n-count``; groups without one
-    (e.g. a site's top-level train/evaluate metrics) use the top-level ``num-examples``.
+    A group's size is the size key its family declares for it (``<group>.n-count``,
+    ``inversion.images-count``, ...: :data:`SIZE_NAMES`, :data:`SIZE_LEAVES`); groups without
+    one (e.g. a site's top-level train/evaluate metrics) use the top-level ``num-examples``.
     """
     top = float(metrics.get("num-examples", 0))
     sizes: dict[str, float] = {}
     for name in metrics:
         group = _group(name)
         if group not in sizes:
-            own = [metrics[_key(group, k)] for k in SIZE_KEYS if _key(group, k) in metrics]
+            candidates = [_key(group, leaf) for leaf in SIZE_LEAVES] + [n for n in SIZE_NAMES if _group(n) == group]
+            own = [metrics[n] for n in candidates if n in metrics]
             sizes[group] = float(own[0]) if own else top
     return sizes
 
