@@ -83,9 +83,11 @@ def build_objective(name: str, cfg: RunConfig) -> Objective:
 def fit_options(cfg: RunConfig, data: ImageSet, unlabelled: torch.Tensor | None, seed: int,
                 device: torch.device | str = "cpu") -> dict:
     """The loop's settings shared by every model a site trains: schedule, optimiser, class weights, device."""
+    from .site_log import progress
+
     return {"epochs": cfg.local_epochs, "batch_size": cfg.batch_size, "lr": cfg.learning_rate,
             "optimizer": cfg.optimizer, "class_weights": class_weights(cfg, data), "unlabelled": unlabelled,
-            "device": device, "amp": cfg.amp, "seed": seed}
+            "device": device, "amp": cfg.amp, "seed": seed, "progress": progress("training")}
 
 
 def train_classifier_round(

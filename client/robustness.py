@@ -25,5 +25,8 @@ def evaluate_robustness(model: nn.Module, data: ImageSet, cfg: RunConfig, seed: 
     if not cfg.attack_names:
         return {}
     torch.manual_seed(seed)
-    results = evaluate_attacks(model, (data.images, data.labels), cfg.attack_suite, cfg.epsilon_values)
+    from .site_log import progress
+
+    results = evaluate_attacks(model, (data.images, data.labels), cfg.attack_suite, cfg.epsilon_values,
+                               progress=progress("attacks"))
     return encode(results)

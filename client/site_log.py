@@ -12,8 +12,9 @@ server sees ("site error").
 from __future__ import annotations
 
 import logging
+import time
 import traceback
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from contextvars import ContextVar
 
 from pathlib import Path
@@ -60,3 +61,27 @@ def relay_simulated_site_log(node_config: Mapping[str, object]) -> None:
         file.setFormatter(_Named())
         log.handlers = [console, file]
         log.setLevel(logging.INFO)
+
+
+def progress(task: str, every_s: float = 15.0) -> Callable[[int, int, str], None]:
+    """A ``progress(done, total, unit)`` callback that logs ``task``'s progress to the site's own log.
+
+    For the hospital's staff watching their SuperNode (or, in a simulation, the simulated sites'
+    log file): how far training or an attack evaluation is, the time spent and an estimate of
+    the time left. At most one line per ``every_s`` seconds, and one when it is done. It goes to
+    the site's log only: nothing of it is in any reply.
+    """
+    start = time.monotonic()
+    last = [start]
+
+    def report(done: int, total: int, unit: str) -> None:
+        now = time.monotonic()
+        if done < total and now - last[0] < every_s:
+            return
+        last[0] = now
+        spent = now - start
+        left = spent / done * (total - done) if done else float("nan")
+        log.info("%s: %d of %d (%s), %.0f s%s", task, done, total, unit, spent,
+                 f", about {left:.0f} s left" if done < total else ", done")
+
+    return report

@@ -71,7 +71,7 @@ def simulate(
     alpha: Annotated[float, typer.Option(help="Dirichlet concentration for non-IID partitioning.")] = 0.5,
     seed: Annotated[int, typer.Option(help="Seed for partitioning, initialisation and training.")] = 0,
     local_epochs: Annotated[int, typer.Option(help="Local epochs per round at each site.")] = 5,
-    attacks: Annotated[str, typer.Option(help="Attack suite evaluated at every site each round, e.g. fgsm,pgd,autoattack.")] = "",
+    attacks: Annotated[str, typer.Option(help="Attack suite evaluated at every site (in the rounds of -c attack-rounds: the final one by default), e.g. fgsm,pgd,autoattack; '' for none.")] = "fgsm,pgd",
     epsilons: Annotated[str, typer.Option(help="Budgets for the attack suite (fractions allowed).")] = "1/255,2/255,4/255,8/255",
     attack_samples: Annotated[int, typer.Option(help="Test samples attacked per site (0: all).")] = 256,
     name: Annotated[str, typer.Option(help="A name stored with the run.")] = "",
@@ -532,7 +532,9 @@ def _print_run(run: dict[str, Any], with_config: bool = False) -> None:
     if skipped:
         noised = any(query.rows(r, "privacy") for r in run["rounds"])
         out.print(f"files skipped by the sites (unreadable or rejected): {int(skipped)}"
-                  + (" (a DP-noised count, clamped at 0 at each site)" if noised else ""))
+                  + (" (DP-noised: each site adds noise and clamps its count at 0, so the total reads above 0 "
+                     "even when no site skipped a file; each site's own log names the files it skipped)"
+                     if noised else ""))
     if run["checkpoint_path"]:
         out.print(f"final global model: {run['checkpoint_path']}")
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import math
 import os
 import re
 import uuid as uuidlib
@@ -86,11 +87,14 @@ class RunRecorder:
                 outcome.evaluate_replies, self.cfg.min_cell_size,
                 "" if ev.get("num-examples") else ", i.e. none: use fewer sites or a smaller min-cell-size",
             )
+        def shown(name: str) -> str:  # a value the sites withheld (an unbounded sum under metric DP) is no number
+            value = ev.get(name)
+            return "withheld" if value is None or math.isnan(value) else f"{value:.4f}"
+
         log.info(
-            "round %d/%d: accuracy %.4f, loss %.4f over %d test samples at %d sites (%d failures)",
-            outcome.number, self.cfg.num_server_rounds, ev.get("accuracy", float("nan")),
-            ev.get("loss", float("nan")), int(ev.get("num-examples", 0)),
-            outcome.evaluate_replies, outcome.failures,
+            "round %d/%d: accuracy %s, loss %s over %d test samples at %d sites (%d failures)",
+            outcome.number, self.cfg.num_server_rounds, shown("accuracy"), shown("loss"),
+            int(ev.get("num-examples", 0)), outcome.evaluate_replies, outcome.failures,
         )
 
 

@@ -24,7 +24,7 @@ def test_own_model_is_built_with_the_keywords_it_takes():
 
 
 def _simulate(tmp_path: Path, *args: str):
-    return runner.invoke(app, ["simulate", "--sites", "2", "--rounds", "1", "--db-url",
+    return runner.invoke(app, ["simulate", "--sites", "2", "--rounds", "1", "--attacks", "", "--db-url",
                                f"sqlite:///{tmp_path / 'r.db'}", *args])
 
 

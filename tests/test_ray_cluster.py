@@ -17,6 +17,7 @@ from pathlib import Path
 
 import pytest
 
+from fedaegis.shared.results import query
 from fedaegis.shared.store import RunStore
 
 from flower_processes import BIN, flower_env, free_port
@@ -102,6 +103,9 @@ def test_simulate_runs_on_an_existing_cluster(ray_head, tmp_path):
     assert [r["number"] for r in detail["rounds"]] == [1]
     assert detail["rounds"][0]["evaluate_replies"] == 2 and detail["rounds"][0]["failures"] == 0
     assert detail["config"]["num-sites"] == 2
+    # simulate's default suite (the README's main job): FGSM and PGD at four budgets, in the final round
+    attacked = {(r["attack"], r["epsilon"]) for r in query.rows(detail["rounds"][-1], "attacks")}
+    assert {a for a, _ in attacked} == {"fgsm", "pgd"} and len(attacked) == 8, attacked
     # the sites ran in the cluster's workers: their logs are in the cluster's session
     logs = list(cluster_tmp.glob("session_*/logs/worker-*"))
     assert any("ClientAppActor" in p.read_text(errors="replace") for p in logs if p.is_file()), \

@@ -222,7 +222,7 @@ def test_killed_server_is_resumed(tmp_path, ray_tmp):
     log = (tmp_path / "first.log").open("w")
     first = subprocess.Popen(
         [str(BIN / "fedaegis"), "simulate", "--sites", "2", "--rounds", "3", "--local-epochs", "1",
-         "--db-url", db, "--name", "crashy", "-c", "metric-dp=laplace", "-c", "metric-epsilon=0.5"],
+         "--attacks", "", "--db-url", db, "--name", "crashy", "-c", "metric-dp=laplace", "-c", "metric-epsilon=0.5"],
         env=env, stdout=log, stderr=subprocess.STDOUT)
     try:
         deadline = time.monotonic() + RUN_TIMEOUT_S

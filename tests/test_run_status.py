@@ -65,7 +65,7 @@ def test_ctrl_c_stores_the_run_as_interrupted_and_resumable(tmp_path):
     env = {**os.environ, "FEDAEGIS_HOME": str(tmp_path / "home")}  # Ray: the suite's short RAY_TMPDIR
     proc = subprocess.Popen(
         [sys.executable, "-c", "from fedaegis.orchestration.cli import main; main()", "simulate", "--sites", "2",
-         "--rounds", "3", "--local-epochs", "1", "--db-url", db],
+         "--rounds", "3", "--local-epochs", "1", "--attacks", "", "--db-url", db],
         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env,
         preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),  # as at a terminal
     )

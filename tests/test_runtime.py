@@ -61,7 +61,7 @@ def test_ctrl_c_stops_the_superlink_and_all_it_started(tmp_path):
     env = {**flower_env(tmp_path, ray_tmp), "TMPDIR": str(tmp_path), "OMP_NUM_THREADS": "1"}
     log = tmp_path / "simulate.log"
     cmd = [str(BIN / "fedaegis"), "simulate", "--sites", "2", "--rounds", "20", "--local-epochs", "1",
-           "--num-cpus", "2", "--db-url", f"sqlite:///{tmp_path / 'runs.db'}"]
+           "--attacks", "", "--num-cpus", "2", "--db-url", f"sqlite:///{tmp_path / 'runs.db'}"]
     with log.open("w") as out:
         proc = subprocess.Popen(cmd, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
     try:

@@ -29,7 +29,7 @@ def test_adrenalmnist3d_federation(tmp_path, db_url, shared_data):
     np.savez(tmp_path / "adrenal.npz", **{f"{s}_{k}": real[f"{s}_{k}"][:n] for s, n in keep.items()
                                           for k in ("images", "labels")})
     res = runner.invoke(app, ["simulate", "--dataset", str(tmp_path / "adrenal.npz"), "--sites", "2", "--rounds", "1",
-                              "--local-epochs", "1", "--db-url", db_url, "--json", "--num-cpus", "2"])
+                              "--local-epochs", "1", "--attacks", "", "--db-url", db_url, "--json", "--num-cpus", "2"])
     run = _run(res)
     assert "image size 28 px (chosen from the data" in " ".join(res.output.split())
     assert run["config"]["spatial-dims"] == 3 and run["config"]["image-size"] == 28
@@ -45,7 +45,7 @@ def test_ct_series_federation_with_declared_modality(tmp_path, db_url, shared_da
     stray.mkdir(parents=True)
     shutil.copy(shared_data / "dicom" / "nih_cxr" / "test1.dcm", stray / "test1.dcm")  # a real chest X-ray (DX)
     res = runner.invoke(app, ["simulate", "--dataset", str(root), "--sites", "2", "--rounds", "1",
-                              "--local-epochs", "1", "--modality", "CT", "-c", "spatial-dims=3",
+                              "--local-epochs", "1", "--attacks", "", "--modality", "CT", "-c", "spatial-dims=3",
                               "--db-url", db_url, "--json", "--num-cpus", "2"])
     run = _run(res)
     text = " ".join(res.output.split())

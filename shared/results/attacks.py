@@ -8,8 +8,8 @@ accuracy's noise interval too.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
-from typing import TYPE_CHECKING
+from collections.abc import Iterable, Mapping
+from typing import TYPE_CHECKING, Any
 
 from . import robustness
 from .base import EPS_PATTERN, NAME_PATTERN, Column, Family, Key, KeySet, RoundTotals, eps_name
@@ -39,13 +39,24 @@ class Attacks(Family):
     title = "robustness (all sites)"
     columns = (Column("attack", "attack", "text"), Column("eps", "epsilon", "eps"),
                Column("clean", "clean_accuracy"), Column("robust", "robust_accuracy"),
-               Column("success", "success_rate"), Column("Linf", "mean_linf", ".4f"), Column("L2", "mean_l2"),
+               Column("robust 95% CI", "robust_ci", "text"), Column("success", "success_rate"), Column("Linf", "mean_linf", ".4f"), Column("L2", "mean_l2"),
                Column("queries", "mean_queries", ".1f"))
 
     def phase_rows(self, phase: str, metrics: Mapping[str, float]) -> list[MetricValue]:
+        withheld = metrics.get("dp.epsilon-sum", 0) > 0  # the sites' DP withheld the unbounded sums
         return [self.row("attack", name, value, attack, eps)
                 for (attack, eps), totals in robustness.decode(metrics).items()
-                for name, value in {**totals, **robustness.derive(totals)}.items()]
+                for name, value in {**totals, **robustness.derive(totals, sums_withheld=withheld)}.items()
+                if not (withheld and name in robustness.UNBOUNDED_SUMS)]
+
+    def cells(self, rows: Iterable[Mapping[str, Any]]) -> list[dict[str, Any]]:
+        """Cells with ``robust_ci``, the DP noise's 95% interval of the robust accuracy, as text."""
+        cells = super().cells(rows)
+        for cell in cells:
+            low, high = cell.get("robust_accuracy_ci_low"), cell.get("robust_accuracy_ci_high")
+            if low is not None and high is not None:
+                cell["robust_ci"] = f"{low:.2f}-{high:.2f}"
+        return cells
 
     def rows(self, totals: RoundTotals) -> list[MetricValue]:
         rows = super().rows(totals)

@@ -24,6 +24,7 @@ WIRE_FIELDS = {
     "l2_sum": "l2-sum",
     "queries": "queries",
 }
+UNBOUNDED_SUMS = ("linf-sum", "l2-sum", "queries")  # no per-sample bound: metric DP withholds them
 _NAME = re.compile(rf"^{PREFIX}\.(?P<label>[a-z0-9_\-+]+)\.eps=(?P<eps>[0-9.e+\-]+)\.(?P<field>[a-z0-9_\-]+)$")
 
 
@@ -50,19 +51,23 @@ def decode(metrics: Mapping[str, float]) -> dict[tuple[str, float], dict[str, fl
     return out
 
 
-def derive(totals: Mapping[str, float]) -> dict[str, float]:
-    """Ratios from one (attack, eps) cell's totals; a ratio with a zero denominator is left out."""
+def derive(totals: Mapping[str, float], *, sums_withheld: bool = False) -> dict[str, float]:
+    """Ratios from one (attack, eps) cell's totals; a ratio with a zero denominator is left out.
+
+    ``sums_withheld``: the sites released under metric DP, which withholds sums without a
+    per-sample bound (norms, queries) as 0; their means are then left out, never shown as 0.
+    """
     n, clean, robust = totals.get("n-count", 0), totals.get("clean-correct", 0), totals.get("robust-correct", 0)
     succ = totals.get("successes", 0)
     out: dict[str, float] = {}
     if n:
         out["clean-accuracy"] = clean / n
         out["robust-accuracy"] = robust / n
-        if "queries" in totals:
+        if "queries" in totals and not sums_withheld:
             out["mean-queries"] = totals["queries"] / n
     if clean:
         out["success-rate"] = succ / clean
-    if succ:
+    if succ and not sums_withheld:
         out["mean-linf"] = totals.get("linf-sum", 0) / succ
         out["mean-l2"] = totals.get("l2-sum", 0) / succ
     return out

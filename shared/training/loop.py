@@ -9,6 +9,7 @@ It returns sums and counts only, never per-sample values, ready for a site's rep
 from __future__ import annotations
 
 import contextlib
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
@@ -57,6 +58,7 @@ def fit(
     device: torch.device | str | None = None,
     amp: str = "none",
     seed: int = 0,
+    progress: Callable[[int, int, str], None] | None = None,
 ) -> Fit:
     """Train ``model`` in place on ``device`` (default: where the model is; it stays there); batches
     move there one at a time.
@@ -66,7 +68,8 @@ def fit(
     draw a batch of ``batch_size`` per step, cycling through ``unlabelled`` in a seeded
     order. ``skip_singletons`` (default: unless under ``privacy``, whose model has no BatchNorm)
     skips one-sample batches (BatchNorm cannot train on them);
-    ``max_steps`` stops the fit early.
+    ``max_steps`` stops the fit early. ``progress(done, total, "epoch")`` is called after each
+    epoch (a site logs it locally: :func:`fedaegis.client.site_log.progress`).
     """
     if epochs < 1 or batch_size < 1:
         raise ValueError(f"epochs and batch_size: must be >= 1, got {epochs} and {batch_size}")
@@ -98,9 +101,11 @@ def fit(
             epoch_batches = lambda: shuffled(inputs, targets, batch_size, gen)  # noqa: E731
         step = OptimizerStep(opt, dev, amp)
         objective.begin(model)
-        for _ in range(epochs):
+        for epoch in range(epochs):
             if max_steps is not None and out.steps >= max_steps:
                 break
+            if progress is not None and epoch:
+                progress(epoch, epochs, "epoch")
             out.loss_sum, out.correct, out.samples = 0.0, 0, 0
             objective.reset()
             for x, y in epoch_batches():
@@ -126,6 +131,8 @@ def fit(
                 if logits is not None:
                     out.correct += int((logits.detach().argmax(1) == y).sum())
     model.zero_grad(set_to_none=True)  # free the gradients; nothing downstream needs them
+    if progress is not None:
+        progress(epochs, epochs, "epoch")
     out.counts = objective.counts()
     return out
 

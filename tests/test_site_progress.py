@@ -1,0 +1,53 @@
+"""A site reports how far its training and attack evaluation are, in its own log only."""
+
+from __future__ import annotations
+
+import logging
+
+import torch
+
+from fedaegis.client.site_log import progress
+from fedaegis.shared.attacks import evaluate_attacks
+from fedaegis.shared.data import load_medmnist
+from fedaegis.shared.data.sources import embedded_path
+from fedaegis.shared.models import build_model
+from fedaegis.shared.training import train_classifier
+
+
+def _data(n: int):
+    path = embedded_path("pneumoniamnist")
+    return (load_medmnist(path, split).subset(torch.arange(n)) for split in ("train", "test"))
+
+
+def test_training_and_attacks_log_their_progress_at_the_site(caplog):
+    train, test = _data(64)
+    torch.manual_seed(0)
+    model = build_model("cnn", in_channels=1, num_classes=2)
+    with caplog.at_level(logging.INFO, logger="fedaegis.site"):
+        train_classifier(model, train, epochs=3, batch_size=32, lr=1e-3, progress=progress("training", every_s=0))
+        evaluate_attacks(model, (test.images, test.labels), ["fgsm"], [4 / 255, 8 / 255],
+                         progress=progress("attacks", every_s=0))
+    lines = [r.getMessage() for r in caplog.records if r.name == "fedaegis.site"]
+    training = [ln for ln in lines if ln.startswith("training: ")]
+    assert [ln.split(",")[0] for ln in training] == [f"training: {k} of 3 (epoch)" for k in (1, 2, 3)]
+    assert "s left" in training[0] and training[-1].endswith(", done")
+    attacks = [ln for ln in lines if ln.startswith("attacks: ")]
+    assert attacks[-1].startswith("attacks: 128 of 128 (fgsm)") and attacks[-1].endswith(", done")
+
+
+def test_progress_is_throttled():
+    seen = []
+    report = progress("training", every_s=3600)
+    logger = logging.getLogger("fedaegis.site")
+    handler = logging.Handler()
+    handler.emit = lambda record: seen.append(record.getMessage())  # type: ignore[method-assign]
+    logger.addHandler(handler)
+    level = logger.level
+    logger.setLevel(logging.INFO)
+    try:
+        for k in range(1, 11):
+            report(k, 10, "epoch")
+    finally:
+        logger.removeHandler(handler)
+        logger.setLevel(level)
+    assert len(seen) == 1 and seen[0].startswith("training: 10 of 10 (epoch)")
