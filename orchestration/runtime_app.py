@@ -20,11 +20,11 @@ from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
-from flwr.app import Message, RecordDict
+from flwr.app import Message
 from flwr.serverapp import Grid
-from flwr.supercore.run import Run
 
 from ..server.app import make_server_app
+from ..server.grid import DelegatingGrid
 
 EXCHANGE_LOG = "FEDAEGIS_EXCHANGE_LOG"
 LIVE_GRID = "FEDAEGIS_LIVE_GRID"
@@ -50,40 +50,7 @@ def _load(blobs: Iterable[bytes]) -> list[Message]:
     return out
 
 
-class _Delegate(Grid):
-    """A Grid that hands everything to ``inner``."""
-
-    def __init__(self, inner: Grid) -> None:
-        self.inner = inner
-
-    def set_run(self, run: Run) -> None:
-        self.inner.set_run(run)
-
-    @property
-    def run(self) -> Run:
-        return self.inner.run
-
-    def create_message(self, content: RecordDict, message_type: str, dst_node_id: int, group_id: str,
-                       ttl: float | None = None) -> Message:
-        return self.inner.create_message(content, message_type, dst_node_id, group_id, ttl)
-
-    def get_node_ids(self) -> Iterable[int]:
-        return self.inner.get_node_ids()
-
-    def push_messages(self, messages: Iterable[Message]) -> Iterable[str]:
-        return self.inner.push_messages(messages)
-
-    def pull_messages(self, message_ids: Iterable[str]) -> Iterable[Message]:
-        return self.inner.pull_messages(message_ids)
-
-    def send_and_receive(self, messages: Iterable[Message], *, timeout: float | None = None) -> Iterable[Message]:
-        return self.inner.send_and_receive(messages, timeout=timeout)
-
-    def __getattr__(self, name: str) -> Any:  # anything else a newer Grid offers
-        return getattr(self.inner, name)
-
-
-class RecordingGrid(_Delegate):
+class RecordingGrid(DelegatingGrid):
     """Appends every exchange to ``path`` (a pickle stream of :data:`Event`) as it happens."""
 
     def __init__(self, inner: Grid, path: Path) -> None:
@@ -126,7 +93,7 @@ def read_events(path: Path) -> list[Event]:
                 return events
 
 
-class _ReplayGrid(_Delegate):
+class _ReplayGrid(DelegatingGrid):
     """Answers each call with what the recorded run's grid answered."""
 
     def __init__(self, events: list[Event]) -> None:

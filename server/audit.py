@@ -10,12 +10,12 @@ from __future__ import annotations
 from collections.abc import Iterable
 from dataclasses import dataclass
 
-from flwr.app import Message, MessageType, RecordDict
-from flwr.supercore.run import Run
+from flwr.app import Message, MessageType
 from flwr.serverapp import Grid
 
 from ..shared.run.config import ConfigError
 from ..shared.reply.protocol import ARRAYS_KEY, check_reply, request_config
+from .grid import DelegatingGrid
 
 
 @dataclass(frozen=True)
@@ -26,29 +26,13 @@ class AuditEntry:
     error: str = ""
 
 
-class AuditingGrid(Grid):
+class AuditingGrid(DelegatingGrid):
     """Delegates to ``inner``; keeps every reply (``replies``) and its verdict (``entries``)."""
 
     def __init__(self, inner: Grid) -> None:
-        self.inner = inner
+        super().__init__(inner)
         self.replies: list[Message] = []
         self.entries: list[AuditEntry] = []
-
-    def set_run(self, run: Run) -> None:
-        self.inner.set_run(run)
-
-    @property
-    def run(self) -> Run:
-        return self.inner.run
-
-    def create_message(
-        self, content: RecordDict, message_type: str, dst_node_id: int, group_id: str,
-        ttl: float | None = None,
-    ) -> Message:
-        return self.inner.create_message(content, message_type, dst_node_id, group_id, ttl)
-
-    def get_node_ids(self) -> Iterable[int]:
-        return self.inner.get_node_ids()
 
     def push_messages(self, messages: Iterable[Message]) -> Iterable[str]:
         messages = list(messages)
@@ -68,9 +52,6 @@ class AuditingGrid(Grid):
         replies = list(self.inner.send_and_receive(messages, timeout=timeout))
         self._inspect(replies)
         return replies
-
-    def __getattr__(self, name: str):  # anything else a newer Grid offers
-        return getattr(self.inner, name)
 
     @property
     def violations(self) -> list[AuditEntry]:

@@ -23,11 +23,11 @@ import time
 from collections.abc import Iterable
 from typing import Any
 
-from flwr.app import Message, MessageType, RecordDict
+from flwr.app import Message, MessageType
 from flwr.serverapp import Grid
-from flwr.supercore.run import Run
 
 from ..shared.reply.protocol import ROUND_KEY
+from .grid import DelegatingGrid
 
 PROGRESS_ENV = "FEDAEGIS_PROGRESS"
 EVENT_LEVEL = "EVENT"  # the level field of an event line: ``[fedaegis] EVENT {json}``
@@ -69,7 +69,7 @@ def _request_round(msg: Message) -> tuple[int, int]:
     return int(config.get(ROUND_KEY, 0) or 0), int(config.get("num-server-rounds", 0) or 0)
 
 
-class ProgressGrid(Grid):
+class ProgressGrid(DelegatingGrid):
     """Delegates to ``inner``; emits ``sent`` for each train/evaluate step and ``reply`` as each reply arrives.
 
     ``send_and_receive`` is Flower's own loop (push, then pull until every reply is in or the
@@ -77,28 +77,8 @@ class ProgressGrid(Grid):
     """
 
     def __init__(self, inner: Grid, pull_interval: float = 0.5) -> None:
-        self.inner = inner
+        super().__init__(inner)
         self.pull_interval = pull_interval
-
-    def set_run(self, run: Run) -> None:
-        self.inner.set_run(run)
-
-    @property
-    def run(self) -> Run:
-        return self.inner.run
-
-    def create_message(self, content: RecordDict, message_type: str, dst_node_id: int, group_id: str,
-                       ttl: float | None = None) -> Message:
-        return self.inner.create_message(content, message_type, dst_node_id, group_id, ttl)
-
-    def get_node_ids(self) -> Iterable[int]:
-        return self.inner.get_node_ids()
-
-    def push_messages(self, messages: Iterable[Message]) -> Iterable[str]:
-        return self.inner.push_messages(messages)
-
-    def pull_messages(self, message_ids: Iterable[str]) -> Iterable[Message]:
-        return self.inner.pull_messages(message_ids)
 
     def send_and_receive(self, messages: Iterable[Message], *, timeout: float | None = None) -> Iterable[Message]:
         messages = list(messages)
@@ -121,10 +101,6 @@ class ProgressGrid(Grid):
             time.sleep(self.pull_interval)
         emit("done", phase=phase, round=rnd, rounds=rounds, replies=len(replies), sent=len(messages))
         return replies
-
-    def __getattr__(self, name: str) -> Any:  # anything else a newer Grid offers
-        return getattr(self.inner, name)
-
 
 def progress_grid(grid: Grid) -> Grid:
     """``grid`` under a :class:`ProgressGrid` where ``$FEDAEGIS_PROGRESS`` asks for events."""
