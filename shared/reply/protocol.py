@@ -9,7 +9,6 @@ unknown names never leave a site. The client enforces this with
 
 from __future__ import annotations
 
-import math
 import re
 from collections.abc import Mapping
 
@@ -119,15 +118,12 @@ def suppress_small_cells(
 
 def check_metrics(metrics: Mapping[str, object]) -> list[str]:
     """Violations in a metric mapping: non-scalars, non-finite values, non-aggregate names."""
-    problems = []
-    if "num-examples" not in metrics and "secagg.num-examples" not in metrics:
-        problems.append("metrics lack 'num-examples'")
+    from .schema import basic_problems
+
+    problems = basic_problems(metrics)
     for name, value in metrics.items():
         if isinstance(value, bool) or not isinstance(value, int | float):
-            problems.append(f"metric {name!r} is {type(value).__name__}, not a scalar")
-            continue
-        if not math.isfinite(value):
-            problems.append(f"metric {name!r} is not finite")
+            continue  # said by basic_problems
         if not is_aggregate_name(name):
             problems.append(f"metric {name!r} is not a count or sum")
         elif isinstance(value, int) and value < 0:

@@ -38,6 +38,22 @@ FAMILIES: tuple[KeySet, ...] = declared(RESULT_FAMILIES)
 _COMPILED = {f.name: [(re.compile(k.pattern + "$"), k) for k in f.keys] for f in FAMILIES}
 
 
+def scalar_problem(name: str, value: object) -> str | None:
+    """Why ``value`` cannot leave as metric ``name`` whatever the request: not a finite scalar."""
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return f"metric {name!r} is {type(value).__name__}, not a scalar"
+    if not math.isfinite(value):
+        return f"metric {name!r} is not finite"
+    return None
+
+
+def basic_problems(metrics: Mapping[str, object]) -> list[str]:
+    """What every reply's metrics need, asked or not: a ``num-examples`` and finite scalars only."""
+    problems = [] if "num-examples" in metrics or SECAGG_PREFIX + "num-examples" in metrics else [
+        "metrics lack 'num-examples'"]
+    return problems + [p for name, value in metrics.items() if (p := scalar_problem(name, value))]
+
+
 def requested(cfg: RunConfig, is_train: bool) -> list[KeySet]:
     return [f for f in FAMILIES if f.applies(cfg, is_train)]
 
@@ -76,19 +92,13 @@ def check(metrics: Mapping[str, object], cfg: RunConfig, is_train: bool) -> list
     sums on the release grid within their bound: so labels packed into names or into a
     float's low bits are refused.
     """
-    problems: list[str] = []
     limit = sum(f.max_keys(cfg) for f in requested(cfg, is_train))
+    problems = basic_problems(metrics)
     if len(metrics) > limit:
-        problems.append(f"reply has {len(metrics)} metrics, more than the {limit} this request asks for")
-    if "num-examples" not in metrics and SECAGG_PREFIX + "num-examples" not in metrics:
-        problems.append("metrics lack 'num-examples'")
+        problems.insert(0, f"reply has {len(metrics)} metrics, more than the {limit} this request asks for")
     for name, value in metrics.items():
-        if isinstance(value, bool) or not isinstance(value, int | float):
-            problems.append(f"metric {name!r} is {type(value).__name__}, not a scalar")
-            continue
-        if not math.isfinite(value):
-            problems.append(f"metric {name!r} is not finite")
-            continue
+        if scalar_problem(name, value):
+            continue  # said by basic_problems
         key = declaration(name, cfg, is_train)
         if key is None:
             problems.append(f"metric {name!r} is not a key this request asked for")
