@@ -1,0 +1,148 @@
+"""Transfer attacks in the federation (run config ``transfer``), on the real ClientApp and embedded PneumoniaMNIST.
+
+Two simulated sites train round 1 from one initial model; their FedAvg is the global model. Site 0
+crafts PGD on the model it sent (kept in its Context state) and on the global model, and scores
+each on both; only counts leave, they fit the reply schema, and a site policy can forbid it.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from flwr.app import Context, RecordDict
+from typer.testing import CliRunner
+
+from fedaegis.client.app import app
+from fedaegis.client.site import evaluation_subset, site_data
+from fedaegis.client.transfer import evaluate_transfer, keep_sent_model
+from fedaegis.shared.models.tasks import build_task_model, model_meta
+from fedaegis.shared.reply.protocol import POLICY_REFUSAL, check_reply
+from fedaegis.shared.reply.schema import check
+from fedaegis.shared.results.transfer import decode
+from fedaegis.shared.run.config import RunConfig
+
+from fedaegis.tests.site_messages import request
+
+EPS = f"{8 / 255:.6g}"
+REQUEST = {"transfer": True, "epsilons": "8/255", "attack-samples": 64, "local-epochs": 1, "num-server-rounds": 1}
+SITES = 3
+
+
+def _site(pid: int) -> dict:
+    return {"partition-id": pid, "num-partitions": SITES}
+
+
+def _context(pid: int) -> Context:
+    return Context(run_id=1, node_id=pid + 1, node_config=_site(pid), state=RecordDict(), run_config={})
+
+
+@pytest.fixture(scope="module")
+def federation() -> tuple[dict[str, torch.Tensor], list[Context], list[dict[str, torch.Tensor]]]:
+    """Round 1: sites 0 and 1 train from one initial model (their contexts keep what they sent); FedAvg."""
+    torch.set_num_threads(1)
+    cfg = RunConfig.from_flower(REQUEST)
+    torch.manual_seed(0)
+    initial = build_task_model(model_meta(cfg)).state_dict()
+    contexts, sent = [_context(0), _context(1)], []
+    for ctx in contexts:
+        reply = app(request("train", REQUEST, initial), ctx)
+        assert not reply.has_error(), reply.error
+        sent.append(reply.content["arrays"].to_torch_state_dict())
+    global_state = {k: (sent[0][k].double() + sent[1][k].double()).div(2).to(sent[0][k].dtype) for k in sent[0]}
+    return global_state, contexts, sent
+
+
+def test_site_keeps_the_model_it_sent_and_the_white_box_diagonal_dominates(federation):
+    global_state, contexts, sent = federation
+    cfg = RunConfig.from_flower(REQUEST)
+    global_model = build_task_model(model_meta(cfg))
+    global_model.load_state_dict(global_state)
+    data = evaluation_subset(site_data(cfg, _site(0)).test, cfg.attack_samples, cfg, _site(0))
+    torch.manual_seed(1)
+    counts = evaluate_transfer(global_model, cfg, data, contexts[0], 1, seed=3)
+    n = len(data)
+    assert n == 64 and counts["transfer.global.n-count"] == counts["transfer.local.n-count"] == n
+    cells = decode(counts)
+    assert set(cells) == {(s, t, float(EPS)) for s in ("local", "global") for t in ("local", "global")}
+    for (src, tgt, _), cell in cells.items():
+        assert cell["n-count"] == n and 0 <= cell["fooled-count"] <= cell["clean-correct"] <= n, (src, tgt, cell)
+    white, transferred = cells[("global", "global", float(EPS))], cells[("local", "global", float(EPS))]
+    print(f"\nPGD-{cfg.attack_pgd_steps} at 8/255 on 64 images, global model: white-box fools "
+          f"{white['fooled-count']:.0f}/{white['clean-correct']:.0f}, from the site's local model "
+          f"{transferred['fooled-count']:.0f}/{transferred['clean-correct']:.0f}")
+    assert white["clean-correct"] > n / 2
+    assert white["fooled-count"] >= transferred["fooled-count"] > 0  # white-box strongest, yet the local one carries
+    # the kept model is the one the site sent, and a site that did not train this round measures nothing
+    stored = contexts[0].state["transfer-local-model"].to_torch_state_dict()
+    assert all(torch.equal(stored[k], sent[0][k]) for k in sent[0])
+    idle = evaluate_transfer(global_model, cfg, data, _context(2), 1, seed=3)
+    assert set(idle) == set(counts) and not any(idle.values())
+    stale = evaluate_transfer(global_model, cfg, data, contexts[0], 2, seed=3)  # round 2: not this round's model
+    assert not any(stale.values())
+
+
+def test_reply_fits_the_schema_and_only_a_transfer_request_gets_transfer_keys(federation):
+    global_state, contexts, _ = federation
+    cfg = RunConfig.from_flower(REQUEST)
+    reply = app(request("evaluate", REQUEST, global_state), contexts[1])
+    assert not reply.has_error(), reply.error
+    metrics = dict(reply.content["metrics"])
+    transfer = {k: v for k, v in metrics.items() if k.startswith("transfer.")}
+    assert len([k for k in transfer if not k.endswith("suppressed-count")]) == 2 * 2 + 4 * 2 and transfer["transfer.local.global.eps=" + EPS + ".n-count"] == 64
+    assert check(metrics, cfg, is_train=False) == []
+    assert check_reply(reply.content, is_train=False, request=cfg) == []  # what `fedaegis audit` checks
+    # the same reply is refused for a request that did not ask for transfer
+    plain = RunConfig.from_flower({**REQUEST, "transfer": False})
+    assert any("transfer." in p for p in check(metrics, plain, is_train=False))
+    reply = app(request("evaluate", {**REQUEST, "transfer": False}, global_state), contexts[1])
+    assert not reply.has_error() and not any(k.startswith("transfer.") for k in reply.content["metrics"])
+
+
+def test_a_site_whose_policy_forbids_transfer_refuses(tmp_path, monkeypatch):
+    policy = tmp_path / "site-policy.toml"
+    policy.write_text("[allow]\ntransfer = false\n[dp]\nrequired = false\n")
+    monkeypatch.setenv("FEDAEGIS_HOME", str(tmp_path / "home"))
+    ctx = Context(run_id=1, node_id=9, node_config={**_site(0), "policy": str(policy)}, state=RecordDict(),
+                  run_config={})
+    for kind in ("train", "evaluate"):
+        reply = app(request(kind, REQUEST), ctx)
+        assert reply.has_error() and reply.error.code == POLICY_REFUSAL
+        assert reply.error.reason == "site policy: allow.transfer"
+    assert not app(request("evaluate", {**REQUEST, "transfer": False}), ctx).has_error()
+
+
+@pytest.mark.slow  # a 3-site Ray simulation: about 3 minutes on 2 cores
+def test_a_simulated_run_stores_the_transfer_matrix_and_show_prints_it(db_url):
+    from fedaegis.orchestration.cli import app as cli
+    from fedaegis.orchestration.report_content import build_report
+    from fedaegis.orchestration.report_html import report_html
+    from fedaegis.orchestration.simulation import SimulationResources, simulate
+    from fedaegis.server.audit import AuditingGrid
+    from fedaegis.shared.store import RunStore
+
+    grids: list[AuditingGrid] = []
+
+    def wrap(grid):
+        grids.append(AuditingGrid(grid))
+        return grids[-1]
+
+    run_uuid = simulate({"num-server-rounds": 2, "db-url": db_url, "local-epochs": 1, "transfer": True,
+                         "attack-rounds": "all", "epsilons": "8/255", "attack-samples": 32},
+                        num_sites=SITES, resources=SimulationResources(num_cpus=2), wrap_grid=wrap)
+    assert grids[0].violations == []
+    run = RunStore(db_url).get_run(run_uuid)
+    for rnd in run["rounds"]:  # every site trained and measured: 3 x 32 images behind each cell
+        rows = [r for r in rnd["metric_rows"] if r["family"] == "transfer"]
+        pairs = {r["attack"] for r in rows}
+        assert pairs == {"local->local", "local->global", "global->local", "global->global"}
+        n = {r["attack"]: r["value"] for r in rows if r["name"] == "n-count"}
+        assert set(n.values()) == {SITES * 32}
+        rate = {r["attack"]: r["value"] for r in rows if r["name"] == "success-rate"}
+        assert 0 < rate["local->global"] <= 1 and rate["global->global"] >= rate["local->global"]
+    shown = CliRunner().invoke(cli, ["show", run_uuid, "--db-url", db_url])
+    assert shown.exit_code == 0, shown.output
+    assert "transfer attacks" in shown.output and "local" in shown.output and "global" in shown.output
+    print("\n" + shown.output)
+    section = build_report(run)["transfer"]
+    assert section["measured"] and {c["pair"] for c in section["final"]} == pairs
+    assert "Transfer attacks" in report_html(run) and "local-&gt;global" not in report_html(run).split("Transfer")[0]
