@@ -18,6 +18,7 @@ from fedaegis.client.transfer import evaluate_transfer, keep_sent_model
 from fedaegis.shared.models.tasks import build_task_model, model_meta
 from fedaegis.shared.reply.protocol import POLICY_REFUSAL, check_reply
 from fedaegis.shared.reply.schema import check
+from fedaegis.shared.results import BY_NAME
 from fedaegis.shared.results.transfer import decode
 from fedaegis.shared.run.config import RunConfig
 
@@ -98,6 +99,24 @@ def test_reply_fits_the_schema_and_only_a_transfer_request_gets_transfer_keys(fe
     assert not reply.has_error() and not any(k.startswith("transfer.") for k in reply.content["metrics"])
 
 
+def test_a_defence_comparison_scores_its_members_against_each_other(federation):
+    """With defence-models the members are the models (no local one needed); the reply's keys name them."""
+    _, _, sent = federation
+    cfg = RunConfig.from_flower({**REQUEST, "defence-models": "none,fast-fgsm"})
+    torch.manual_seed(0)
+    members = build_task_model(model_meta(cfg))
+    data = evaluation_subset(site_data(cfg, _site(2)).test, 32, cfg, _site(2))
+    counts = evaluate_transfer(members, cfg, data, _context(2), 1, seed=3)
+    assert {(s, t) for s, t, _ in decode(counts)} == {(s, t) for s in ("none", "fast-fgsm") for t in ("none", "fast-fgsm")}
+    assert counts["transfer.none.n-count"] == 32 and check({**counts, "num-examples": 32}, cfg, is_train=False) == []
+    assert check({**counts, "num-examples": 32}, RunConfig.from_flower(REQUEST), is_train=False)  # not local/global
+    ctx = _context(2)
+    keep_sent_model(ctx, RunConfig.from_flower(REQUEST), 1, sent[0])
+    assert "transfer-local-model" in ctx.state
+    keep_sent_model(ctx, cfg, 1, sent[0])  # a defence comparison keeps no model of its own
+    assert "transfer-local-model" not in ctx.state
+
+
 def test_a_site_whose_policy_forbids_transfer_refuses(tmp_path, monkeypatch):
     policy = tmp_path / "site-policy.toml"
     policy.write_text("[allow]\ntransfer = false\n[dp]\nrequired = false\n")
@@ -145,4 +164,5 @@ def test_a_simulated_run_stores_the_transfer_matrix_and_show_prints_it(db_url):
     print("\n" + shown.output)
     section = build_report(run)["transfer"]
     assert section["measured"] and {c["pair"] for c in section["final"]} == pairs
-    assert "Transfer attacks" in report_html(run) and "local-&gt;global" not in report_html(run).split("Transfer")[0]
+    html = report_html(run)
+    assert "Transfer attacks" in html and BY_NAME["transfer"].absent not in html
