@@ -166,3 +166,28 @@ def test_a_simulated_run_stores_the_transfer_matrix_and_show_prints_it(db_url):
     assert section["measured"] and {c["pair"] for c in section["final"]} == pairs
     html = report_html(run)
     assert "Transfer attacks" in html and BY_NAME["transfer"].absent not in html
+
+
+@pytest.mark.slow  # a 3-site Ray simulation with secure aggregation: about 2 minutes on 2 cores
+def test_a_site_that_did_not_train_sends_zeros_under_secure_aggregation(db_url):
+    """Two of three sites train; all three evaluate with the same (masked) names, the idle one as zeros."""
+    from flwr.app import MessageType
+
+    from fedaegis.orchestration.simulation import SimulationResources, simulate
+    from fedaegis.server.audit import AuditingGrid
+    from fedaegis.shared.store import RunStore
+
+    grids: list[AuditingGrid] = []
+    run_uuid = simulate({"num-server-rounds": 1, "db-url": db_url, "local-epochs": 1, "transfer": True,
+                         "epsilons": "8/255", "attack-samples": 32, "fraction-train": 0.67,
+                         "secure-aggregation": True},
+                        num_sites=SITES, resources=SimulationResources(num_cpus=2),
+                        wrap_grid=lambda g: grids.append(AuditingGrid(g)) or grids[-1])
+    (rnd,) = RunStore(db_url).get_run(run_uuid)["rounds"]
+    assert rnd["train_replies"] == 2 and rnd["evaluate_replies"] == SITES and grids[0].violations == []
+    names = [set(r.content["metrics"]) for r in grids[0].replies if r.metadata.message_type == MessageType.EVALUATE]
+    assert len(names) == SITES and names[0] == names[1] == names[2]
+    assert "secagg.transfer.local.global.eps=" + EPS + ".fooled-count" in names[0]
+    rows = {(r["attack"], r["name"]): r["value"] for r in rnd["metric_rows"] if r["family"] == "transfer"}
+    assert rows[("local->global", "n-count")] == 2 * 32  # only the two sites that trained measured
+    assert 0 < rows[("local->global", "fooled-count")] <= rows[("local->global", "clean-correct")]
