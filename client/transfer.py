@@ -48,7 +48,8 @@ def keep_sent_model(context: Context, cfg: RunConfig, server_round: int, state: 
 
 def _sent_model(context: Context, cfg: RunConfig, server_round: int) -> nn.Module | None:
     """The model this site sent in ``server_round``, or None (it did not train in this round)."""
-    if ROUND_STATE not in context.state or int(context.state[ROUND_STATE]["round"]) != server_round:  # type: ignore[arg-type]
+    kept = context.state[ROUND_STATE] if ROUND_STATE in context.state else None
+    if kept is None or int(kept["round"]) != server_round:  # type: ignore[index, arg-type]
         return None
     local = build_task_model(model_meta(cfg))
     local.load_state_dict(context.state[MODEL_STATE].to_torch_state_dict())  # type: ignore[union-attr]

@@ -89,7 +89,8 @@ def test_reply_fits_the_schema_and_only_a_transfer_request_gets_transfer_keys(fe
     assert not reply.has_error(), reply.error
     metrics = dict(reply.content["metrics"])
     transfer = {k: v for k, v in metrics.items() if k.startswith("transfer.")}
-    assert len([k for k in transfer if not k.endswith("suppressed-count")]) == 2 * 2 + 4 * 2 and transfer["transfer.local.global.eps=" + EPS + ".n-count"] == 64
+    counts = [k for k in transfer if not k.endswith("suppressed-count")]  # 2 per model, 2 per (source, target)
+    assert len(counts) == 2 * 2 + 4 * 2 and transfer["transfer.local.global.eps=" + EPS + ".n-count"] == 64
     assert check(metrics, cfg, is_train=False) == []
     assert check_reply(reply.content, is_train=False, request=cfg) == []  # what `fedaegis audit` checks
     # the same reply is refused for a request that did not ask for transfer
@@ -107,9 +108,16 @@ def test_a_defence_comparison_scores_its_members_against_each_other(federation):
     members = build_task_model(model_meta(cfg))
     data = evaluation_subset(site_data(cfg, _site(2)).test, 32, cfg, _site(2))
     counts = evaluate_transfer(members, cfg, data, _context(2), 1, seed=3)
-    assert {(s, t) for s, t, _ in decode(counts)} == {(s, t) for s in ("none", "fast-fgsm") for t in ("none", "fast-fgsm")}
+    names = ("none", "fast-fgsm")
+    assert {(s, t) for s, t, _ in decode(counts)} == {(s, t) for s in names for t in names}
     assert counts["transfer.none.n-count"] == 32 and check({**counts, "num-examples": 32}, cfg, is_train=False) == []
     assert check({**counts, "num-examples": 32}, RunConfig.from_flower(REQUEST), is_train=False)  # not local/global
+    # through the ClientApp: the defence comparison's reply carries the members' matrix and fits the schema
+    ask = {**REQUEST, "defence-models": "none,fast-fgsm", "attack-samples": 32}
+    reply = app(request("evaluate", ask, members.state_dict()), _context(2))
+    assert not reply.has_error(), reply.error
+    assert reply.content["metrics"]["transfer.fast-fgsm.none.eps=" + EPS + ".n-count"] == 32
+    assert check_reply(reply.content, is_train=False, request=RunConfig.from_flower(ask)) == []
     ctx = _context(2)
     keep_sent_model(ctx, RunConfig.from_flower(REQUEST), 1, sent[0])
     assert "transfer-local-model" in ctx.state
