@@ -33,6 +33,7 @@ from .robustness import evaluate_robustness
 from ..shared.training import data_to, evaluate_local, to_cpu
 from .site import evaluation_subset, site_data, site_device, site_seed, state_dir
 from .classification_round import backdoor_metrics, train_classifier_round
+from .transfer import evaluate_transfer, keep_sent_model, wanted as transfer_wanted
 
 __all__ = ["ROUND_KEY", "app", "build_client_app"]
 
@@ -69,6 +70,7 @@ def train(msg: Message, context: Context) -> Message:
     data = site_data(cfg, context.node_config)
     state, metrics = train_classifier_round(model, cfg, data.train, context.node_config, seed, server_round, device)
     model.load_state_dict(state)
+    keep_sent_model(context, cfg, server_round, to_cpu(model.state_dict()))  # transfer's surrogate, kept here
     metrics["skipped"] = data.skipped
     return _reply(msg, metrics, model)
 
@@ -91,9 +93,11 @@ def evaluate(msg: Message, context: Context) -> Message:
     metrics = evaluate_local(model, data.test)
     # on the site's own fixed set of a policy size, never one the server picks; in the rounds the
     # request's attack-rounds names (default: the final one only)
-    if cfg.attack_names and cfg.attacks_in_round(server_round):
-        subset = evaluation_subset(data.test, cfg.attack_samples, cfg, context.node_config)
-        metrics.update(evaluate_robustness(model, data_to(subset, device), cfg, seed))
+    if (cfg.attack_names or cfg.transfer) and cfg.attacks_in_round(server_round):
+        subset = data_to(evaluation_subset(data.test, cfg.attack_samples, cfg, context.node_config), device)
+        metrics.update(evaluate_robustness(model, subset, cfg, seed))
+        if transfer_wanted(cfg, server_round):
+            metrics.update(evaluate_transfer(model, cfg, subset, context, server_round, seed))
     metrics.update(backdoor_metrics(model, cfg, data_to(data.test, device)))
     if cfg.defence_models:
         from .defence_comparison import evaluate_defences

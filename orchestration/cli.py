@@ -489,6 +489,7 @@ def _run_json(run: dict[str, Any]) -> dict[str, Any]:
             "withheld": withheld,
             "metrics": m,
             "robustness": query.cells(r, "attacks"),
+            "transfer": query.cells(r, "transfer"),
             "defences": defence_cells(r),
             "detection": query.cells(r, "detection"),
             "refusals": [{"site": node, "request": row["attack"], "field": row["name"]}

@@ -7,7 +7,7 @@ The JSON form (``--format json``) holds exactly the same content, without the im
 both are rendered from :func:`build_report`.
 
 Sections, in order: metrics per round; robustness; hardening trade-off; then each metric family
-that declares a report section of its own (segmentation, defended systems, detection: their
+that declares a report section of its own (segmentation, transfer attacks, defended systems, detection: their
 columns, the same ``show`` prints); backdoor; inversion audit; privacy budget; then the run and
 its configuration (results first). Several runs, or a
 sweep, make a comparison instead (:mod:`.report_compare`). A section whose rows the run did
@@ -328,7 +328,7 @@ def build_report(run: Mapping[str, Any]) -> dict[str, Any]:
         else {"measured": False, "note": NOT_MEASURED["rounds"], "per_round": []},
         "robustness": _robustness(run),
         "hardening": _hardening(run),
-        **{f.name: _family(run, f.name) for f in FAMILY_SECTIONS},  # defences, detection, segmentation
+        **{f.name: _family(run, f.name) for f in FAMILY_SECTIONS},  # segmentation, transfer, defences, detection
         "backdoor": _backdoor(run),
         "inversion": _inversion(run),
         "privacy": _privacy(run),

@@ -6,7 +6,9 @@ matrix says how far each surrogate's PGD examples carry to each target, as count
 site can report: ``transfer.<source>.<target>.eps=<e>.fooled-count`` (images the
 target classifies correctly whose example crafted on the source fools it) over
 ``transfer.<target>.clean-correct`` and ``num-examples``. Examples run every PGD
-step (no early stop): stopping at the surrogate's boundary would weaken them.
+step (no early stop): stopping at the surrogate's boundary would weaken them. In the federation
+(run config ``transfer``) a site sends them in the wire form of
+:mod:`fedaegis.shared.results.transfer`, each group with its own ``n-count``.
 """
 
 from __future__ import annotations

@@ -21,6 +21,7 @@ from . import (
     privacy,
     refusals,
     segmentation,
+    transfer,
 )
 from .base import Column, Family, Key, KeySet, RoundTotals, declared, eps_display, eps_name
 
@@ -28,8 +29,8 @@ if TYPE_CHECKING:
     from .base import MetricValue
 
 FAMILIES: tuple[Family, ...] = (
-    basics.FAMILY, segmentation.FAMILY, attacks.FAMILY, backdoor.FAMILY, inversion.FAMILY, privacy.FAMILY,
-    hardening.FAMILY, defences.FAMILY, detection.FAMILY, refusals.FAMILY,
+    basics.FAMILY, segmentation.FAMILY, attacks.FAMILY, transfer.FAMILY, backdoor.FAMILY, inversion.FAMILY,
+    privacy.FAMILY, hardening.FAMILY, defences.FAMILY, detection.FAMILY, refusals.FAMILY,
 )
 BY_NAME = {f.name: f for f in FAMILIES}
 _BY_PHASE = {phase: f for f in FAMILIES for phase in f.phases}

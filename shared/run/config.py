@@ -291,6 +291,9 @@ class AttackSection(Section):
     epsilons: str = "1/255,2/255,4/255,8/255"
     attack_samples: int = 256
     attack_rounds: str = "final"  # rounds whose evaluation runs ``attacks``: final, all or every:K (+ the final)
+    # in those rounds, PGD (attack.pgd.steps) crafted on each site's own model of the round (the one it sent)
+    # scored on the global model and on itself, or the defence-models members against each other: counts
+    transfer: bool = False
     attack_pgd_steps: int = method_param("attack", "pgd", "steps", 10)
     attack_pgd_restarts: int = method_param("attack", "pgd", "restarts", 1)
     attack_bim_steps: int = method_param("attack", "bim", "steps", 10)
@@ -612,6 +615,8 @@ class RunConfig(SegmentationSection, SecureAggregationSection, AggregationSectio
         yield ("defence-models", not self.defence_models or (self.task == "classification" and self.hardening == "none"
                                                              and self.dp_epsilon == 0),
                "needs task 'classification', hardening 'none' (each member has its own) and no DP-SGD")
+        yield ("transfer", not self.transfer or self.task == "classification",
+               "needs task 'classification' (transfer counts are classifications fooled)")
         yield ("detector", not self.detector or "none" in self.defence_model_names,
                "needs defence-models with 'none' (the standard model the detector watches)")
         yield ("router-hardened", not self.detector or (self.router_hardened != "none"

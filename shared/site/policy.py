@@ -25,6 +25,8 @@ Example (every field optional; these are the defaults)::
     inversion-audits = ["dlg", "idlg", "ig"]
     hardening = ["*"]
     detectors = ["*"]
+    transfer = true             # transfer attacks (run config 'transfer'): PGD crafted on the
+                                # site's own model of the round, scored on the global one
     models = ["*"]              # registered models; your own ("package.module:factory") only by
                                 # its exact name here (never by "*"), except at simulated sites
     simulated-threats = true    # poisoning/backdoor/boost: only ever in simulation, by partition id
@@ -93,6 +95,7 @@ class SitePolicy:
     allow_hardening: tuple[str, ...] = ("*",)
     allow_detectors: tuple[str, ...] = ("*",)
     allow_models: tuple[str, ...] = ("*",)
+    allow_transfer: bool = True
     allow_simulated_threats: bool = True
     dp_required: bool = True
     dp_mechanism: str = "laplace"
@@ -235,7 +238,9 @@ def check_request(
     for name in cfg.attack_names:
         if not policy.allows("attacks", name):
             raise Refusal("allow.attacks")
-    if cfg.attack_names or cfg.defence_models:
+    if cfg.transfer and not policy.allow_transfer:
+        raise Refusal("allow.transfer")
+    if cfg.attack_names or cfg.defence_models or cfg.transfer:
         if 0 < cfg.attack_samples < policy.release_min_eval_samples:
             raise Refusal("release.min-eval-samples")
         if policy.release_eval_sizes and 0 < cfg.attack_samples < min(policy.release_eval_sizes):
