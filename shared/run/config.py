@@ -36,6 +36,7 @@ NORMS = ("batch", "group", "none")
 METRIC_DP = ("none", "laplace", "gaussian")
 INVERSION_AUDITS = ("", "dlg", "idlg", "ig")
 SEG_MODELS = ("unet", "segresnet")
+MAX_LANDSCAPE_POINTS = 11  # a loss landscape's grid points per axis (cost and reply size grow as its square)
 
 # Keys that configure the server and name the run: never sent to sites (db-url may hold
 # credentials) and not part of what a run computes (a sweep does not hash them).
@@ -291,6 +292,8 @@ class AttackSection(Section):
     epsilons: str = "1/255,2/255,4/255,8/255"
     attack_samples: int = 256
     attack_rounds: str = "final"  # rounds whose evaluation runs ``attacks``: final, all or every:K (+ the final)
+    landscape: bool = False  # each site's loss landscape (clipped loss sums per grid cell) in those rounds
+    landscape_points: int = 5  # grid points per axis, 0 .. max(epsilons)
     attack_pgd_steps: int = method_param("attack", "pgd", "steps", 10)
     attack_pgd_restarts: int = method_param("attack", "pgd", "restarts", 1)
     attack_bim_steps: int = method_param("attack", "bim", "steps", 10)
@@ -314,6 +317,8 @@ class AttackSection(Section):
 
     def checks(self) -> Iterator[Check]:
         yield "attack-samples", self.attack_samples >= 0, "must be >= 0 (0: the whole test split)"
+        yield "landscape-points", 2 <= self.landscape_points <= MAX_LANDSCAPE_POINTS, \
+            f"must be in [2, {MAX_LANDSCAPE_POINTS}] (a site evaluates points^2 perturbed copies of each image)"
         self.epsilon_values  # noqa: B018 - parsed now so a bad list fails at start-up
         self.attack_names  # noqa: B018
         self.attack_round_period  # noqa: B018
@@ -331,6 +336,11 @@ class AttackSection(Section):
     def epsilon_values(self) -> tuple[float, ...]:
         """``epsilons`` parsed: decimals or fractions such as ``2/255``, each in (0, 1]."""
         return _epsilons(self.epsilons)
+
+    @property
+    def landscape_eps(self) -> float:
+        """The loss landscape's extent on both axes: the largest of ``epsilons`` (8/255 by default)."""
+        return max(self.epsilon_values)
 
     @property
     def attack_round_period(self) -> int:

@@ -27,6 +27,7 @@ Example (every field optional; these are the defaults)::
     detectors = ["*"]
     models = ["*"]              # registered models; your own ("package.module:factory") only by
                                 # its exact name here (never by "*"), except at simulated sites
+    landscape = true            # loss-landscape sums (clipped loss per grid cell, run config 'landscape')
     simulated-threats = true    # poisoning/backdoor/boost: only ever in simulation, by partition id
 
     [dp]
@@ -93,6 +94,7 @@ class SitePolicy:
     allow_hardening: tuple[str, ...] = ("*",)
     allow_detectors: tuple[str, ...] = ("*",)
     allow_models: tuple[str, ...] = ("*",)
+    allow_landscape: bool = True
     allow_simulated_threats: bool = True
     dp_required: bool = True
     dp_mechanism: str = "laplace"
@@ -235,7 +237,9 @@ def check_request(
     for name in cfg.attack_names:
         if not policy.allows("attacks", name):
             raise Refusal("allow.attacks")
-    if cfg.attack_names or cfg.defence_models:
+    if cfg.landscape and not policy.allow_landscape:
+        raise Refusal("allow.landscape")
+    if cfg.attack_names or cfg.defence_models or cfg.landscape:
         if 0 < cfg.attack_samples < policy.release_min_eval_samples:
             raise Refusal("release.min-eval-samples")
         if policy.release_eval_sizes and 0 < cfg.attack_samples < min(policy.release_eval_sizes):
