@@ -196,5 +196,5 @@ def _plot_landscape(sec: dict[str, Any]) -> str:
         ax.contour(e1, e2, grid, levels=np.linspace(lo, hi, 13), colors="k", linewidths=0.4)
         ax.set(xlabel="eps along sign(grad) (x/255)", ylabel="eps along random direction (x/255)",
                title=f"{m['model']}: mean loss")
-        fig.colorbar(filled, ax=ax, shrink=0.85)
+        fig.colorbar(filled, ax=ax, shrink=0.85, format="%.2f")
     return _png(fig)
