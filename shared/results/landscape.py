@@ -26,9 +26,10 @@ if TYPE_CHECKING:
 
 PREFIX = "landscape"
 # each image's cross-entropy is clipped to [0, LOSS_BOUND] nats before it is summed: a released sum needs a
-# per-sample bound (the schema checks it, metric DP scales its noise by it); past 10 nats the true class has
-# probability below 5e-5, so the clip only flattens the surface where the model is already confidently wrong
-LOSS_BOUND = 10.0
+# per-sample bound (the schema checks it, metric DP scales its noise by it). 20 nats (true class below 2e-9)
+# rarely binds: the trained PneumoniaMNIST CNN of tests/attack_fixtures.py at 8/255 along the gradient's sign
+# has 23% of its images above 10 nats, none above 17.7 (a bound of 10 would cut that cell's mean 6.29 to 5.66)
+LOSS_BOUND = 20.0
 GLOBAL = "global"  # the model label of a run without a defence comparison
 _CELL = rf"{PREFIX}\.(?P<model>{NAME_PATTERN})\.i(?P<i>[0-9]+)\.j(?P<j>[0-9]+)"
 _WIRE = re.compile(rf"^{_CELL}\.(?P<field>loss-sum|correct|n-count)$")
