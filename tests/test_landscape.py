@@ -63,10 +63,12 @@ def test_each_images_loss_is_clipped_to_the_declared_bound() -> None:
     assert any("exceeds its bound" in p for p in check(over, cfg, False))
 
 
-def test_grid_size_is_checked() -> None:
+def test_grid_size_and_task_are_checked() -> None:
     for points in (1, 12):
         with pytest.raises(ConfigError, match="landscape-points"):
             RunConfig(landscape=True, landscape_points=points)
+    with pytest.raises(ConfigError, match="'landscape'.*classification"):
+        RunConfig.from_flower({"landscape": True, "task": "segmentation"})
 
 
 @pytest.fixture(scope="module")

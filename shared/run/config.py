@@ -622,6 +622,7 @@ class RunConfig(SegmentationSection, SecureAggregationSection, AggregationSectio
         yield ("defence-models", not self.defence_models or (self.task == "classification" and self.hardening == "none"
                                                              and self.dp_epsilon == 0),
                "needs task 'classification', hardening 'none' (each member has its own) and no DP-SGD")
+        yield "landscape", not self.landscape or self.task == "classification", "needs task 'classification'"
         yield ("detector", not self.detector or "none" in self.defence_model_names,
                "needs defence-models with 'none' (the standard model the detector watches)")
         yield ("router-hardened", not self.detector or (self.router_hardened != "none"
