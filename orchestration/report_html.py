@@ -12,6 +12,7 @@ from typing import Any
 
 from ..shared.results import BY_NAME, query
 from ..shared.results.base import eps_display
+from ..shared.results.landscape import LOSS_BOUND
 from .report_content import FAMILY_SECTIONS, _num, build_report
 from .report_plots import (
     _plot_backdoor,
@@ -172,7 +173,7 @@ def _html_landscape(rep: dict[str, Any]) -> str:
     if not sec["measured"]:
         return _section("landscape", "Loss landscape", _note(sec["note"]))
     body = _img(_plot_landscape(sec), "mean loss over the gradient-sign and random directions, per model")
-    body += _note("The federation's mean cross-entropy (each image's clipped at the family's bound) on a grid of "
+    body += _note(f"The federation's mean cross-entropy (each image's clipped to {LOSS_BOUND:g} nats) on a grid of "
                   "perturbations along the sign of each image's input gradient and a random orthogonal sign "
                   "direction; the sites sent only sums per grid cell.", ok=True)
     heads = ["round"] + [c.header for c in family.columns]
