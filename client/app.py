@@ -29,7 +29,7 @@ from .mods import (
     site_guard,
 )
 from .secure_aggregation import answer_query, secure_aggregation
-from .robustness import evaluate_robustness
+from .robustness import evaluate_landscape, evaluate_robustness
 from ..shared.training import data_to, evaluate_local, to_cpu
 from .site import evaluation_subset, site_data, site_device, site_seed, state_dir
 from .classification_round import backdoor_metrics, train_classifier_round
@@ -93,11 +93,12 @@ def evaluate(msg: Message, context: Context) -> Message:
     metrics = evaluate_local(model, data.test)
     # on the site's own fixed set of a policy size, never one the server picks; in the rounds the
     # request's attack-rounds names (default: the final one only)
-    if (cfg.attack_names or cfg.transfer) and cfg.attacks_in_round(server_round):
+    if (cfg.attack_names or cfg.transfer or cfg.landscape) and cfg.attacks_in_round(server_round):
         subset = data_to(evaluation_subset(data.test, cfg.attack_samples, cfg, context.node_config), device)
         metrics.update(evaluate_robustness(model, subset, cfg, seed))
         if transfer_wanted(cfg, server_round):
             metrics.update(evaluate_transfer(model, cfg, subset, context, server_round, seed))
+        metrics.update(evaluate_landscape(model, subset, cfg, site_seed(cfg, context.node_config, "landscape")))
     metrics.update(backdoor_metrics(model, cfg, data_to(data.test, device)))
     if cfg.defence_models:
         from .defence_comparison import evaluate_defences

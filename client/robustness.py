@@ -1,4 +1,4 @@
-"""The site's local attack evaluation: the configured suite on (part of) its test split."""
+"""The site's local attack evaluation: the configured suite, and the loss landscape, on (part of) its test split."""
 
 from __future__ import annotations
 
@@ -8,6 +8,7 @@ from torch import nn
 from ..shared.attacks import evaluate_attacks
 from ..shared.run.config import RunConfig
 from ..shared.data import ImageSet
+from ..shared.models.members import MemberSet
 from ..shared.results.robustness import encode
 
 
@@ -30,3 +31,22 @@ def evaluate_robustness(model: nn.Module, data: ImageSet, cfg: RunConfig, seed: 
     results = evaluate_attacks(model, (data.images, data.labels), cfg.attack_suite, cfg.epsilon_values,
                                progress=progress("attacks"))
     return encode(results)
+
+
+def evaluate_landscape(model: nn.Module, data: ImageSet, cfg: RunConfig, seed: int) -> dict[str, int | float]:
+    """Loss-landscape sums per grid cell (:mod:`fedaegis.shared.results.landscape`) on ``data``: of the
+    global model, or of each member in a defence comparison (standard and hardened side by side).
+
+    ``seed`` draws the random second direction; at a site it is the site's own secret one.
+    """
+    if not cfg.landscape:
+        return {}
+    from ..shared.attacks.landscape import loss_landscape
+    from ..shared.results.landscape import models
+
+    out: dict[str, int | float] = {}
+    for label in models(cfg):
+        member = model.members[label] if isinstance(model, MemberSet) and cfg.defence_models else model
+        out.update(loss_landscape(member, data, eps=cfg.landscape_eps, points=cfg.landscape_points, seed=seed,
+                                  label=label))
+    return out

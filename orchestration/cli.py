@@ -492,6 +492,7 @@ def _run_json(run: dict[str, Any]) -> dict[str, Any]:
             "transfer": query.cells(r, "transfer"),
             "defences": defence_cells(r),
             "detection": query.cells(r, "detection"),
+            "landscape": query.cells(r, "landscape"),
             "refusals": [{"site": node, "request": row["attack"], "field": row["name"]}
                          for node, row in query.site_rows(r, "refusals")],
         })

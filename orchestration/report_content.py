@@ -8,9 +8,9 @@ both are rendered from :func:`build_report`.
 
 Sections, in order: metrics per round; robustness; hardening trade-off; then each metric family
 that declares a report section of its own (segmentation, transfer attacks, defended systems, detection: their
-columns, the same ``show`` prints); backdoor; inversion audit; privacy budget; then the run and
-its configuration (results first). Several runs, or a
-sweep, make a comparison instead (:mod:`.report_compare`). A section whose rows the run did
+columns, the same ``show`` prints); the loss landscape (surface and contour per model); backdoor;
+inversion audit; privacy budget; then the run and its configuration (results first). Several runs,
+or a sweep, make a comparison instead (:mod:`.report_compare`). A section whose rows the run did
 not record says so plainly (``"measured": false`` and a ``note`` in JSON) instead of
 disappearing, so a reader can tell "not measured" from "measured and fine".
 
@@ -39,6 +39,13 @@ privacy budget and refusals, whose per-site rows are shown when there are any. E
     (the run's attack suite; a method may be evaluated at several budgets). The
     trade-off uses the last round with hardening rows; when a method labelled ``none``
     exists, each method's clean-accuracy cost is shown relative to it.
+
+``landscape`` (see :mod:`fedaegis.shared.results.landscape`)
+    ``attack`` = the model (``global``, or a defence member such as ``none``/``pgd-at``),
+    ``epsilon`` = the grid's extent on both axes; names ``i<i>.j<j>.mean-loss``,
+    ``i<i>.j<j>.accuracy`` and ``i<i>.j<j>.n-count`` (row ``i``: along the sign of the input
+    gradient, column ``j``: along the random orthogonal direction, each from 0 to ``epsilon``).
+    The surfaces use the last round with landscape rows.
 
 ``backdoor`` (poisoning by a malicious site)
     ``attack`` = backdoor attack label (e.g. ``badnets``; may be empty);
@@ -266,6 +273,21 @@ def _family(run: Mapping[str, Any], name: str) -> dict[str, Any]:
             "final": [c for c in per_round if c["round"] == final_round], "per_round": per_round}
 
 
+def _landscape(run: Mapping[str, Any]) -> dict[str, Any]:
+    """Each model's mean-loss grid in the last round that has one; the grids' corners in every round."""
+    family = BY_NAME["landscape"]
+    per_round = [{"round": number, **cell} for number, cell in query.run_cells(run, "landscape")]
+    if not per_round:
+        return {"measured": False, "note": family.absent}
+    final_round = max(c["round"] for c in per_round)
+    grids = ("loss_grid", "accuracy_grid")
+    return {"measured": True, "title": family.title, "final_round": final_round,
+            "models": [c["model"] for c in per_round if c["round"] == final_round],
+            "final": [c for c in per_round if c["round"] == final_round],
+            "per_round": [{k: (v if isinstance(v, str) else _num(v)) for k, v in c.items() if k not in grids}
+                          for c in per_round]}
+
+
 def _privacy(run: Mapping[str, Any]) -> dict[str, Any]:
     config = run.get("config", {})
     secure = any(_truthy(config.get(k)) for k in SECURE_AGG_KEYS if k in config)
@@ -329,6 +351,7 @@ def build_report(run: Mapping[str, Any]) -> dict[str, Any]:
         "robustness": _robustness(run),
         "hardening": _hardening(run),
         **{f.name: _family(run, f.name) for f in FAMILY_SECTIONS},  # segmentation, transfer, defences, detection
+        "landscape": _landscape(run),
         "backdoor": _backdoor(run),
         "inversion": _inversion(run),
         "privacy": _privacy(run),

@@ -12,11 +12,13 @@ from typing import Any
 
 from ..shared.results import BY_NAME, query
 from ..shared.results.base import eps_display
+from ..shared.results.landscape import LOSS_BOUND
 from .report_content import FAMILY_SECTIONS, _num, build_report
 from .report_plots import (
     _plot_backdoor,
     _plot_hardening,
     _plot_inversion,
+    _plot_landscape,
     _plot_privacy,
     _plot_robustness,
     _plot_rounds,
@@ -165,6 +167,21 @@ def _html_family(rep: dict[str, Any], name: str) -> str:
     return _section(name, title, body)
 
 
+def _html_landscape(rep: dict[str, Any]) -> str:
+    """The loss landscape of each model in its last round (surfaces and contours), then its corners per round."""
+    sec, family = rep["landscape"], BY_NAME["landscape"]
+    if not sec["measured"]:
+        return _section("landscape", "Loss landscape", _note(sec["note"]))
+    body = _img(_plot_landscape(sec), "mean loss over the gradient-sign and random directions, per model")
+    body += _note(f"The federation's mean cross-entropy (each image's clipped to {LOSS_BOUND:g} nats) on a grid of "
+                  "perturbations along the sign of each image's input gradient and a random orthogonal sign "
+                  "direction; the sites sent only sums per grid cell.", ok=True)
+    heads = ["round"] + [c.header for c in family.columns]
+    text = tuple(i + 1 for i, c in enumerate(family.columns) if c.spec == "text")
+    rows = [[_e(c["round"]), *[_e(v) for v in query.table(family, [c], "-")[0]]] for c in sec["per_round"]]
+    return _section("landscape", "Loss landscape", body + _table(heads, rows, "landscape", left=text))
+
+
 def _html_backdoor(rep: dict[str, Any]) -> str:
     sec = rep["backdoor"]
     if not sec["measured"]:
@@ -223,7 +240,7 @@ def _html_privacy(rep: dict[str, Any]) -> str:
 
 
 SECTIONS = (("rounds", "Rounds"), ("robustness", "Robustness"), ("hardening", "Hardening"),
-            *((f.name, f.name.capitalize()) for f in FAMILY_SECTIONS),
+            *((f.name, f.name.capitalize()) for f in FAMILY_SECTIONS), ("landscape", "Landscape"),
             ("backdoor", "Backdoor"), ("inversion", "Inversion"), ("privacy", "Privacy"),
             ("configuration", "Configuration"))  # results first, the configuration after them
 
@@ -248,7 +265,7 @@ def render_html(report: dict[str, Any]) -> str:
         f'created {_e(run.get("created_at"))} &middot; report generated {_e(report["generated_at"])}</p>',
         f"<nav>{nav}</nav></header><main>",
         _html_rounds(report), _html_robustness(report), _html_hardening(report),
-        *(_html_family(report, f.name) for f in FAMILY_SECTIONS),
+        *(_html_family(report, f.name) for f in FAMILY_SECTIONS), _html_landscape(report),
         _html_backdoor(report), _html_inversion(report), _html_privacy(report), _html_run(report),
         "</main></body></html>",
     ]

@@ -170,3 +170,31 @@ def _plot_privacy(sec: dict[str, Any]) -> str:
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
     return _png(fig)
+
+
+def _plot_landscape(sec: dict[str, Any]) -> str:
+    """Each model's mean-loss surface (3D, top) and contour (bottom), side by side on one colour scale."""
+    import numpy as np
+
+    models = sec["final"]
+    grids = [np.array([[np.nan if v is None else v for v in row] for row in m["loss_grid"]], dtype=float)
+             for m in models]
+    finite = np.concatenate([g[np.isfinite(g)] for g in grids]) if grids else np.array([])
+    lo, hi = (float(finite.min()), float(finite.max())) if finite.size else (0.0, 1.0)
+    hi = hi if hi > lo else lo + 1e-6
+    fig = _figure(4.2 * len(models), 7.4)
+    for k, (m, grid) in enumerate(zip(models, grids)):
+        steps = np.linspace(0, (m["epsilon"] or 0.0) * 255, grid.shape[0])
+        e2, e1 = np.meshgrid(steps, steps)  # rows: gradient sign (e1), columns: second direction (e2)
+        ax3 = fig.add_subplot(2, len(models), k + 1, projection="3d")
+        ax3.plot_surface(e1, e2, grid, cmap="viridis", vmin=lo, vmax=hi, edgecolor="k", linewidth=0.2)
+        ax3.set(title=f"{m['model']} (round {sec['final_round']})", xlabel="sign(grad) x/255",
+                ylabel="random x/255", zlabel="mean loss", zlim=(lo, hi))
+        ax3.tick_params(labelsize=7)
+        ax = fig.add_subplot(2, len(models), len(models) + k + 1)
+        filled = ax.contourf(e1, e2, grid, levels=np.linspace(lo, hi, 13), cmap="viridis")
+        ax.contour(e1, e2, grid, levels=np.linspace(lo, hi, 13), colors="k", linewidths=0.4)
+        ax.set(xlabel="eps along sign(grad) (x/255)", ylabel="eps along random direction (x/255)",
+               title=f"{m['model']}: mean loss")
+        fig.colorbar(filled, ax=ax, shrink=0.85, format="%.2f")
+    return _png(fig)

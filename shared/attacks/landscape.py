@@ -4,14 +4,17 @@ Each image's cross-entropy is evaluated on a grid ``x + e1 * d1 + e2 * d2`` (cli
 [0, 1]) with ``d1`` the sign of its input gradient and ``d2`` either the sign of a
 surrogate model's input gradient or a random sign direction made orthogonal to
 ``d1`` (scaled to Linf 1), ``e1, e2`` from 0 to ``eps``. A site sends only per-cell
-sums (``landscape.i<i>.j<j>.loss-sum``, ``...correct``, ``...n-count``); the server adds
-them over sites and divides, so the surface is the federation's mean loss without
-any image's loss leaving its site.
+sums (``landscape.<model>.i<i>.j<j>.loss-sum``, ``...correct``, ``...n-count``); the
+server adds them over sites and divides, so the surface is the federation's mean loss
+without any image's loss leaving its site.
+
+Each image's loss is clipped to ``[0, LOSS_BOUND]`` before it is summed (a released sum
+needs a per-sample bound, and cross-entropy has none); the wire format, the bound and the
+server's rows are the family's, :mod:`fedaegis.shared.results.landscape`.
 """
 
 from __future__ import annotations
 
-import re
 from collections.abc import Mapping
 
 import torch
@@ -21,31 +24,37 @@ from torch import nn
 from .base import attack_mode, check_batch
 from .ops import input_grad, view_b
 from ..data import ImageSet
-
-PREFIX = "landscape"
-_CELL = re.compile(rf"^{PREFIX}\.i(?P<i>[0-9]+)\.j(?P<j>[0-9]+)\.(?P<field>loss-sum|correct|n-count)$")
+from ..results.landscape import GLOBAL, LOSS_BOUND, cell_key, decode
 
 
 def _ce(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     return F.cross_entropy(logits, y, reduction="none")
 
 
+def grid_steps(eps: float, points: int) -> list[float]:
+    """The budgets of each axis: ``points`` values evenly from 0 to ``eps``."""
+    return torch.linspace(0, eps, points).tolist()
+
+
 def loss_landscape(model: nn.Module, data: ImageSet | tuple[torch.Tensor, torch.Tensor], *, eps: float = 8 / 255,
                    points: int = 5, surrogate: nn.Module | None = None, seed: int = 0,
-                   batch_size: int = 128) -> dict[str, float | int]:
-    """Per-cell loss sums, correct counts and sizes on a ``points`` x ``points`` grid over [0, eps]^2."""
+                   batch_size: int = 128, label: str = GLOBAL) -> dict[str, float | int]:
+    """Per-cell clipped loss sums, correct counts and sizes on a ``points`` x ``points`` grid over [0, eps]^2.
+
+    ``label`` names the model in the keys (``global``, or a defence member such as ``pgd-at``).
+    """
     if not (isinstance(points, int) and points >= 2):
         raise ValueError(f"points: must be an integer >= 2, got {points!r}")
     if not eps > 0:
         raise ValueError(f"eps: must be > 0, got {eps!r}")
     x_all, y_all = (data.images, data.labels) if isinstance(data, ImageSet) else data
-    steps = torch.linspace(0, eps, points).tolist()
+    steps = grid_steps(eps, points)
     gen = torch.Generator().manual_seed(seed)
     out: dict[str, float | int] = {}
     for i in range(points):
         for j in range(points):
-            out.update({f"{PREFIX}.i{i}.j{j}.loss-sum": 0.0, f"{PREFIX}.i{i}.j{j}.correct": 0,
-                        f"{PREFIX}.i{i}.j{j}.n-count": 0})
+            out.update({cell_key(label, i, j, "loss-sum"): 0.0, cell_key(label, i, j, "correct"): 0,
+                        cell_key(label, i, j, "n-count"): 0})
     for start in range(0, len(y_all), batch_size):
         x, y = check_batch(x_all[start:start + batch_size], y_all[start:start + batch_size])
         with attack_mode(model):
@@ -54,7 +63,7 @@ def loss_landscape(model: nn.Module, data: ImageSet | tuple[torch.Tensor, torch.
             with attack_mode(surrogate):
                 d2 = input_grad(surrogate, x, lambda z: _ce(z, y))[0].sign()
         else:
-            r = torch.randint(0, 2, x.shape, generator=gen).to(x.dtype) * 2 - 1
+            r = (torch.randint(0, 2, x.shape, generator=gen) * 2 - 1).to(device=x.device, dtype=x.dtype)
             d1f, rf = d1.flatten(1), r.flatten(1)
             coef = (rf * d1f).sum(1) / (d1f * d1f).sum(1).clamp_min(1)
             d2 = r - view_b(coef, x) * d1
@@ -63,21 +72,20 @@ def loss_landscape(model: nn.Module, data: ImageSet | tuple[torch.Tensor, torch.
             for i, e1 in enumerate(steps):
                 for j, e2 in enumerate(steps):
                     logits = model((x + e1 * d1 + e2 * d2).clamp(0, 1))
-                    out[f"{PREFIX}.i{i}.j{j}.loss-sum"] += float(_ce(logits, y).sum())
-                    out[f"{PREFIX}.i{i}.j{j}.correct"] += int((logits.argmax(1) == y).sum())
-                    out[f"{PREFIX}.i{i}.j{j}.n-count"] += len(y)
+                    out[cell_key(label, i, j, "loss-sum")] += float(_ce(logits, y).clamp(0, LOSS_BOUND).sum())
+                    out[cell_key(label, i, j, "correct")] += int((logits.argmax(1) == y).sum())
+                    out[cell_key(label, i, j, "n-count")] += len(y)
     return out
 
 
-def landscape_surface(metrics: Mapping[str, float]) -> torch.Tensor:
-    """Summed cell metrics (one site's or the federation's) -> mean loss grid (points, points)."""
-    cells: dict[tuple[int, int], dict[str, float]] = {}
-    for key, value in metrics.items():
-        m = _CELL.match(key)
-        if m:
-            cells.setdefault((int(m["i"]), int(m["j"])), {})[m["field"]] = float(value)
+def landscape_surface(metrics: Mapping[str, float], label: str = GLOBAL) -> torch.Tensor:
+    """Summed cell metrics (one site's or the federation's) -> model ``label``'s mean loss grid (points, points).
+
+    A cell with no samples (every site suppressed it) is NaN.
+    """
+    cells = decode(metrics).get(label)
     if not cells:
-        raise ValueError("metrics: no landscape cells")
+        raise ValueError(f"metrics: no landscape cells of {label!r}")
     n = max(i for i, _ in cells) + 1
     grid = torch.full((n, n), float("nan"), dtype=torch.float64)
     for (i, j), c in cells.items():

@@ -18,6 +18,7 @@ from . import (
     detection,
     hardening,
     inversion,
+    landscape,
     privacy,
     refusals,
     segmentation,
@@ -30,7 +31,7 @@ if TYPE_CHECKING:
 
 FAMILIES: tuple[Family, ...] = (
     basics.FAMILY, segmentation.FAMILY, attacks.FAMILY, transfer.FAMILY, backdoor.FAMILY, inversion.FAMILY,
-    privacy.FAMILY, hardening.FAMILY, defences.FAMILY, detection.FAMILY, refusals.FAMILY,
+    privacy.FAMILY, hardening.FAMILY, defences.FAMILY, detection.FAMILY, refusals.FAMILY, landscape.FAMILY,
 )
 BY_NAME = {f.name: f for f in FAMILIES}
 _BY_PHASE = {phase: f for f in FAMILIES for phase in f.phases}

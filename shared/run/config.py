@@ -36,6 +36,7 @@ NORMS = ("batch", "group", "none")
 METRIC_DP = ("none", "laplace", "gaussian")
 INVERSION_AUDITS = ("", "dlg", "idlg", "ig")
 SEG_MODELS = ("unet", "segresnet")
+MAX_LANDSCAPE_POINTS = 11  # a loss landscape's grid points per axis (cost and reply size grow as its square)
 
 # Keys that configure the server and name the run: never sent to sites (db-url may hold
 # credentials) and not part of what a run computes (a sweep does not hash them).
@@ -294,6 +295,8 @@ class AttackSection(Section):
     # in those rounds, PGD (attack.pgd.steps) crafted on each site's own model of the round (the one it sent)
     # scored on the global model and on itself, or the defence-models members against each other: counts
     transfer: bool = False
+    landscape: bool = False  # each site's loss landscape (clipped loss sums per grid cell) in those rounds
+    landscape_points: int = 5  # grid points per axis, 0 .. max(epsilons)
     attack_pgd_steps: int = method_param("attack", "pgd", "steps", 10)
     attack_pgd_restarts: int = method_param("attack", "pgd", "restarts", 1)
     attack_bim_steps: int = method_param("attack", "bim", "steps", 10)
@@ -317,6 +320,8 @@ class AttackSection(Section):
 
     def checks(self) -> Iterator[Check]:
         yield "attack-samples", self.attack_samples >= 0, "must be >= 0 (0: the whole test split)"
+        yield "landscape-points", 2 <= self.landscape_points <= MAX_LANDSCAPE_POINTS, \
+            f"must be in [2, {MAX_LANDSCAPE_POINTS}] (a site evaluates points^2 perturbed copies of each image)"
         self.epsilon_values  # noqa: B018 - parsed now so a bad list fails at start-up
         self.attack_names  # noqa: B018
         self.attack_round_period  # noqa: B018
@@ -334,6 +339,11 @@ class AttackSection(Section):
     def epsilon_values(self) -> tuple[float, ...]:
         """``epsilons`` parsed: decimals or fractions such as ``2/255``, each in (0, 1]."""
         return _epsilons(self.epsilons)
+
+    @property
+    def landscape_eps(self) -> float:
+        """The loss landscape's extent on both axes: the largest of ``epsilons`` (8/255 by default)."""
+        return max(self.epsilon_values)
 
     @property
     def attack_round_period(self) -> int:
@@ -617,6 +627,7 @@ class RunConfig(SegmentationSection, SecureAggregationSection, AggregationSectio
                "needs task 'classification', hardening 'none' (each member has its own) and no DP-SGD")
         yield ("transfer", not self.transfer or self.task == "classification",
                "needs task 'classification' (transfer counts are classifications fooled)")
+        yield "landscape", not self.landscape or self.task == "classification", "needs task 'classification'"
         yield ("detector", not self.detector or "none" in self.defence_model_names,
                "needs defence-models with 'none' (the standard model the detector watches)")
         yield ("router-hardened", not self.detector or (self.router_hardened != "none"

@@ -29,6 +29,7 @@ Example (every field optional; these are the defaults)::
                                 # site's own model of the round, scored on the global one
     models = ["*"]              # registered models; your own ("package.module:factory") only by
                                 # its exact name here (never by "*"), except at simulated sites
+    landscape = true            # loss-landscape sums (clipped loss per grid cell, run config 'landscape')
     simulated-threats = true    # poisoning/backdoor/boost: only ever in simulation, by partition id
 
     [dp]
@@ -96,6 +97,7 @@ class SitePolicy:
     allow_detectors: tuple[str, ...] = ("*",)
     allow_models: tuple[str, ...] = ("*",)
     allow_transfer: bool = True
+    allow_landscape: bool = True
     allow_simulated_threats: bool = True
     dp_required: bool = True
     dp_mechanism: str = "laplace"
@@ -240,7 +242,9 @@ def check_request(
             raise Refusal("allow.attacks")
     if cfg.transfer and not policy.allow_transfer:
         raise Refusal("allow.transfer")
-    if cfg.attack_names or cfg.defence_models or cfg.transfer:
+    if cfg.landscape and not policy.allow_landscape:
+        raise Refusal("allow.landscape")
+    if cfg.attack_names or cfg.defence_models or cfg.transfer or cfg.landscape:
         if 0 < cfg.attack_samples < policy.release_min_eval_samples:
             raise Refusal("release.min-eval-samples")
         if policy.release_eval_sizes and 0 < cfg.attack_samples < min(policy.release_eval_sizes):
