@@ -105,9 +105,12 @@ def test_federated_findings_are_the_stored_figures(tmp_path):
         for e in survey.UAP_EPS}
     rates = list(findings["Hirano et al.: UAPs fool most inputs"].figures.values())
     assert rates == sorted(rates)  # a suite fits budgets smallest first, from the last: never falling
-    det = query.cells(rnd, "detection")
+    det = [next(c for c in query.cells(rnd, "detection") if c["epsilon"] == pytest.approx(e / 255))
+           for e in survey.FEDERATED_DETECTOR_EPS]
+    assert det[-1]["adv_count"] > 0  # 8/255 fools the briefly trained model somewhere
+    # an AUC only where some attacked input fooled the model (Lee et al.'s protocol)
     assert findings["Mahalanobis detects adversarial inputs"].figures == {
-        f"auc@{e}": next(c["roc_auc"] for c in det if c["epsilon"] == pytest.approx(e / 255)) for e in (2, 8)}
+        f"auc@{e}": c["roc_auc"] for e, c in zip(survey.FEDERATED_DETECTOR_EPS, det) if c["adv_count"] > 0}
     defences = query.cells(rnd, "hardening") + query.cells(rnd, "defences")
     hard = next(c for c in defences if c["system"] == "pgd-at" and c["threat"] == "white-box"
                 and c["epsilon"] == pytest.approx(8 / 255))
