@@ -112,7 +112,8 @@ def test_federated_findings_are_the_stored_figures(tmp_path):
     assert findings["Mahalanobis detects adversarial inputs"].figures == {
         f"auc@{e}": c["roc_auc"] for e, c in zip(survey.FEDERATED_DETECTOR_EPS, det) if c["adv_count"] > 0}
     defences = query.cells(rnd, "hardening") + query.cells(rnd, "defences")
-    hard = next(c for c in defences if c["system"] == "pgd-at" and c["threat"] == "white-box"
+    hardened = survey.FEDERATED_HARDENING
+    hard = next(c for c in defences if c["system"] == hardened and c["threat"] == "white-box"
                 and c["epsilon"] == pytest.approx(8 / 255))
-    assert findings["Paul et al.: adversarial training recovers"].figures["pgd-at"] == hard["robust_accuracy"]
-    assert findings["Paul et al.: an ensemble recovers at least as much"].figures["pgd-at"] == hard["robust_accuracy"]
+    assert findings["Paul et al.: adversarial training recovers"].figures[hardened] == hard["robust_accuracy"]
+    assert findings["Paul et al.: an ensemble recovers at least as much"].figures[hardened] == hard["robust_accuracy"]
