@@ -109,13 +109,15 @@ def markdown(findings: Sequence[Finding]) -> str:
 
 def rich_table(findings: Sequence[Finding]):
     """The terminal table (Rich)."""
+    from rich.markup import escape
     from rich.table import Table
 
     table = Table(title="the survey's findings, reproduced", show_lines=True)
     for col in ("finding", "setting", "paper", "ours", "holds"):
         table.add_column(col, overflow="fold")
     for f in findings:
-        table.add_row(f.finding, f.setting, f.paper, f.ours, "[green]yes[/]" if f.holds else "[red]no[/]")
+        table.add_row(*(escape(t) for t in (f.finding, f.setting, f.paper, f.ours)),
+                      "[green]yes[/]" if f.holds else "[red]no[/]")
     return table
 
 
@@ -454,6 +456,7 @@ def reproduce(plan: Plan, data: Path, *, federated: bool = True, db_url: str | N
     """Measure every finding (central, then the federation); the rows and what the page says of the run."""
     import torch
 
+    from ..shared.run.config import default_db_url
     from ..shared.store import RunStore
 
     blood_path = data / "bloodmnist" / "bloodmnist.npz"
@@ -475,9 +478,7 @@ def reproduce(plan: Plan, data: Path, *, federated: bool = True, db_url: str | N
                                 "central seconds": round(central_s)}
         if federated:
             uuid = run_federation(plan, db_url)
-            from ..shared.run.config import RunConfig
-
-            store = RunStore(db_url or RunConfig().resolved_db_url)
+            store = RunStore(db_url or default_db_url())
             try:
                 run = store.get_run(uuid)
             finally:
