@@ -542,7 +542,7 @@ def _print_run(run: dict[str, Any], with_config: bool = False) -> None:
 
 
 def _register_commands() -> None:
-    from . import audit, privacy_view, report, runtime, site_cli, sweep_cli
+    from . import audit, privacy_view, report, runtime, site_cli, survey, sweep_cli
 
     site_cli.register(app)
     privacy_view.register(app)
@@ -550,6 +550,7 @@ def _register_commands() -> None:
     audit.register(app)
     sweep_cli.register(app)
     runtime.register(app)
+    survey.register(app)
 
 
 _register_commands()
