@@ -1,4 +1,4 @@
-"""ROG's segmentation AutoAttack (APGD-CE, APGD-DLR, Square, worst case per slice) on real
+"""ROG's segmentation AutoAttack (APGD-CE, APGD-DLR, FAB-T, Square, worst case per sample) on real
 hippocampus MRI, 2D and 3D, against the segmentation ensemble the project already had."""
 
 from __future__ import annotations
@@ -38,7 +38,7 @@ def test_rog_is_as_strong_as_the_segmentation_ensemble_in_2d() -> None:
     for x_adv in [build_attack(name, eps=EPS, steps=2).perturb(model, x[:8], y[:8]) for name in ROG]:
         assert _budget_ok(x[:8], x_adv, EPS)
     assert r < float(clean.mean()) - 0.05
-    assert r <= b + 0.005  # on par with the ensemble or stronger (measured: 0.6538 vs 0.6542)
+    assert r <= b + 0.005  # on par with the ensemble or stronger (measured: 0.6499 vs 0.6542)
     assert u <= min(b, r) + 1e-6
 
 

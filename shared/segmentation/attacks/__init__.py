@@ -13,6 +13,7 @@ from .asma import ASMA
 from .base import SegmentationAttack
 from .common import attack_mode, project
 from .dag import DAG
+from .fab import FAB
 from .ensemble import AttackOutcome, RobustResult, l2_radius, predict, robust_dice, run_attack, worst_case
 from .multiscale import MultiScale
 from .pgd import PGD
@@ -27,6 +28,7 @@ __all__ = [
     "ASMA",
     "ATTACKS",
     "DAG",
+    "FAB",
     "PGD",
     "ROG",
     "TARGETED",

@@ -10,16 +10,17 @@ from .apgd import APGDCE, APGDDLR
 from .asma import ASMA
 from .base import SegmentationAttack
 from .dag import DAG
+from .fab import FAB
 from .multiscale import MultiScale
 from .pgd import PGD
 from .rog import ROGAutoAttack
 from .square import Square
 
 ATTACKS: dict[str, type[SegmentationAttack]] = {
-    cls.name: cls for cls in (PGD, DAG, MultiScale, ASMA, APGDCE, APGDDLR, Square, ROGAutoAttack)
+    cls.name: cls for cls in (PGD, DAG, MultiScale, ASMA, APGDCE, APGDDLR, FAB, Square, ROGAutoAttack)
 }
 #: ROG's segmentation AutoAttack (Daza et al.); ``rog`` runs them as one attack, worst case per sample.
-ROG = ("apgd-ce", "apgd-dlr", "square")
+ROG = ("apgd-ce", "apgd-dlr", "fab", "square")
 #: Attacks that only make sense with a target mask (evaluation passes one to these only).
 TARGETED = frozenset(name for name, cls in ATTACKS.items() if cls.needs_target)
 
