@@ -6,12 +6,16 @@ towards the original input. It finds points the loss-based APGD and the score-ba
 miss when a loss is flat or badly scaled, which is why ROG keeps it in the ensemble.
 
 A segmenter has no single decision, so ROG aggregates one over the image: for target rank
-``r`` every voxel's target ``t`` is its ``r``-th most likely class on the clean input, and the
-decision function is the mean over voxels of ``z_t - z_y`` (``y`` the label map; with a target
-mask, ``t`` is the mask and there is one run). Its zero level set is where the voxels flip
-"on average"; one gradient linearises it exactly as FAB-T linearises ``z_t - z_y`` for a
-classifier, and the projection onto the linearised boundary is the classifier FAB's exact
-one (:func:`~fedaegis.shared.attacks.fab.hyperplane_projection`), not a copy.
+``r`` every voxel's target ``t`` is its ``r``-th most likely class on the clean input (with a
+target mask, ``t`` is the mask and there is one run), and the decision function is a mean of
+``z_t - z_y`` over voxels (``y`` the label map). ROG averages over all voxels; here the mean
+runs over the voxels Dice counts (labelled or currently predicted foreground, ``t != y``):
+background far from the structure neither counts for Dice nor flips within a small budget,
+and it dilutes the linearisation (on the tests' 3 held-out patients at 4/255 FAB left mean
+robust Dice 0.7048 averaging over all voxels, 0.6688 over Dice's). One gradient linearises
+it exactly as FAB-T linearises ``z_t - z_y`` for a classifier, and the projection onto the
+linearised boundary is the classifier FAB's exact one
+(:func:`~fedaegis.shared.attacks.fab.hyperplane_projection`), not a copy.
 
 Two changes make the minimum-norm attack an attack at a budget, as the robust Dice needs:
 
@@ -55,7 +59,8 @@ class FAB(SegmentationAttack):
     """FAB-T on the voxel-mean logit difference, inside the Linf ball; ``steps`` per target rank.
 
     ``n_target_classes`` ranks (ROG: 2, the second and third most likely class per voxel)
-    cost ``steps`` gradients and ``steps`` forward passes each; ``step_size`` is not used.
+    cost ``steps`` gradients and ``steps`` forward passes each; ``step_size`` is not used and
+    the attack draws nothing at random (``seed`` is accepted for the common signature).
     """
 
     name: ClassVar[str] = "fab"
