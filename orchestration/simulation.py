@@ -324,7 +324,8 @@ def simulate(
             env[PROGRESS_ENV] = "1"
         try:
             with _stop_on_sigterm(), ManagedSuperLink(state, env) as link:
-                link.run(app_dir, fed, _relay(verbose, progress), succeeded=lambda _: _stored_completed(cfg))
+                link.run(app_dir, fed, _relay(verbose, progress), succeeded=lambda _: _stored_completed(cfg),
+                         ends=_completion_line)
         finally:  # a failed run's exchanges too: an audit reports what the sites sent before it failed
             if wrap_grid is not None and exchanges.exists():
                 replay(read_events(exchanges), wrap_grid)
@@ -396,6 +397,13 @@ def _without_db_password(run_config: dict[str, Any]) -> tuple[dict[str, Any], st
     if not make_url(url).password:
         return run_config, ""
     return {**run_config, "db-url": ""}, url
+
+
+def _completion_line(line: str) -> bool:
+    """Whether ``line`` is the ServerApp saying it stored its run as completed (confirmed in the database)."""
+    from ..server.app import LOG_PREFIX, RUN_COMPLETED
+
+    return f"{LOG_PREFIX}INFO {RUN_COMPLETED} " in line
 
 
 def _stored_completed(cfg: RunConfig) -> bool:

@@ -28,6 +28,7 @@ from .secure_evaluation import SecureAggregation
 from .strategies import build_strategy
 
 log = logging.getLogger("fedaegis")
+RUN_COMPLETED = "stored as completed: run"  # the last line of a completed run (a launcher may stop following there)
 
 
 def client_config(cfg: RunConfig) -> ConfigRecord:
@@ -158,6 +159,7 @@ def run_federation(grid: Grid, cfg: RunConfig, flwr_run_id: int | str = "") -> i
         store.finish_run(run_id, status="failed", error=failure)
         raise RunFailed(f"run {run_id} failed: {failure}")
     store.finish_run(run_id, status="completed")
+    log.info("%s %s", RUN_COMPLETED, run_uuid)
     return run_id
 
 
