@@ -28,7 +28,9 @@ from .secure_evaluation import SecureAggregation
 from .strategies import build_strategy
 
 log = logging.getLogger("fedaegis")
-RUN_COMPLETED = "stored as completed: run"  # the last line of a completed run (a launcher may stop following there)
+# The last line of a run the ServerApp stored as completed or failed: a launcher may stop following there
+RUN_COMPLETED = "stored as completed: run"
+RUN_FAILED = "stored as failed: run"
 
 
 def client_config(cfg: RunConfig) -> ConfigRecord:
@@ -151,12 +153,14 @@ def run_federation(grid: Grid, cfg: RunConfig, flwr_run_id: int | str = "") -> i
         raise
     except BaseException as exc:
         store.finish_run(run_id, status="failed", error=f"{type(exc).__name__}: {exc}")
+        log.error("%s %s", RUN_FAILED, run_uuid)
         raise
     for error, count in recorder.site_errors.most_common():
         log.error("%d site replies failed with: %s", count, error)
     failure = recorder.failure()
     if failure:
         store.finish_run(run_id, status="failed", error=failure)
+        log.error("%s %s", RUN_FAILED, run_uuid)
         raise RunFailed(f"run {run_id} failed: {failure}")
     store.finish_run(run_id, status="completed")
     log.info("%s %s", RUN_COMPLETED, run_uuid)
