@@ -213,6 +213,10 @@ def _runtime_env(resources: SimulationResources, exchange_log: Path, live_grid: 
         env["RAY_ADDRESS"] = "local"  # never join a cluster recorded in RAY_TMPDIR
         # Ray binds a node to the loopback address only where clusters are off (its switch for this)
         env["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] = "0"
+        # Ray prestarts one idle worker per CPU for the first driver; Flower's actors start their own
+        # workers, so those only took CPU (importing Ray) while the sites started (4 workers -> 2)
+        env.setdefault("RAY_prestart_worker_first_driver", "0")
+        env.setdefault("RAY_enable_worker_prestart", "0")
     return env
 
 
