@@ -54,8 +54,11 @@ def _seed(cfg: RunConfig, server_round: int, context: Context) -> int:
 
 
 # The same config and seed give the same figures: torch's deterministic kernels where it has them
-# (warn_only: an op without one runs as before rather than failing the site).
-torch.use_deterministic_algorithms(True, warn_only=True)
+# (warn_only: an op without one runs as before rather than failing the site). The flag is set
+# directly: torch.use_deterministic_algorithms also imports torch._inductor, only to pass the
+# flag on to torch.compile, which no site uses; that import doubled each site process's start
+# (seconds in every Ray actor and SuperNode).
+torch._C._set_deterministic_algorithms(True, warn_only=True)
 
 
 def train(msg: Message, context: Context) -> Message:

@@ -200,12 +200,18 @@ class ManagedSuperLink:
         self.proc = None
 
     def run(self, app: Path, federation_config: Mapping[str, Any], on_line: Callable[[str], None],
-            succeeded: Callable[[int], bool] = lambda run_id: False) -> int:
+            succeeded: Callable[[int], bool] = lambda run_id: False,
+            ends: Callable[[str], bool] = lambda line: False,
+            failed: Callable[[int], str | None] = lambda run_id: None) -> int:
         """Submit ``app`` with ``flwr run`` and follow its logs to the end; Flower's run id.
 
         Every log line goes to ``on_line``. Raises :class:`RuntimeFailure` when the run could
         not be submitted or Flower reports it failed; ``succeeded`` (the app's own record of
-        the run) spares asking Flower (``flwr ls``, seconds) when it already says so.
+        the run) spares asking Flower (``flwr ls``, seconds) when it already says so. A line for
+        which ``ends`` holds (the app saying its run is over) ends the following there when the
+        app's record confirms it, ``succeeded`` or ``failed`` (the stored error, or None): Flower's
+        own wind-down (stopping Ray, reporting the status, closing the stream: seconds) is left
+        to :meth:`stop`, which ends it all by PID anyway.
         """
         fed = " ".join(f"{k}={_toml_value(v)}" for k, v in federation_config.items())
         cmd = [str(BIN / "flwr"), "run", str(app), CONNECTION, "--federation-config", fed, "--stream"]
@@ -220,6 +226,12 @@ class ManagedSuperLink:
                 if run_id is None and "Successfully started run" in line:
                     run_id = int(line.rsplit(" ", 1)[-1])
                 on_line(line)
+                if run_id is not None and ends(line):
+                    if succeeded(run_id):
+                        return run_id
+                    error = failed(run_id)
+                    if error is not None:
+                        raise RuntimeFailure(f"Flower run {run_id} failed, as the app stored it: {error}")
             rc = proc.wait()
         finally:
             if proc.poll() is None:

@@ -213,6 +213,10 @@ def _runtime_env(resources: SimulationResources, exchange_log: Path, live_grid: 
         env["RAY_ADDRESS"] = "local"  # never join a cluster recorded in RAY_TMPDIR
         # Ray binds a node to the loopback address only where clusters are off (its switch for this)
         env["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] = "0"
+        # Ray prestarts one idle worker per CPU for the first driver; Flower's actors start their own
+        # workers, so those only took CPU (importing Ray) while the sites started (4 workers -> 2)
+        env.setdefault("RAY_prestart_worker_first_driver", "0")
+        env.setdefault("RAY_enable_worker_prestart", "0")
     return env
 
 
@@ -324,7 +328,9 @@ def simulate(
             env[PROGRESS_ENV] = "1"
         try:
             with _stop_on_sigterm(), ManagedSuperLink(state, env) as link:
-                link.run(app_dir, fed, _relay(verbose, progress), succeeded=lambda _: _stored_completed(cfg))
+                link.run(app_dir, fed, _relay(verbose, progress), ends=_end_line,
+                         succeeded=lambda _: _stored_status(cfg)[0] == "completed",
+                         failed=lambda _: _stored_failure(cfg))
         finally:  # a failed run's exchanges too: an audit reports what the sites sent before it failed
             if wrap_grid is not None and exchanges.exists():
                 replay(read_events(exchanges), wrap_grid)
@@ -398,18 +404,40 @@ def _without_db_password(run_config: dict[str, Any]) -> tuple[dict[str, Any], st
     return {**run_config, "db-url": ""}, url
 
 
-def _stored_completed(cfg: RunConfig) -> bool:
-    """Whether the database holds the run as completed (the ServerApp's own verdict)."""
+def _end_line(line: str) -> bool:
+    """Whether ``line`` is the ServerApp saying it stored its run as completed or failed (the
+    database confirms it: a site's log line could say the same)."""
+    from ..server.app import LOG_PREFIX, RUN_COMPLETED, RUN_FAILED
+
+    return f"{LOG_PREFIX}INFO {RUN_COMPLETED} " in line or f"{LOG_PREFIX}ERROR {RUN_FAILED} " in line
+
+
+def _stored_status(cfg: RunConfig) -> tuple[str, str]:
+    """The run's status and error as the database holds them (the ServerApp's own verdict); ("", "") if absent."""
     from ..shared.store import RunStore
 
     store = RunStore(cfg.resolved_db_url)
     try:
-        uuid = cfg.run_uuid
-        if cfg.resume_run:
-            return False  # resumed under the stored run's id: let Flower say
-        return any(r["uuid"] == uuid and r["status"] == "completed" for r in store.list_runs())
+        # a resumed run goes on under its stored id or uuid; it cannot have been stored completed
+        # before (resume_point refuses a completed run), so only this run's end stores that
+        refs = {cfg.run_uuid, cfg.resume_run} - {""}
+        for r in store.list_runs():
+            if refs & {str(r["id"]), r["uuid"]}:
+                return r["status"], r["error"] or ""
+        return "", ""
     finally:
         store.engine.dispose()
+
+
+def _stored_failure(cfg: RunConfig) -> str | None:
+    """The error the ServerApp stored with the run when it stored it as failed, else None.
+
+    None for a resumed run: a failed run may be resumed, so its stored failure may be the old one.
+    """
+    if cfg.resume_run:
+        return None
+    status, error = _stored_status(cfg)
+    return (error or "failed") if status == "failed" else None
 
 
 @contextlib.contextmanager

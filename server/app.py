@@ -29,6 +29,9 @@ from .secure_evaluation import SecureAggregation
 from .strategies import build_strategy
 
 log = logging.getLogger("fedaegis")
+# The last line of a run the ServerApp stored as completed or failed: a launcher may stop following there
+RUN_COMPLETED = "stored as completed: run"
+RUN_FAILED = "stored as failed: run"
 
 
 def client_config(cfg: RunConfig) -> ConfigRecord:
@@ -154,14 +157,17 @@ def run_federation(grid: Grid, cfg: RunConfig, flwr_run_id: int | str = "") -> i
         raise
     except BaseException as exc:
         store.finish_run(run_id, status="failed", error=f"{type(exc).__name__}: {exc}")
+        log.error("%s %s", RUN_FAILED, run_uuid)
         raise
     for error, count in recorder.site_errors.most_common():
         log.error("%d site replies failed with: %s", count, error)
     failure = recorder.failure()
     if failure:
         store.finish_run(run_id, status="failed", error=failure)
+        log.error("%s %s", RUN_FAILED, run_uuid)
         raise RunFailed(f"run {run_id} failed: {failure}")
     store.finish_run(run_id, status="completed")
+    log.info("%s %s", RUN_COMPLETED, run_uuid)
     return run_id
 
 

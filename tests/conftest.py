@@ -29,12 +29,41 @@ if os.environ.get("PYTEST_XDIST_WORKER"):
 SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 
 
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Files with end-to-end (``slow``) tests first, each file's tests in their own order.
+
+    pytest-xdist (``--dist loadfile --no-loadscope-reorder``) hands whole files to its workers in
+    this order: the long runs start early and the short unit-test files fill the end, so neither
+    worker is left alone with a minutes-long file while the other idles.
+    """
+    end_to_end = {item.path for item in items if item.get_closest_marker("slow")}
+    items.sort(key=lambda item: item.path not in end_to_end)  # stable: files stay whole and in order
+
+
 @pytest.fixture(scope="session")
 def shared_data() -> Path:
     """The real medical data beside the checkout (../shared/data)."""
     if not SHARED_DATA.is_dir():
         pytest.skip("../shared/data is not present")
     return SHARED_DATA
+
+
+@pytest.fixture(scope="session")
+def small_pneumonia(tmp_path_factory) -> str:
+    """The embedded PneumoniaMNIST with 400 training images and every val/test image (624 to test).
+
+    Real X-rays for runs whose assertions do not depend on how long the sites train (audits,
+    reproducibility, release policies): local training, most of a small run's time, is 12 times
+    shorter, while every figure about the test split keeps its size.
+    """
+    import numpy as np
+
+    from fedaegis.shared.data.sources import embedded_path
+
+    src = np.load(embedded_path("pneumoniamnist"))
+    path = tmp_path_factory.mktemp("small-pneumonia") / "pneumonia-small.npz"
+    np.savez(path, **{k: src[k][:400] if k.startswith("train_") else src[k] for k in src.files})
+    return str(path)
 
 
 @pytest.fixture

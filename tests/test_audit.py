@@ -15,21 +15,6 @@ audit_mod.register(app)  # cli.py may already do this; register is idempotent
 LEAKY = "fedaegis.tests.leaky_client:app"  # importable by Ray's workers too (tests/leaky_client.py)
 
 
-@pytest.fixture(scope="module")
-def small_dataset(tmp_path_factory) -> str:
-    """A 400/60/160-image slice of the embedded PneumoniaMNIST: real X-rays, a quicker audit."""
-    import numpy as np
-
-    from fedaegis.shared.data.sources import embedded_path
-
-    src = np.load(embedded_path("pneumoniamnist"))
-    sizes = {"train": 400, "val": 60, "test": 160}
-    path = tmp_path_factory.mktemp("audit-data") / "pneumonia-small.npz"
-    np.savez(path, **{f"{split}_{kind}": src[f"{split}_{kind}"][:n]
-                      for split, n in sizes.items() for kind in ("images", "labels")})
-    return str(path)
-
-
 def _json(stdout: str) -> dict:
     """The JSON document on stdout (Ray may forward a worker's log lines around it)."""
     return json.JSONDecoder().raw_decode(stdout[stdout.index("{"):])[0]
@@ -55,9 +40,9 @@ def test_bad_client_app_is_a_usage_error(ref, message):
 
 
 @pytest.mark.slow
-def test_leaky_client_fails_the_audit_naming_the_metric(small_dataset):
+def test_leaky_client_fails_the_audit_naming_the_metric(small_pneumonia):
     res = CliRunner().invoke(app, ["audit", "--client-app", LEAKY, "--sites", "2", "--rounds", "1", "--json",
-                                   "--dataset", small_dataset, "--num-cpus", "2"])
+                                   "--dataset", small_pneumonia, "--num-cpus", "2"])
     assert res.exit_code == 1, res.output
     out = _json(res.stdout)
     assert out["verdict"] == "FAIL" and out["passed"] is False
@@ -77,9 +62,9 @@ def test_leaky_client_fails_the_audit_naming_the_metric(small_dataset):
 
 
 @pytest.mark.slow
-def test_fedaegis_client_passes_the_audit(small_dataset):
+def test_fedaegis_client_passes_the_audit(small_pneumonia):
     res = CliRunner(env={"COLUMNS": "250"}).invoke(
-        app, ["audit", "--sites", "2", "--rounds", "1", "--dataset", small_dataset, "--num-cpus", "2"])
+        app, ["audit", "--sites", "2", "--rounds", "1", "--dataset", small_pneumonia, "--num-cpus", "2"])
     assert res.exit_code == 0, res.output
     assert "PASS" in res.stdout and "VIOLATION" not in res.stdout
     assert "4 replies from 2 sites" in res.stdout
@@ -88,10 +73,10 @@ def test_fedaegis_client_passes_the_audit(small_dataset):
 
 
 @pytest.mark.slow
-def test_labels_in_keys_names_and_float_bits_fail_the_audit(small_dataset):
+def test_labels_in_keys_names_and_float_bits_fail_the_audit(small_pneumonia):
     """Issue 13: 1000 per-sample keys, labels in a name and in a float's bits all passed the old audit."""
     res = CliRunner().invoke(app, ["audit", "--client-app", "fedaegis.tests.leaky_encodings:app", "--sites", "2",
-                                   "--rounds", "1", "--json", "--dataset", small_dataset, "--num-cpus", "2"])
+                                   "--rounds", "1", "--json", "--dataset", small_pneumonia, "--num-cpus", "2"])
     assert res.exit_code == 1, res.output
     out = _json(res.stdout)
     evaluate = [r for r in out["replies"] if r["message_type"] == "evaluate"]

@@ -82,14 +82,14 @@ def ray_head(tmp_path):
         shutil.rmtree(ray_tmp, ignore_errors=True)
 
 
-def test_simulate_runs_on_an_existing_cluster(ray_head, tmp_path):
+def test_simulate_runs_on_an_existing_cluster(ray_head, tmp_path, small_pneumonia):
     address, cluster_tmp = ray_head
     driver_tmp = Path(tempfile.mkdtemp(prefix="frd-", dir="/tmp"))
     db = f"sqlite:///{tmp_path / 'runs.db'}"
     try:
         res = subprocess.run(
             [str(BIN / "fedaegis"), "simulate", "--sites", "2", "--rounds", "1", "--local-epochs", "1",
-             "--db-url", db, "--ray-address", address, "--name", "on-cluster"],
+             "--dataset", small_pneumonia, "--db-url", db, "--ray-address", address, "--name", "on-cluster"],
             env=flower_env(tmp_path / "state", driver_tmp), capture_output=True, text=True,
             timeout=RUN_TIMEOUT_S,
         )

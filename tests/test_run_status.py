@@ -43,11 +43,11 @@ def _stored_numbers(db_url: str, ref: str) -> list[tuple]:
     return sorted(rows, key=repr)
 
 
-def test_the_same_config_and_seed_store_the_same_numbers(tmp_path):
+def test_the_same_config_and_seed_store_the_same_numbers(tmp_path, small_pneumonia):
     uuids = []
     for i in range(2):
         db = f"sqlite:///{tmp_path / f'run{i}.db'}"
-        uuids.append((db, simulate({**SMALL, "db-url": db, "seed": 3}, num_sites=3,
+        uuids.append((db, simulate({**SMALL, "db-url": db, "seed": 3, "dataset": small_pneumonia}, num_sites=3,
                                    resources=SimulationResources(num_cpus=2))))
     first, second = (_stored_numbers(db, ref) for db, ref in uuids)
     assert len(first) > 50 and first == second

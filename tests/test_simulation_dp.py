@@ -14,12 +14,12 @@ def _rows(rnd, phase):
     return {r["name"]: r["value"] for r in rnd["metric_rows"] if r["phase"] == phase and not r["attack"]}
 
 
-def test_metric_dp_ledger_and_intervals(db_url, tmp_path):
+def test_metric_dp_ledger_and_intervals(db_url, tmp_path, small_pneumonia):
     policy = tmp_path / "site-policy.toml"
     policy.write_text(f"[release]\nmin-cell-size = 0\n[dp]\nmechanism = 'laplace'\nmax-epsilon = 1.0\n"
                       f"lifetime-epsilon = 3.0\n[site]\nstate-dir = '{tmp_path / 'sites'}'\n")
     run_uuid = simulate(
-        {"num-server-rounds": 2, "db-url": db_url, "local-epochs": 1, "metric-dp": "laplace",
+        {"num-server-rounds": 2, "db-url": db_url, "dataset": small_pneumonia, "local-epochs": 1, "metric-dp": "laplace",
          "metric-epsilon": 1.0, "metric-epsilon-budget": 100.0},  # the request's budget is not the site's
         num_sites=2, resources=SimulationResources(num_cpus=2), site_policy=str(policy),
     )

@@ -14,22 +14,23 @@ pytestmark = pytest.mark.slow
 CONFIG = {"num-server-rounds": 1, "local-epochs": 1, "attacks": "fgsm", "epsilons": "8/255", "attack-samples": 16}
 
 
-def _run(db_url: str, secure: bool, train: bool = False) -> tuple[dict, AuditingGrid]:
+def _run(db_url: str, dataset: str, secure: bool, train: bool = False) -> tuple[dict, AuditingGrid]:
     grids: list[AuditingGrid] = []
     run_uuid = simulate(
-        {**CONFIG, "db-url": db_url, "secure-aggregation": secure, "secure-aggregation-train": train}, num_sites=3,
+        {**CONFIG, "db-url": db_url, "dataset": dataset, "secure-aggregation": secure,
+         "secure-aggregation-train": train}, num_sites=3,
         resources=SimulationResources(num_cpus=2), wrap_grid=lambda g: grids.append(AuditingGrid(g)) or grids[-1],
     )
     return RunStore(db_url).get_run(run_uuid), grids[0]
 
 
 @pytest.fixture(scope="module")
-def plain(tmp_path_factory) -> dict:
-    return _run(f"sqlite:///{tmp_path_factory.mktemp('plain') / 'runs.db'}", secure=False)[0]
+def plain(tmp_path_factory, small_pneumonia) -> dict:
+    return _run(f"sqlite:///{tmp_path_factory.mktemp('plain') / 'runs.db'}", small_pneumonia, secure=False)[0]
 
 
-def test_secure_aggregation_reveals_only_the_sum(db_url, plain):
-    secure, grid = _run(db_url, secure=True)
+def test_secure_aggregation_reveals_only_the_sum(db_url, plain, small_pneumonia):
+    secure, grid = _run(db_url, small_pneumonia, secure=True)
     (p,), (s,) = plain["rounds"], secure["rounds"]
     # the same federation-wide totals (training is seeded, so both runs evaluate the same model)
     for key in ("evaluate.num-examples", "evaluate.correct"):
@@ -53,8 +54,8 @@ def test_secure_aggregation_reveals_only_the_sum(db_url, plain):
     assert len(key_replies) == 9 and all(set(r.content) == {"secagg"} for r in key_replies)
 
 
-def test_secure_training_gives_the_plain_accuracy_within_quantisation(db_url, plain):
-    secure, grid = _run(db_url, secure=True, train=True)
+def test_secure_training_gives_the_plain_accuracy_within_quantisation(db_url, plain, small_pneumonia):
+    secure, grid = _run(db_url, small_pneumonia, secure=True, train=True)
     (p,), (s,) = plain["rounds"], secure["rounds"]
     # the FedAvg model differs from the plain one by the 2**-20 fixed point only
     assert s["metrics"]["evaluate.num-examples"] == p["metrics"]["evaluate.num-examples"]

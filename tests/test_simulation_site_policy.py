@@ -23,12 +23,12 @@ def _run(db_url: str, policy: str | None, **extra) -> dict:
     return RunStore(db_url).get_run(uuid)
 
 
-def test_default_policy_keeps_the_figures_and_records_refusals(db_url, tmp_path):
+def test_default_policy_keeps_the_figures_and_records_refusals(db_url, tmp_path, small_pneumonia):
     # the built-in defaults, with the same site secrets (so the same fixed sets) as the suite's permissive policy
     defaults = tmp_path / "defaults.toml"
     defaults.write_text(f"[site]\nstate-dir = '{fedaegis_home() / 'site'}'\n")
-    exact = _run(db_url, None)["rounds"][0]  # tests/policies/permissive.toml: no DP
-    noisy = _run(db_url, str(defaults))["rounds"][0]
+    exact = _run(db_url, None, dataset=small_pneumonia)["rounds"][0]  # tests/policies/permissive.toml: no DP
+    noisy = _run(db_url, str(defaults), dataset=small_pneumonia)["rounds"][0]
     privacy = {r["name"]: r["value"] for r in noisy["metric_rows"] if r["phase"] == "privacy"}
     assert privacy["epsilon-spent"] == 1.0 and privacy["noise-std"] > 0
     n = exact["metrics"]["evaluate.num-examples"]
@@ -44,7 +44,8 @@ def test_default_policy_keeps_the_figures_and_records_refusals(db_url, tmp_path)
     from fedaegis.orchestration.runtime import RuntimeFailure
 
     with pytest.raises(RuntimeFailure):  # no site trained: the run is stored as failed, and Flower says so
-        simulate({**REQUEST, "db-url": db_url, "run-uuid": "r" * 32, "inversion-audit": "idlg", "inversion-images": 1},
+        simulate({**REQUEST, "db-url": db_url, "dataset": small_pneumonia, "run-uuid": "r" * 32,
+                  "inversion-audit": "idlg", "inversion-images": 1},
                  num_sites=2, resources=SimulationResources(num_cpus=2), site_policy=str(defaults))
     refused = RunStore(db_url).get_run("r" * 32)
     assert refused["status"] == "failed" and "release.min-cell-size" in refused["error"]

@@ -65,13 +65,13 @@ def test_store_roundtrip_on_postgres(postgres):
     assert PASSWORD not in str(exc.value)
 
 
-def test_federated_run_into_postgres(postgres, monkeypatch):
+def test_federated_run_into_postgres(postgres, monkeypatch, small_pneumonia):
     from fedaegis.orchestration.cli import app
     from fedaegis.orchestration.simulation import SimulationResources, simulate
 
     run_uuid = simulate(
         {"num-server-rounds": 1, "local-epochs": 1, "db-url": postgres.url, "run-name": "pg-sim",
-         "attack-samples": 8},
+         "attack-samples": 8, "dataset": small_pneumonia},
         num_sites=2,
         resources=SimulationResources(num_cpus=2),
     )

@@ -125,9 +125,9 @@ def test_example_sweep_file_is_valid():
 
 
 @pytest.mark.slow
-def test_tiny_sweep_runs_then_resumes(tmp_path, db_url):
+def test_tiny_sweep_runs_then_resumes(tmp_path, db_url, small_pneumonia):
     config = tmp_path / "tiny.toml"
-    config.write_text(TINY)
+    config.write_text(TINY.replace("[config]\n", f"[config]\ndataset = '{small_pneumonia}'\n"))
     res = runner.invoke(app, ["sweep", str(config), "--db-url", db_url])
     assert res.exit_code == 0, res.output
     assert "2 completed, 0 skipped, 0 failed" in res.stdout, res.stdout
