@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import os
 import sys
 from pathlib import Path
@@ -532,13 +533,27 @@ def _print_run(run: dict[str, Any], with_config: bool = False) -> None:
     if run.get("error"):
         out.print(f"why: {mask_secrets(run['error'], _secrets())}", highlight=False, markup=False)
     if skipped:
-        noised = any(query.rows(r, "privacy") for r in run["rounds"])
-        out.print(f"files skipped by the sites (unreadable or rejected): {int(skipped)}"
-                  + (" (DP-noised: each site adds noise and clamps its count at 0, so the total reads above 0 "
-                     "even when no site skipped a file; each site's own log names the files it skipped)"
-                     if noised else ""))
+        out.print(_skipped_line(run, skipped), highlight=False)
     if run["checkpoint_path"]:
         out.print(f"final global model: {run['checkpoint_path']}")
+
+
+def _skipped_line(run: dict[str, Any], skipped: float) -> str:
+    """The final round's count of files the sites skipped, read against its DP noise when there is some."""
+    from ..shared.results.basics import FILES_PER_PATIENT
+
+    last = run["rounds"][-1]
+    std = next((r["value"] for r in query.rows(last, "privacy") if r["name"] == "noise-std"), 0.0)
+    line = f"files skipped by the sites (unreadable or rejected): {int(skipped)}"
+    if not std:
+        return line
+    # each site noises its count (a patient may own FILES_PER_PATIENT files) and clamps it at 0
+    half = 1.96 * std * FILES_PER_PATIENT * math.sqrt(max(1, last["evaluate_replies"]))
+    if skipped <= half:
+        return (f"files skipped by the sites: none detectable under the sites' DP noise ({int(skipped)}, "
+                f"95% noise interval +-{half:.0f}, and each site clamps its noisy count at 0); each site's own "
+                "log names the files it skipped")
+    return f"{line} (DP-noised: +-{half:.0f} at 95%; each site's own log names the files it skipped)"
 
 
 def _register_commands() -> None:

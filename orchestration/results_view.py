@@ -44,12 +44,16 @@ def print_families(run: dict[str, Any], out: Console) -> None:
             plain += [(r["number"], row) for r in run["rounds"] for row in query.rows(r, family.name)]
             continue
         if rows:
+            # a column no row has a value for (e.g. norms the sites' DP withheld, a CI without DP) is left out
+            shown = [i for i, _ in enumerate(family.columns) if any(row[i + 1] != "-" for row in rows)]
             table = Table(title=family.title)
             table.add_column("round", justify="right")
-            for col in family.columns:
-                table.add_column(col.header, justify="left" if col.spec == "text" else "right")
+            for i in shown:
+                col = family.columns[i]
+                table.add_column(col.header, justify="left" if col.spec == "text" else "right",
+                                 no_wrap=col.spec == "text")
             for row in rows:
-                table.add_row(*row)
+                table.add_row(row[0], *[row[i + 1] for i in shown])
             out.print(table)
     if plain:
         more = Table(title="threats and privacy (all sites)")

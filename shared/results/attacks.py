@@ -39,7 +39,8 @@ class Attacks(Family):
     title = "robustness (all sites)"
     columns = (Column("attack", "attack", "text"), Column("eps", "epsilon", "eps"),
                Column("clean", "clean_accuracy"), Column("robust", "robust_accuracy"),
-               Column("robust 95% CI", "robust_ci", "text"), Column("success", "success_rate"), Column("Linf", "mean_linf", ".4f"), Column("L2", "mean_l2"),
+               Column("robust 95% CI", "robust_ci", "text"), Column("success", "success_rate"),
+               Column("Linf", "mean_linf", ".4f"), Column("L2", "mean_l2"),
                Column("queries", "mean_queries", ".1f"))
 
     def phase_rows(self, phase: str, metrics: Mapping[str, float]) -> list[MetricValue]:
