@@ -48,7 +48,7 @@ class Attacks(Family):
         return [self.row("attack", name, value, attack, eps)
                 for (attack, eps), totals in robustness.decode(metrics).items()
                 for name, value in {**totals, **robustness.derive(totals, sums_withheld=withheld)}.items()
-                if not (withheld and name in robustness.UNBOUNDED_SUMS)]
+                if not (withheld and self.dp_withheld(f"attack.{attack}.eps={eps_name(eps)}.{name}"))]
 
     def cells(self, rows: Iterable[Mapping[str, Any]]) -> list[dict[str, Any]]:
         """Cells with ``robust_ci``, the DP noise's 95% interval of the robust accuracy, as text."""

@@ -16,6 +16,7 @@ Epsilon appears in names in one format only: :func:`eps_name`.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, ClassVar
@@ -121,6 +122,11 @@ class Family:
     columns: ClassVar[tuple[Column, ...]] = ()
     heading: ClassVar[str] = ""  # a section of its own in ``report`` under this heading ("": none, or a bespoke one)
     absent: ClassVar[str] = ""  # what ``report`` says when a run has none of its rows
+
+    def dp_withheld(self, name: str) -> bool:
+        """Whether metric DP withholds ``name`` (declared a sum without a per-sample bound): sent as 0."""
+        return any(k.kind == "sum" and k.bound is None and re.fullmatch(k.pattern, name)
+                   for ks in self.key_sets for k in ks.keys)
 
     # -- server: rows from the round's totals -------------------------------------------------
     def rows(self, totals: RoundTotals) -> list[MetricValue]:

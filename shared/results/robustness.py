@@ -24,7 +24,6 @@ WIRE_FIELDS = {
     "l2_sum": "l2-sum",
     "queries": "queries",
 }
-UNBOUNDED_SUMS = ("linf-sum", "l2-sum", "queries")  # no per-sample bound: metric DP withholds them
 _NAME = re.compile(rf"^{PREFIX}\.(?P<label>[a-z0-9_\-+]+)\.eps=(?P<eps>[0-9.e+\-]+)\.(?P<field>[a-z0-9_\-]+)$")
 
 
