@@ -151,8 +151,9 @@ def _keys(config: dict, state: dict, policy: SecAggSettings, context: Context) -
     _check(policy.signing_key is not None or policy.allow_unsigned,
            "this site has no signing key and does not allow unsigned keys (node config secagg-signing-key)")
     state["used"].append(ctx)
-    (sk1, pk1b), (sk2, pk2b) = secagg.new_keypair(), secagg.new_keypair()  # masks; share encryption
-    state["session"] = {"context": ctx, "stage": "keys", "sk1": sk1.hex(), "sk2": sk2.hex(),
+    seed1 = os.urandom(secagg.SECRET_BYTES)  # the mask key's seed: what is Shamir-shared
+    (sk1, pk1b), (sk2, pk2b) = secagg.seeded_keypair(seed1), secagg.new_keypair()  # masks; share encryption
+    state["session"] = {"context": ctx, "stage": "keys", "seed1": seed1.hex(), "sk1": sk1.hex(), "sk2": sk2.hex(),
                         "pk1": pk1b.hex(), "pk2": pk2b.hex()}
     record: dict[str, Any] = {"pk1": pk1b, "pk2": pk2b}
     if policy.signing_key is not None:
@@ -202,9 +203,9 @@ def _share(config: dict, state: dict, policy: SecAggSettings, context: Context) 
     holders = len(near) + 1
     _check(holders >= policy.min_sites, f"{len(near)} neighbours, this site requires {policy.min_sites - 1}")
     t = secagg.threshold(holders)
-    b = os.urandom(15)  # 120 bits: one Shamir chunk (the server rebuilds one seed per survivor)
-    sk1 = bytes.fromhex(s["sk1"])
-    b_shares, sk_shares = secagg.create_shares(b, t, holders), secagg.create_shares(sk1, t, holders)
+    b = os.urandom(secagg.SECRET_BYTES)  # the self-mask seed: one Shamir chunk, like the mask key's seed
+    b_shares = secagg.create_shares(b, t, holders)
+    sk_shares = secagg.create_shares(bytes.fromhex(s.pop("seed1")), t, holders)
     # one key per neighbour encrypts the shares sent to it and decrypts those it sends back
     keys = secagg.pair_seeds(bytes.fromhex(s["sk2"]), {j: pk2s[nodes.index(j)] for j in near})
     dst, cts = [], []

@@ -3,15 +3,16 @@
 #
 #   deploy/make-node-keys.sh OUT_DIR NAME [NAME ...]
 #
-# For every NAME writes OUT_DIR/NAME (the private key: an ECDSA P-384 key in OpenSSH format, for
+# For every NAME writes OUT_DIR/NAME (the private key: an ECDSA P-256 key in OpenSSH format, for
 # `flower-supernode --auth-supernode-private-key`; it stays on that SuperNode's machine) and
 # OUT_DIR/NAME.pub (the public key in OpenSSH format, for `flwr supernode register NAME.pub`
 # against a SuperLink started with --enable-supernode-auth). Existing keys are never overwritten.
-# Uses ssh-keygen when installed, otherwise Python's `cryptography` (installed with flwr).
+# P-256 (128-bit security, as X25519 and AES-128 in secure aggregation); Flower accepts any NIST
+# curve, and existing P-384 keys keep working. Uses ssh-keygen when installed, else `cryptography`.
 set -euo pipefail
 
 if [[ $# -lt 2 || "$1" == "-h" || "$1" == "--help" ]]; then
-    sed -n '2,10p' "$0" | sed 's/^# \{0,1\}//'
+    sed -n '2,11p' "$0" | sed 's/^# \{0,1\}//'
     exit $(( $# < 2 ? 2 : 0 ))
 fi
 
@@ -31,7 +32,7 @@ for name in "$@"; do
         continue
     fi
     if command -v ssh-keygen >/dev/null; then
-        ssh-keygen -q -t ecdsa -b 384 -N "" -C "" -f "$key"
+        ssh-keygen -q -t ecdsa -b 256 -N "" -C "" -f "$key"
     else
         "$python" - "$key" <<'PY'
 import sys
@@ -40,7 +41,7 @@ from pathlib import Path
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
-key = ec.generate_private_key(ec.SECP384R1())
+key = ec.generate_private_key(ec.SECP256R1())
 path = Path(sys.argv[1])
 path.write_bytes(key.private_bytes(
     serialization.Encoding.PEM, serialization.PrivateFormat.OpenSSH, serialization.NoEncryption()))

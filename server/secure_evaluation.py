@@ -195,7 +195,10 @@ class SecureAggregation(Strategy):
                 partners = [u for u in survivors if d in ex.received.get(u, [])]
                 if not partners:
                     continue
-                sk = secagg.rebuild(sk_shares[d], secagg.threshold(len(ex.near[d]) + 1))
+                seed = secagg.rebuild(sk_shares[d], secagg.threshold(len(ex.near[d]) + 1))
+                if len(seed) != secagg.SECRET_BYTES:
+                    raise ValueError("the shares do not rebuild a mask key")
+                sk = secagg.seeded_keypair(seed)[0]
                 seeds = secagg.pair_seeds(sk, {u: ex.pk1[u] for u in partners})
                 for u in partners:  # u added +mask if u < d, -mask otherwise
                     m = secagg.prg(seeds[u], ex.context, total.size)

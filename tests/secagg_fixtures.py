@@ -1,6 +1,6 @@
 """Sites running the real secure-aggregation code in process, and a grid that delivers to them.
 
-Each site has an ECDSA P-384 key in OpenSSH format (as ``deploy/make-node-keys.sh`` makes
+Each site has an ECDSA P-256 key in OpenSSH format (as ``deploy/make-node-keys.sh`` makes
 for SuperNode authentication) and the consortium's roster of their ``.pub`` lines. The
 grid hands every message to the site's real handlers (``answer_query``, the
 ``secure_aggregation`` mod over a handler that replies the site's counts), so a test can
@@ -27,7 +27,7 @@ def write_keys(folder: Path, names: list[str]) -> Path:
     folder.mkdir(parents=True, exist_ok=True)
     lines = []
     for name in names:
-        key = ec.generate_private_key(ec.SECP384R1())
+        key = ec.generate_private_key(ec.SECP256R1())
         (folder / name).write_bytes(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.OpenSSH,
                                                       serialization.NoEncryption()))
         lines.append(key.public_key().public_bytes(serialization.Encoding.OpenSSH,

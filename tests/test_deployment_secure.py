@@ -114,7 +114,7 @@ def secure_link(tmp_path_factory):
         assert (certs / f).is_file(), f
     for site in (*SITES, "intruder"):
         assert (keys / site).read_text().startswith("-----BEGIN OPENSSH PRIVATE KEY-----")
-        assert (keys / f"{site}.pub").read_text().startswith("ecdsa-sha2-nistp384 ")
+        assert (keys / f"{site}.pub").read_text().startswith("ecdsa-sha2-nistp256 ")
     san = sh("openssl", "x509", "-in", certs / "server.pem", "-noout", "-ext", "subjectAltName", cwd=root)
     assert "IP Address:127.0.0.1" in san and "DNS:localhost" in san and "DNS:superlink.test" in san
 

@@ -15,10 +15,17 @@ state machine is :mod:`fedaegis.client.secure_aggregation`, the server's
 :mod:`fedaegis.server.secure_evaluation`. Primitives are Flower's
 (``flwr.common.secure_aggregation``: Fernet encryption of the shares, its Shamir share
 layout over pycryptodome's Shamir;
-``flwr.supercore.primitives.asymmetric``: ECDSA with the SuperNode's P-384 key) and
-``cryptography``'s: X25519 key agreement (Flower's P-384 ECDH was 20x slower and made
-the round at 50 sites 3x the plain one) and a mask generator of AES-CTR keyed by HKDF
-(Flower's own ``pseudo_rand_gen`` folds its seed into 32 bits, which a server could search).
+``flwr.supercore.primitives.asymmetric``: ECDSA with the SuperNode's own key, of any NIST
+curve Flower accepts) and ``cryptography``'s: X25519 key agreement (Flower's P-384 ECDH was
+20x slower and made the round at 50 sites 3x the plain one) and a mask generator of AES-CTR
+keyed by HKDF (Flower's own ``pseudo_rand_gen`` folds its seed into 32 bits, which a server
+could search).
+
+Every secret that is Shamir-shared is 16 random bytes, one chunk of pycryptodome's
+GF(2^128) sharing (whose arithmetic is pure Python, the protocol's largest cost): the
+self-mask seed, and the seed from which the mask key pair is derived (HKDF to an X25519
+private key). 128 bits is the security of every other part (X25519, AES-128 in Fernet,
+ECDSA P-256), so a longer secret would cost a second chunk for nothing.
 """
 
 from __future__ import annotations
@@ -37,7 +44,6 @@ from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey, X25519PublicKey
 from Crypto.Protocol.SecretSharing import Shamir
-from Crypto.Util.Padding import pad, unpad
 
 from ..run.paths import private_dir, write_private
 
@@ -83,9 +89,27 @@ def prg(seed: bytes, context: str, size: int) -> np.ndarray:
     return np.frombuffer(stream, dtype=np.uint64) & np.uint64(MODULUS - 1)
 
 
+SECRET_BYTES = 16  # every Shamir-shared secret: one 16-byte chunk
+
+
 def new_keypair() -> tuple[bytes, bytes]:
     """A fresh X25519 (private, public) pair, raw 32 bytes each."""
-    sk = X25519PrivateKey.generate()
+    return _raw_pair(X25519PrivateKey.generate())
+
+
+def seeded_keypair(seed: bytes) -> tuple[bytes, bytes]:
+    """The X25519 (private, public) pair derived from a 16-byte ``seed`` (HKDF-SHA256).
+
+    The mask key pair is made this way so that only its seed is Shamir-shared (one chunk);
+    rebuilding the seed of a dropped site gives the server its private key, as in SecAgg+.
+    """
+    if len(seed) != SECRET_BYTES:
+        raise ValueError(f"a mask-key seed has {SECRET_BYTES} bytes, not {len(seed)}")
+    raw = HKDF(algorithm=hashes.SHA256(), length=32, salt=None, info=b"fedaegis-secagg-mask-key").derive(seed)
+    return _raw_pair(X25519PrivateKey.from_private_bytes(raw))
+
+
+def _raw_pair(sk: X25519PrivateKey) -> tuple[bytes, bytes]:
     return (sk.private_bytes(serialization.Encoding.Raw, serialization.PrivateFormat.Raw, serialization.NoEncryption()),
             sk.public_key().public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw))
 
@@ -182,7 +206,7 @@ def simulation_keys(folder: Path, num_sites: int) -> Path:
         key_path = folder / f"site-{i}.key"
         if key_path.exists():
             continue
-        sk = ec.generate_private_key(ec.SECP384R1())
+        sk = ec.generate_private_key(ec.SECP256R1())
         tmp = folder / f".site-{i}.{os.getpid()}"
         write_private(tmp, sk.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.OpenSSH,
                                             serialization.NoEncryption()))
@@ -208,14 +232,16 @@ def load_private_key(data: bytes) -> ec.EllipticCurvePrivateKey:
 
 # ---------------------------------------------------------------- Shamir sharing
 # Flower's share layout (``flwr.common.secure_aggregation.crypto.shamir``: a 4-byte index, then
-# one 16-byte pycryptodome Shamir share per 16-byte chunk of the padded secret), without its
-# thread pool per call, which cost half of a masked round at 50 sites.
+# one 16-byte pycryptodome Shamir share per 16-byte chunk of the secret), without its thread
+# pool per call, which cost half of a masked round at 50 sites, and without its padding:
+# the secrets here have a fixed length (``SECRET_BYTES``), so padding would only add a chunk.
 def create_shares(secret: bytes, threshold: int, num: int) -> list[bytes]:
-    """``num`` shares of ``secret``, any ``threshold`` of which rebuild it."""
-    padded = pad(secret, 16)
+    """``num`` shares of ``secret`` (a multiple of 16 bytes), any ``threshold`` of which rebuild it."""
+    if not secret or len(secret) % 16:
+        raise ValueError(f"a shared secret is a multiple of 16 bytes, not {len(secret)}")
     out = [bytearray(i.to_bytes(4, "little")) for i in range(1, num + 1)]
-    for start in range(0, len(padded), 16):
-        for idx, share in Shamir.split(threshold, num, padded[start:start + 16], ssss=False):
+    for start in range(0, len(secret), 16):
+        for idx, share in Shamir.split(threshold, num, secret[start:start + 16], ssss=False):
             out[idx - 1] += share
     return [bytes(s) for s in out]
 
@@ -226,13 +252,11 @@ def rebuild(shares: Sequence[bytes], needed: int) -> bytes:
         raise ValueError(f"secure aggregation: {len(shares)} shares, {needed} needed")
     used = list(shares)[:needed]
     chunks = (len(used[0]) - 4) // 16
-    padded = b"".join(
+    if chunks < 1 or any(len(s) != 4 + 16 * chunks for s in used):
+        raise ValueError("secure aggregation: the shares are malformed")
+    return b"".join(
         Shamir.combine([(int.from_bytes(s[:4], "little"), s[4 + 16 * c:20 + 16 * c]) for s in used], ssss=False)
         for c in range(chunks))
-    try:
-        return unpad(padded, 16)
-    except ValueError:
-        raise ValueError("secure aggregation: the shares do not rebuild a secret") from None
 
 
 # ---------------------------------------------------------------- what may travel
