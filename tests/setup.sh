@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Set up everything the test suite needs: .venv with torch 2.13.0 (CPU) first, the project with
 # its dev extras, torchattacks (an oracle; its torchvision requirement is not needed), and, where
-# this runs as root with apt, Debian's chromium for the report rendering test.
+# this runs as root with apt, Debian's chromium (report rendering), PostgreSQL (the store on
+# PostgreSQL) and nginx-light (deploy/'s fleet gateway, run in front of a real SuperLink).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 python3.11 -m venv .venv
@@ -16,4 +17,9 @@ fi
 if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null && ! ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1; then
     apt-get update -qq
     DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends postgresql
+fi
+# Debian's nginx for tests/test_deploy_gateway.py (it runs deploy/k8s/fleet-gateway.conf itself).
+if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null && ! command -v nginx >/dev/null && [ ! -x /usr/sbin/nginx ]; then
+    apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends nginx-light
 fi
