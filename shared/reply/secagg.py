@@ -2,10 +2,10 @@
 
 Bonawitz et al. 2017 (CCS), with the neighbour graph of Bell et al. 2020: every site
 adds to its fixed-point vector a *self-mask* PRG(b) and, for every neighbour j, a
-*pairwise mask* +-PRG(s_ij) from an X25519 key agreement; the seed b and the mask
-private key are Shamir-shared (threshold t, a strict majority of the holders) among
-the neighbours, encrypted to each. The server sums the masked vectors; for every
-survivor it rebuilds b from t shares, for every dropped site its private key.
+*pairwise mask* +-PRG(s_ij) from an X25519 key agreement; the seed b and the seed
+of the mask private key are Shamir-shared (threshold t, a strict majority of the
+holders) among the neighbours, encrypted to each. The server sums the masked vectors;
+for every survivor it rebuilds b from t shares, for every dropped site its key's seed.
 Each holder reveals, per peer, **one** of the two (b for a survivor, the key for a
 dropped site) and answers one unmask request per context; since t holders are
 needed for either, the server can never obtain both for the same site.
