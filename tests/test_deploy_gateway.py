@@ -83,16 +83,7 @@ def gated_link(tmp_path_factory):
     )
     link = SecureLink(root=root, env=env, port=port, certs=certs, keys=keys)
     try:
-        proc = link.start("superlink", [
-            str(BIN / "flower-superlink"),
-            "--ssl-ca-certfile", str(certs / "ca.crt"),
-            "--ssl-certfile", str(certs / "server.pem"),
-            "--ssl-keyfile", str(certs / "server.key"),
-            "--enable-supernode-auth",
-            "--host", "127.0.0.1", "--port", str(port),
-            "--database", str(root / "superlink.db"),
-        ])
-        wait_healthy(f"https://127.0.0.1:{port}/health", proc, link.logs["superlink"], cafile=certs / "ca.crt")
+        link.start_superlink()
         conf = gateway_conf(root, certs, gw_port, port)
         check = subprocess.run([NGINX, "-t", "-q", "-c", str(conf), "-p", str(root)], capture_output=True, text=True)
         assert check.returncode == 0, check.stderr

@@ -65,6 +65,20 @@ class SecureLink:
         self.procs.append(proc)
         return proc
 
+    def start_superlink(self) -> subprocess.Popen:
+        """The TLS SuperLink with SuperNode authentication (as deploy/README.md runs it), once healthy."""
+        proc = self.start("superlink", [
+            str(BIN / "flower-superlink"),
+            "--ssl-ca-certfile", str(self.certs / "ca.crt"),
+            "--ssl-certfile", str(self.certs / "server.pem"),
+            "--ssl-keyfile", str(self.certs / "server.key"),
+            "--enable-supernode-auth",
+            "--host", "127.0.0.1", "--port", str(self.port),
+            "--database", str(self.root / "superlink.db"),
+        ])
+        wait_healthy(f"https://127.0.0.1:{self.port}/health", proc, self.logs["superlink"], cafile=self.certs / "ca.crt")
+        return proc
+
     def flwr(self, *args: str) -> dict:
         """A `flwr` command against this SuperLink (connection "secure"), its JSON output."""
         res = subprocess.run([str(BIN / "flwr"), *args, "--format", "json"], cwd=self.root,
@@ -127,16 +141,7 @@ def secure_link(tmp_path_factory):
     )
     link = SecureLink(root=root, env=env, port=port, certs=certs, keys=keys)
     try:
-        proc = link.start("superlink", [
-            str(BIN / "flower-superlink"),
-            "--ssl-ca-certfile", str(certs / "ca.crt"),
-            "--ssl-certfile", str(certs / "server.pem"),
-            "--ssl-keyfile", str(certs / "server.key"),
-            "--enable-supernode-auth",
-            "--host", "127.0.0.1", "--port", str(port),
-            "--database", str(root / "superlink.db"),
-        ])
-        wait_healthy(f"https://127.0.0.1:{port}/health", proc, link.logs["superlink"], cafile=certs / "ca.crt")
+        link.start_superlink()
         for site in SITES:
             out = link.flwr("supernode", "register", str(keys / f"{site}.pub"), "secure", "--name", site)
             link.node_ids[site] = int(out["node-id"])
