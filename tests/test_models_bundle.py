@@ -149,6 +149,16 @@ def test_model_args_written_by_hand_are_read_the_same_restricted_way():
         RunConfig(model="cnn", model_args='{"init_features": 8}')
 
 
+def test_a_class_that_downloads_weights_by_default_is_built_without_downloading():
+    """EfficientNetBN defaults to pretrained=True (a download at the site); the weights come from the federation."""
+    from fedaegis.shared.models.bundle import network_spec
+
+    spec = network_spec("monai:EfficientNetBN", {"model_name": "efficientnet-b0"}, target_key="model", args_key="a")
+    assert spec.args == {"model_name": "efficientnet-b0", "pretrained": False}
+    cfg = RunConfig(model="monai:EfficientNetBN", model_args='{"model_name": "efficientnet-b0"}', image_size=32)
+    assert build_task_model(model_meta(cfg))(torch.rand(2, 1, 32, 32)).shape == (2, 2)
+
+
 @pytest.mark.parametrize("model", ["monai:os.system", "monai:../x", "monai:nets.DenseNet121", "monai:densenet",
                                    "monai:_DenseLayer"])
 def test_a_name_outside_monai_networks_is_never_built(model):

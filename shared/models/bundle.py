@@ -15,8 +15,9 @@ the coordinator reading a bundle and every site building the model from the run 
   with ``_`` (``_requires_``, ``_mode_``, ``_disabled_``, a nested ``_target_``), except the one
   top-level ``_target_`` of a bundle;
 * nothing asks the constructor to fetch weights (``pretrained*``, ``weights`` must be absent,
-  false, null or empty): the weights come from the bundle's ``models/model.pt``, read by the
-  coordinator only, and reach the sites as the first global model.
+  false, null or empty, and a class default that would download, as EfficientNetBN's
+  ``pretrained=True``, is set to false): the weights come from the bundle's ``models/model.pt``,
+  read by the coordinator only, and reach the sites as the first global model.
 
 The network's shape arguments (:data:`SHAPE_ARGS`) are the run's ``spatial-dims``,
 ``in-channels`` and ``num-classes``: a bundle's must agree with them (checked in preflight) and
@@ -100,7 +101,7 @@ def network_class(target: Any, where: str) -> type[nn.Module]:
     if name.isidentifier() and not name.startswith("_"):
         from monai.networks import nets  # imported on use: it costs seconds in every process
 
-        cls = getattr(nets, name, None)
+        cls = vars(nets).get(name)  # the module's own names: a lookup that runs no code
     if not (isinstance(cls, type) and issubclass(cls, nn.Module) and cls.__module__.startswith(NETS + ".")):
         raise ValueError(f"{where} {target!r} is not a MONAI network ({NETS})")
     return cls
@@ -114,6 +115,7 @@ class NetworkSpec:
     args: dict[str, Any]  # every argument but the shape ones
     # shape argument -> value: given, else the class default (inspect.Parameter.empty where it has none)
     shape: dict[str, Any] = field(default_factory=dict)
+    defaulted: frozenset[str] = frozenset()  # the shape arguments not given, so the class default's
 
     @property
     def model(self) -> str:
@@ -139,9 +141,13 @@ def network_spec(target: Any, args: Mapping[str, Any], *, target_key: str, args_
         params = inspect.signature(cls).parameters
     except (TypeError, ValueError):
         params = {}
+    defaulted = frozenset(name for name in SHAPE_ARGS if name in params and name not in args)
     shape = {name: args.pop(name, params[name].default) for name in SHAPE_ARGS if name in params}
     shape.update({name: args.pop(name) for name in list(args) if name in SHAPE_ARGS})
-    return NetworkSpec(cls, args, shape)
+    for name, param in params.items():  # a default that downloads (EfficientNetBN's pretrained=True) is switched off
+        if name not in args and _fetches(name, param.default) and param.default is not inspect.Parameter.empty:
+            args[name] = False if isinstance(param.default, bool) else None
+    return NetworkSpec(cls, args, shape, defaulted)
 
 
 def model_args(text: str) -> dict[str, Any]:

@@ -189,7 +189,7 @@ def with_bundle_network(cfg: RunConfig, names: Names = Names()) -> RunConfig:
     """
     if not cfg.weights or cfg.task != "classification":
         return cfg
-    from ..models.bundle import SHAPE_ARGS, bundle_network, model_args
+    from ..models.bundle import SHAPE_ARGS, bundle_network, model_args, network_spec
 
     given = f"{names('weights')} = {cfg.weights!r}"
     try:
@@ -202,8 +202,9 @@ def with_bundle_network(cfg: RunConfig, names: Names = Names()) -> RunConfig:
     if cfg.model not in (RunConfig.model, spec.model):
         raise PreflightError(f"{names('model')} = {cfg.model!r} but {given} is a MONAI bundle of {spec.model} "
                              f"({bundle.file}); leave {names('model')} at its default or set it to {spec.model!r}")
-    try:
-        same_args = not cfg.model_args or model_args(cfg.model_args) == spec.args
+    try:  # compared as the sites read them (a download switched off: shared/models/bundle.py)
+        same_args = not cfg.model_args or network_spec(spec.model, model_args(cfg.model_args), target_key="model",
+                                                       args_key="model-args").args == spec.args
     except ValueError:
         same_args = False
     if not same_args:
@@ -213,7 +214,8 @@ def with_bundle_network(cfg: RunConfig, names: Names = Names()) -> RunConfig:
         attr = SHAPE_ARGS[arg]
         if value is not inspect.Parameter.empty and value != getattr(cfg, attr):
             key = attr.replace("_", "-")
-            raise PreflightError(f"{given}: {where}.{arg} = {value!r} does not fit the data: "
+            default = " (not given: the class default)" if arg in spec.defaulted else ""
+            raise PreflightError(f"{given}: {where}.{arg} = {value!r}{default} does not fit the data: "
                                  f"{names(key)} = {getattr(cfg, attr)}")
     return replace(cfg, model=spec.model, model_args=spec.args_json)
 
