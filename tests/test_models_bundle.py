@@ -133,6 +133,18 @@ def test_model_and_model_args_must_agree_with_the_bundle(bundle):
     assert same == check_config({"weights": str(folder)})
 
 
+def test_a_batchnorm_network_is_refused_for_dp_sgd_and_clip_norm_before_the_run(bundle):
+    folder, _ = bundle
+    for key, value in (("dp-epsilon", 4.0), ("clip-norm", 1.0)):
+        cfg = check_config({"weights": str(folder), key: value})  # norm 'group' (the default) is not the network's
+        with pytest.raises(PreflightError, match=f"'model' = 'monai:DenseNet121' has BatchNorm layers, which "
+                                                 f"run config '{key}' cannot train"):
+            preflight(cfg, 2, database=False)
+    group = RunConfig(model="monai:DenseNet121", model_args=json.dumps({**OWN_ARGS, "norm": ["group", {"num_groups": 4}]}),
+                      dp_epsilon=4.0)
+    preflight(group, 2, database=False)  # GroupNorm through the network's own argument: accepted
+
+
 def test_model_args_written_by_hand_are_read_the_same_restricted_way():
     cfg = RunConfig(model="monai:DenseNet121", model_args=json.dumps(OWN_ARGS), in_channels=3, num_classes=4)
     model = build_task_model(model_meta(cfg))

@@ -247,6 +247,13 @@ def check_model(cfg: RunConfig, names: Names = Names()) -> None:
         value = cfg.seg_model if cfg.task == "segmentation" else cfg.model
         reason = re.sub(r"^[a-z_]+: ", "", _one_line(names.rewrite(str(exc))))
         raise PreflightError(f"{names(key)} = {value!r}: {reason}") from None
+    if ":" in cfg.model and (cfg.dp_epsilon > 0 or cfg.clip_norm > 0):  # `norm` shapes only registered models
+        from torch.nn.modules.batchnorm import _BatchNorm
+
+        if any(isinstance(m, _BatchNorm) for m in model.modules()):
+            wants = names("dp-epsilon") if cfg.dp_epsilon > 0 else names("clip-norm")
+            raise PreflightError(f"{names('model')} = {cfg.model!r} has BatchNorm layers, which {wants} cannot "
+                                 "train (DP-SGD's per-sample gradients, clipping BatchNorm's integer counters)")
     if cfg.weights:
         try:
             load_weights(model, cfg.weights)
