@@ -66,7 +66,7 @@ def simulate(
     rounds: Annotated[int, typer.Option(help="Federated rounds.")] = 3,
     task: Annotated[str, typer.Option(help="classification, or segmentation (a Decathlon-style imagesTr/labelsTr folder as --dataset).")] = "classification",
     dataset: Annotated[str, typer.Option(help="A MedMNIST .npz, an image/DICOM folder, or embedded:pneumoniamnist.")] = "embedded:pneumoniamnist",
-    model: Annotated[str, typer.Option(help="cnn, densenet121, resnet10, resnet18, resnet34.")] = "cnn",
+    model: Annotated[str, typer.Option(help="cnn, densenet121, resnet10, resnet18, resnet34; your own package.module:factory; monai:<Name> (a class of monai.networks.nets, arguments in -c model-args).")] = "cnn",
     norm: Annotated[str, typer.Option(help="group (default; DP-SGD ready) or batch.")] = "group",
     partitioning: Annotated[str, typer.Option(help="iid, dirichlet (label skew) or quantity (size skew).")] = "iid",
     alpha: Annotated[float, typer.Option(help="Dirichlet concentration for non-IID partitioning.")] = 0.5,

@@ -5,7 +5,8 @@ by its path and called with the keywords it accepts of ``in_channels``, ``num_cl
 ``spatial_dims``, ``image_size`` and ``norm``; it must return a ``torch.nn.Module`` whose
 output is ``(N, num_classes)`` logits. Weights come from a local file: a torch state dict
 (or a checkpoint dict holding one under ``state_dict``/``model``) or a MONAI bundle folder
-(``models/model.pt``). Both are checked before a run starts (:mod:`fedaegis.shared.run.preflight`).
+(``models/model.pt``; its ``network_def``, read restrictedly, is the model: :mod:`.bundle`). Both
+are checked before a run starts (:mod:`fedaegis.shared.run.preflight`).
 Only the coordinator reads the weights file: sites receive them as the first global model.
 """
 

@@ -8,6 +8,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .bundle import PREFIX, build_monai
 from .cnn import SmallCNN, _norm
 from .lenet import LeNet
 
@@ -105,13 +106,20 @@ def build_model(
     spatial_dims: int = 2,
     norm: str = "batch",
     image_size: int = 28,
+    model_args: str = "",
 ) -> nn.Module:
     """Instantiate model ``name``; ``norm='group'`` gives a variant Opacus can train.
 
     ``image_size`` sizes ``lenet``'s head and chooses the ResNets' stem (see
     :data:`FULL_STEM_SIZE`). A ``name`` of the form ``package.module:factory`` is the user's
-    own model (see :mod:`.custom`).
+    own model (see :mod:`.custom`); ``monai:<Name>`` is a class of ``monai.networks.nets`` built
+    with ``model_args`` exactly as described, ``norm`` aside (see :mod:`.bundle`).
     """
+    if name.startswith(PREFIX):
+        return build_monai(name, model_args, in_channels=in_channels, num_classes=num_classes,
+                           spatial_dims=spatial_dims)
+    if model_args:
+        raise ValueError(f"model-args: needs model '{PREFIX}<Name>', not {name!r}")
     if ":" in name:
         from .custom import build_custom
 

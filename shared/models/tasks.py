@@ -16,6 +16,8 @@ def model_meta(cfg: RunConfig) -> dict[str, Any]:
                 "num_classes": 3, "spatial_dims": cfg.spatial_dims, "image_size": cfg.image_size}
     meta = {"task": "classification", "model": cfg.model, "norm": cfg.norm, "in_channels": cfg.in_channels,
             "num_classes": cfg.num_classes, "spatial_dims": cfg.spatial_dims, "image_size": cfg.image_size}
+    if cfg.model_args:  # a MONAI network's own arguments (shared/models/bundle.py)
+        meta["model_args"] = cfg.model_args
     if cfg.defence_models:  # a defence comparison: one member per method (see shared/models/members.py)
         meta["members"] = list(cfg.defence_model_names)
     return meta
@@ -35,4 +37,5 @@ def build_task_model(meta: dict[str, Any]) -> nn.Module:
 
         return MemberSet(list(meta["members"]), lambda: build_task_model({**meta, "members": None}))
     return build_model(meta["model"], in_channels=meta["in_channels"], num_classes=meta["num_classes"],
-                       spatial_dims=meta["spatial_dims"], norm=meta["norm"], image_size=meta.get("image_size", 28))
+                       spatial_dims=meta["spatial_dims"], norm=meta["norm"], image_size=meta.get("image_size", 28),
+                       model_args=meta.get("model_args", ""))

@@ -236,9 +236,15 @@ class ModelSection(Section):
     model: str = "cnn"
     norm: str = "group"
     weights: str = ""  # initial global model: a torch state-dict file or a MONAI bundle folder ("": random)
+    model_args: str = ""  # model "monai:<Name>": its arguments as a JSON object, plain values only ("": none)
 
     def checks(self) -> Iterator[Check]:
         yield _choice("norm", self.norm, NORMS)
+        if self.model_args:  # the restricted reading every site applies (shared/models/bundle.py)
+            from ..models.bundle import args_problem
+
+            problem = args_problem(self.model, self.model_args)
+            yield "model-args", problem is None, problem or ""
 
 
 @dataclass(frozen=True)

@@ -15,10 +15,11 @@ which fewer than half of the implied classes occur is refused (a stray "unknown"
 
 from __future__ import annotations
 
+import inspect
 import re
 import zipfile
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
@@ -169,11 +170,54 @@ def _span(values: list[int]) -> str:
 
 
 def check_config(overrides: Mapping[str, Any], names: Names = Names()) -> RunConfig:
-    """The run config, valid field by field; the error names the option the user gave."""
+    """The run config, valid field by field, with a MONAI bundle's network as its model
+    (:func:`with_bundle_network`); the error names the option the user gave."""
     try:
-        return RunConfig.from_flower(dict(overrides))
+        cfg = RunConfig.from_flower(dict(overrides))
     except ConfigError as exc:
         raise PreflightError(names.rewrite(_one_line(exc))) from None
+    return with_bundle_network(cfg, names)
+
+
+def with_bundle_network(cfg: RunConfig, names: Names = Names()) -> RunConfig:
+    """``cfg`` with the network of the MONAI bundle that ``weights`` names: ``model = "monai:<Name>"``
+    and ``model-args`` its plain arguments, which is how the sites learn it (they never see the bundle).
+
+    Only a bundle whose configs hold a ``network_def`` brings a network (restricted reading:
+    :mod:`fedaegis.shared.models.bundle`); ``model`` must then be left at its default or name that
+    network, and the network's shape arguments must agree with the run's (the data's). Idempotent.
+    """
+    if not cfg.weights or cfg.task != "classification":
+        return cfg
+    from ..models.bundle import SHAPE_ARGS, bundle_network, model_args, network_spec
+
+    given = f"{names('weights')} = {cfg.weights!r}"
+    try:
+        bundle = bundle_network(cfg.weights)
+    except ValueError as exc:
+        raise PreflightError(f"{given}: {re.sub(r'^weights: ', '', _one_line(exc))}") from None
+    if bundle is None:
+        return cfg
+    spec, where = bundle.spec, f"{bundle.file}: network_def"
+    if cfg.model not in (RunConfig.model, spec.model):
+        raise PreflightError(f"{names('model')} = {cfg.model!r} but {given} is a MONAI bundle of {spec.model} "
+                             f"({bundle.file}); leave {names('model')} at its default or set it to {spec.model!r}")
+    try:  # compared as the sites read them (a download switched off: shared/models/bundle.py)
+        same_args = not cfg.model_args or network_spec(spec.model, model_args(cfg.model_args), target_key="model",
+                                                       args_key="model-args").args == spec.args
+    except ValueError:
+        same_args = False
+    if not same_args:
+        raise PreflightError(f"{names('model-args')} = {cfg.model_args!r} differs from {where} of {given} "
+                             f"({spec.args_json!r}); leave it out")
+    for arg, value in spec.shape.items():
+        attr = SHAPE_ARGS[arg]
+        if value is not inspect.Parameter.empty and value != getattr(cfg, attr):
+            key = attr.replace("_", "-")
+            default = " (not given: the class default)" if arg in spec.defaulted else ""
+            raise PreflightError(f"{given}: {where}.{arg} = {value!r}{default} does not fit the data: "
+                                 f"{names(key)} = {getattr(cfg, attr)}")
+    return replace(cfg, model=spec.model, model_args=spec.args_json)
 
 
 def check_against_data(cfg: RunConfig, data: Mapping[str, int], names: Names = Names()) -> None:
@@ -188,10 +232,11 @@ def check_against_data(cfg: RunConfig, data: Mapping[str, int], names: Names = N
 
 
 def check_model(cfg: RunConfig, names: Names = Names()) -> None:
-    """The model named in the config can be built for this data's shape."""
+    """The model named in the config can be built for this data's shape (a bundle's: :func:`with_bundle_network`)."""
     from ..models.custom import check_outputs, load_weights
     from ..models.tasks import build_task_model, model_meta
 
+    cfg = with_bundle_network(cfg, names)
     try:
         model = build_task_model(model_meta(cfg))
         if cfg.task == "classification" and ":" in cfg.model:  # the user's own: it must give the logits
@@ -202,6 +247,13 @@ def check_model(cfg: RunConfig, names: Names = Names()) -> None:
         value = cfg.seg_model if cfg.task == "segmentation" else cfg.model
         reason = re.sub(r"^[a-z_]+: ", "", _one_line(names.rewrite(str(exc))))
         raise PreflightError(f"{names(key)} = {value!r}: {reason}") from None
+    if ":" in cfg.model and (cfg.dp_epsilon > 0 or cfg.clip_norm > 0):  # `norm` shapes only registered models
+        from torch.nn.modules.batchnorm import _BatchNorm
+
+        if any(isinstance(m, _BatchNorm) for m in model.modules()):
+            wants = names("dp-epsilon") if cfg.dp_epsilon > 0 else names("clip-norm")
+            raise PreflightError(f"{names('model')} = {cfg.model!r} has BatchNorm layers, which {wants} cannot "
+                                 "train (DP-SGD's per-sample gradients, clipping BatchNorm's integer counters)")
     if cfg.weights:
         try:
             load_weights(model, cfg.weights)

@@ -27,8 +27,9 @@ Example (every field optional; these are the defaults)::
     detectors = ["*"]
     transfer = true             # transfer attacks (run config 'transfer'): PGD crafted on the
                                 # site's own model of the round, scored on the global one
-    models = ["*"]              # registered models; your own ("package.module:factory") only by
-                                # its exact name here (never by "*"), except at simulated sites
+    models = ["*"]              # registered models; your own ("package.module:factory") or a MONAI
+                                # network ("monai:DenseNet121") only by its exact name here (never
+                                # by "*"), except at simulated sites
     landscape = true            # loss-landscape sums (clipped loss per grid cell, run config 'landscape')
     simulated-threats = true    # poisoning/backdoor/boost: only ever in simulation, by partition id
 
@@ -259,7 +260,7 @@ def check_request(
             raise Refusal("allow.detectors")
         if DEFAULT_BINS[cfg.detector].bins > policy.release_max_histogram_bins:
             raise Refusal("release.max-histogram-bins")
-    if ":" in cfg.model:  # the coordinator asks the site to import and run code: only what the site lists
+    if ":" in cfg.model:  # code to import, or a MONAI network to build (monai:<Name>): only what the site lists
         if not simulated and cfg.model not in policy.allow_models:
             raise Refusal("allow.models")
     elif not policy.allows("models", cfg.model):
