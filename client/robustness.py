@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from ..shared.attacks import evaluate_attacks
+from ..shared.attacks import evaluate_attacks, targeted_labels
 from ..shared.run.config import RunConfig
 from ..shared.data import ImageSet
 from ..shared.models.members import MemberSet
@@ -30,7 +30,7 @@ def evaluate_robustness(model: nn.Module, data: ImageSet, cfg: RunConfig, seed: 
 
     results = evaluate_attacks(model, (data.images, data.labels), cfg.attack_suite, cfg.epsilon_values,
                                progress=progress("attacks"))
-    return encode(results)
+    return encode(results, targeted=targeted_labels(cfg.attack_suite, cfg.epsilon_values))
 
 
 def evaluate_landscape(model: nn.Module, data: ImageSet, cfg: RunConfig, seed: int) -> dict[str, int | float]:

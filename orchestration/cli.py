@@ -366,7 +366,7 @@ def evaluate(
     import torch
 
     from ..client.robustness import attack_subset
-    from ..shared.attacks import evaluate_attacks
+    from ..shared.attacks import evaluate_attacks, targeted_labels
     from ..shared.models.checkpoint import load_checkpoint
     from ..shared.data import DataValidationError, load_site_data
     from ..shared.results.robustness import derive, encode, decode
@@ -408,7 +408,8 @@ def evaluate(
         verbose=verbose, quiet=quiet)
     cells = [
         {"attack": a, "epsilon": e, **{k.replace("-", "_"): v for k, v in {**t, **derive(t)}.items()}}
-        for (a, e), t in sorted(decode(encode(results)).items())
+        for (a, e), t in sorted(decode(encode(
+            results, targeted=targeted_labels(cfg.attack_suite, cfg.epsilon_values))).items())
     ]
     if as_json:
         out.print_json(json.dumps({"schema": JSON_SCHEMA, "run": run, "dataset": dataset, "split": split, "samples": len(subset),

@@ -55,7 +55,7 @@ def test_query_grid_is_monotone_and_ends_at_the_robust_accuracy(name: str) -> No
     assert grid == sorted(grid, reverse=True)  # more queries never leave more images robust
     assert grid[-1] == result.robust_correct < len(x)
     assert 0 < result.queries <= 400 * len(x)
-    wire = {"num-examples": len(x), **encode({(name, EPS): result.counts()})}
+    wire = {"num-examples": len(x), **encode({(name, EPS): result.counts()}, targeted=())}
     assert check_metrics(wire) == []
     assert f"attack.{name}.eps={EPS:.6g}.robust-at-q100-count" in wire
 

@@ -93,3 +93,30 @@ def test_bad_mechanism_settings_are_named():
         CountMechanism("exponential", 1.0)
     with pytest.raises(ValueError, match="metric-epsilon"):
         CountMechanism("laplace", 0.0)
+
+
+def test_the_main_jobs_attack_reply_noises_each_fact_once(shared_data, monkeypatch, tmp_path):
+    """The main job's final evaluation (FGSM and PGD-10 at 4 epsilons: 8 untargeted cells) at a real site
+    under the default policy: the clean count once and each cell's robust count, 11 noised counts where
+    26 were (clean-correct, robust-correct and successes per cell), so each gets epsilon/11, not /26."""
+    import inspect
+
+    from fedaegis.client.app import app
+    from fedaegis.orchestration.cli import simulate
+    from fedaegis.tests.site_messages import ask
+
+    monkeypatch.delenv("FEDAEGIS_SITE_POLICY", raising=False)  # the built-in site policy, as in the main job
+    monkeypatch.setenv("FEDAEGIS_HOME", str(tmp_path / "home"))  # its ledger in a fresh folder
+    attacks = inspect.signature(simulate).parameters["attacks"].default  # what `fedaegis simulate` runs
+    cfg = RunConfig(attacks=attacks)
+    assert len(cfg.attack_names) * len(cfg.epsilon_values) == 8
+    reply = ask(app, "evaluate", {"attacks": attacks}, {"data-path": str(shared_data / "pneumoniamnist" /
+                                                                          "pneumoniamnist.npz")},
+                server_round=cfg.num_server_rounds)  # attacks run in the final round
+    metrics = dict(reply.content["metrics"])
+    noised = noised_keys(metrics, cfg, False)
+    assert len(noised) == 11
+    assert not [k for k in metrics if k.endswith(".successes")]  # untargeted: clean - robust, derived by the server
+    assert [k for k in noised if k.endswith("clean-correct")] == ["attack.clean.clean-correct"]
+    assert metrics["dp.epsilon-sum"] == pytest.approx(1.0)
+    assert metrics["dp.noise-std-sum"] == pytest.approx(CountMechanism("laplace", 1.0).noise_std(11))

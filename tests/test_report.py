@@ -61,7 +61,7 @@ def _round(number: int, *, sites: bool = True) -> RoundRecord:
                                      "successes": clean - robust, "linf_sum": (clean - robust) * eps,
                                      "l2_sum": (clean - robust) * eps * 20}
     evaluate = {"num-examples": n, "correct": round(n * acc), "loss-sum": n * (0.7 - 0.1 * number),
-                "skipped": 0, **robustness.encode(counts)}
+                "skipped": 0, **robustness.encode(counts, targeted=())}
     evaluate |= {"accuracy": evaluate["correct"] / n, "loss": evaluate["loss-sum"] / n}
     rows = metric_rows("train", train) + metric_rows("evaluate", evaluate)
 

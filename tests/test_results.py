@@ -18,12 +18,44 @@ EPS = 1 / 255  # 0.00392156..., where 4 and 6 significant digits differ
 
 def test_one_epsilon_format_in_every_family():
     cell = {"n": 4, "clean_correct": 3, "robust_correct": 1, "successes": 2, "linf_sum": 2 * EPS, "l2_sum": 0.1}
-    names = [*robustness.encode({("pgd", EPS): cell}),
+    names = [*robustness.encode({("pgd", EPS): cell}, targeted=()),
              *encode_table("hardening", {"num-examples": 4, "hardening.none.clean-correct": 3,
                                          f"hardening.none.eps={format_eps(EPS)}.robust-correct": 1}, ["none"], [EPS]),
              *encode_histograms("kd-bu", EPS, torch.ones(3), torch.ones(3))]
     stamped = {m[1] for n in names for m in [re.search(r"eps=([0-9.e+\-]*[0-9])\.[a-z]", n)] if m}
     assert stamped == {"0.00392157"} == {format_eps(EPS)}
+
+
+def test_each_fact_leaves_once_and_the_server_derives_the_rest():
+    """A real suite on BloodMNIST: no cell sends its own clean count and an untargeted one no successes;
+    decoded, every cell has the clean accuracy, robust accuracy, success rate and mean norm the attacks
+    measured. A targeted attack's successes (its target reached, not just any wrong class) are sent."""
+    from fedaegis.shared.attacks import evaluate_attacks, targeted_labels
+    from fedaegis.shared.results.eps import eps_name
+    from fedaegis.tests.attack_fixtures import trained
+
+    t = trained("blood")
+    suite, epsilons = ["fgsm", {"name": "pgd", "label": "pgd-t", "targeted": True, "steps": 5}], (2 / 255, 8 / 255)
+    results = evaluate_attacks(t.model, (t.x, t.y), suite, epsilons)
+    assert targeted_labels(suite, epsilons) == {"pgd-t"}
+    wire = robustness.encode(results, targeted=targeted_labels(suite, epsilons))
+    assert [k for k in wire if k.endswith("successes")] == [f"attack.pgd-t.eps={eps_name(e)}.successes"
+                                                             for e in epsilons]
+    assert [k for k in wire if k.endswith("clean-correct")] == ["attack.clean.clean-correct"]
+    cells = robustness.decode(wire)  # keyed by the epsilon as named on the wire
+    assert set(cells) == {(label, float(eps_name(e))) for label, e in results}
+    for (label, e), c in results.items():
+        cell = cells[(label, float(eps_name(e)))]
+        assert (cell["clean-correct"], cell["successes"]) == (c["clean_correct"], c["successes"])  # stored rows
+        derived = robustness.derive(cell)
+        assert derived["clean-accuracy"] == c["clean_correct"] / c["n"]
+        assert derived["robust-accuracy"] == c["robust_correct"] / c["n"]
+        assert derived["success-rate"] == c["successes"] / c["clean_correct"]
+        assert derived.get("mean-linf") == (c["linf_sum"] / c["successes"] if c["successes"] else None)
+    # why a targeted attack's successes must be sent: a sample fooled into a class not its target counts
+    # against robust accuracy but is no success
+    targeted = [results[("pgd-t", e)] for e in epsilons]
+    assert any(c["successes"] < c["clean_correct"] - c["robust_correct"] for c in targeted)
 
 
 def test_the_reply_schema_is_the_families_declarations():
@@ -39,7 +71,7 @@ def test_the_reply_schema_is_the_families_declarations():
 def test_server_rows_are_stored_with_their_family_and_read_back_as_cells(db_url):
     cfg = RunConfig.from_flower({"attacks": "pgd", "epsilons": "1/255"})
     wire = robustness.encode({("pgd", EPS): {"n": 10, "clean_correct": 8, "robust_correct": 5, "successes": 3,
-                                             "linf_sum": 3 * EPS, "l2_sum": 0.3}})
+                                             "linf_sum": 3 * EPS, "l2_sum": 0.3}}, targeted=())
     evaluate = {"num-examples": 10, "correct": 8, "loss-sum": 4.0, "accuracy": 0.8, "loss": 0.4, **wire}
     rows, sites = round_rows(RoundTotals(cfg, None, evaluate, refusals=[("7", "train", "release.min-batch-size")]))
     assert {r.family for r in rows} == {"basics", "attacks", "refusals"}

@@ -56,6 +56,7 @@ __all__ = [
     "evaluate_attacks",
     "flatten_metrics",
     "robust_accuracy_curve",
+    "targeted_labels",
     *[cls.__name__ for cls in ATTACKS.values()],
 ]
 
@@ -136,6 +137,39 @@ def _spec(entry: str | Mapping[str, Any]) -> tuple[str, str, dict[str, Any], lis
     return label, name, params, eps
 
 
+def _plans(suite: Sequence[str | Mapping[str, Any]], epsilons: Sequence[float]
+           ) -> list[tuple[str, str, dict[float, Attack]]]:
+    """The suite as (label, name, {eps: attack}), validated: at least one attack and one epsilon,
+    distinct labels."""
+    if not suite:
+        raise ValueError("suite: need at least one attack")
+    eps_default = [float(e) for e in epsilons]
+    if not eps_default:
+        raise ValueError("epsilons: need at least one value")
+    plans = []
+    for entry in suite:
+        label, name, params, eps = _spec(entry)
+        eps_list = eps if eps is not None else eps_default
+        attacks = {e: build_attack(name, eps=e, **params) for e in eps_list}
+        plans.append((label, name, attacks))
+    labels = [p[0] for p in plans]
+    if len(set(labels)) != len(labels):
+        raise ValueError(f"label: suite entries need distinct labels, got {labels}")
+    return plans
+
+
+def targeted_labels(suite: Sequence[str | Mapping[str, Any]], epsilons: Sequence[float] = DEFAULT_EPSILONS
+                    ) -> frozenset[str]:
+    """The labels of the suite's targeted attacks (``threat.targeted``).
+
+    Only their successes carry information of their own: an untargeted attack's are
+    ``clean_correct - robust_correct``, so a site does not send them
+    (:func:`fedaegis.shared.results.robustness.encode`).
+    """
+    return frozenset(label for label, _, attacks in _plans(suite, epsilons)
+                     if any(a.threat.targeted for a in attacks.values()))
+
+
 def evaluate_attacks(
     model: nn.Module,
     data: Any,
@@ -159,21 +193,7 @@ def evaluate_attacks(
     ``progress(done, total, label)`` is called after each attack's pass over a batch
     (units: samples times attack runs, an FMN curve counting once).
     """
-    if not suite:
-        raise ValueError("suite: need at least one attack")
-    eps_default = [float(e) for e in epsilons]
-    if not eps_default:
-        raise ValueError("epsilons: need at least one value")
-    plans = []
-    for entry in suite:
-        label, name, params, eps = _spec(entry)
-        eps_list = eps if eps is not None else eps_default
-        attacks = {e: build_attack(name, eps=e, **params) for e in eps_list}
-        plans.append((label, name, attacks))
-    labels = [p[0] for p in plans]
-    if len(set(labels)) != len(labels):
-        raise ValueError(f"label: suite entries need distinct labels, got {labels}")
-
+    plans = _plans(suite, epsilons)
     device = next((p.device for p in model.parameters()), torch.device("cpu"))
     batches = [(xb.to(device), yb.to(device)) for xb, yb in _batches(data, batch_size)]
     batches = [check_batch(xb, yb) for xb, yb in batches]

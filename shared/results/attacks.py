@@ -1,13 +1,15 @@
 """Attack cells: clean and robust accuracy, success rate and perturbation norms per (attack, epsilon).
 
-A site sends ``attack.<label>.eps=<eps>.<field>`` counts and sums (:mod:`fedaegis.shared.results.robustness`);
-the server sums them and derives the ratios once, from the totals. Rows: phase ``attack``, the
-attack's label in the ``attack`` column, its budget in ``epsilon``; under metric DP the robust
-accuracy's noise interval too.
+A site sends ``attack.<label>.eps=<eps>.<field>`` counts and sums, and the clean pass they share
+once as ``attack.clean.*`` (:mod:`fedaegis.shared.results.robustness`, which also says why an
+untargeted cell sends no ``successes``); the server sums them and derives the ratios once, from the
+totals. Rows: phase ``attack``, the attack's label in the ``attack`` column, its budget in
+``epsilon``; under metric DP the robust accuracy's noise interval too.
 """
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterable, Mapping
 from typing import TYPE_CHECKING, Any
 
@@ -19,6 +21,7 @@ if TYPE_CHECKING:
     from .base import MetricValue
 
 _CELL = rf"attack\.(?P<attack>{NAME_PATTERN})\.eps=(?P<eps>{EPS_PATTERN})"
+_CLEAN = re.escape(robustness.CLEAN)
 
 
 class Attacks(Family):
@@ -27,14 +30,16 @@ class Attacks(Family):
     qualifier = "attack"
     claims = ("attack.",)
     key_sets = (KeySet("attacks", (
+        Key(rf"{_CLEAN}\.n-count", "size", size=".n-count"),
+        Key(rf"{_CLEAN}\.clean-correct", "count", size=".n-count"),
         Key(rf"{_CELL}\.n-count", "size", size=".n-count"),
-        Key(rf"{_CELL}\.(?:clean-correct|robust-correct|successes)", "count", size=".n-count"),
+        Key(rf"{_CELL}\.(?:robust-correct|successes)", "count", size=".n-count"),  # successes: targeted only
         Key(rf"{_CELL}\.(?:linf-sum|l2-sum)", "sum", size=".n-count"),
         Key(rf"{_CELL}\.queries", "sum", size=".n-count"),
         # an attack's own counts, e.g. AutoAttack's robust-after-<stage>-count: samples of the set
         Key(rf"{_CELL}\.[a-z0-9\-]+-count", "count", size=".n-count"),
     ), lambda cfg, train: not train and bool(cfg.attack_names),
-        lambda cfg: 16 * len(cfg.attack_names) * len(cfg.epsilon_values),
+        lambda cfg: 16 * len(cfg.attack_names) * len(cfg.epsilon_values) + 3,  # + the clean group
         lambda cfg: {"attack": set(cfg.attack_names), "eps": {eps_name(e) for e in cfg.epsilon_values}}),)
     title = "robustness (all sites)"
     columns = (Column("attack", "attack", "text"), Column("eps", "epsilon", "eps"),

@@ -3,16 +3,30 @@
 A site sends ``attack.<label>.eps=<eps>.<field>`` scalars (counts and sums only);
 the server sums them over sites and derives the ratios (robust accuracy, success
 rate, mean perturbation norms) once, from the totals.
+
+Each fact leaves once, so that metric DP (which splits a reply's epsilon over its noised
+counts) spends nothing on what the server can derive:
+
+- every cell of one ``evaluate_attacks`` call is scored on the same images with the same
+  clean forward pass, so the clean count goes once, as ``attack.clean.clean-correct`` (sized
+  by ``attack.clean.n-count``), not once per cell;
+- an untargeted attack's ``successes`` are exactly ``clean-correct - robust-correct`` (a
+  correct sample either stays correct or is fooled), so only a targeted attack's are sent.
+
+Both rules are structural (one call, the attack's threat model), never read from values;
+:func:`decode` puts the derived counts back in every cell, so the store's rows and every
+reader of them see ``clean-correct`` and ``successes`` per cell as before.
 """
 
 from __future__ import annotations
 
 import re
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 
 from .eps import eps_name
 
 PREFIX = "attack"
+CLEAN = f"{PREFIX}.clean"  # the group of the clean pass every cell of a reply shares
 
 # field of evaluate_attacks' counts -> wire name (each passes protocol.is_aggregate_name)
 WIRE_FIELDS = {
@@ -31,22 +45,46 @@ def _wire_field(field: str) -> str:
     return WIRE_FIELDS.get(field, field.replace("_", "-") + ("" if field.endswith("count") else "-count"))
 
 
-def encode(results: Mapping[tuple[str, float], Mapping[str, int | float]]) -> dict[str, int | float]:
-    """``evaluate_attacks`` output -> flat scalar metrics for a Flower MetricRecord."""
-    return {
-        f"{PREFIX}.{label}.eps={eps_name(eps)}.{_wire_field(field)}": value
-        for (label, eps), counts in results.items()
-        for field, value in counts.items()
-    }
+def encode(results: Mapping[tuple[str, float], Mapping[str, int | float]], *,
+           targeted: Collection[str]) -> dict[str, int | float]:
+    """One ``evaluate_attacks`` call's output -> flat scalar metrics for a Flower MetricRecord.
+
+    ``targeted``: the labels of the suite's targeted attacks
+    (:func:`fedaegis.shared.attacks.targeted_labels`), the only ones whose ``successes`` are
+    sent. The clean pass goes once under :data:`CLEAN`; each cell keeps its ``n-count`` (a
+    public size, never noised) as its group's size for cell suppression and clamping.
+    """
+    out: dict[str, int | float] = {}
+    clean = {(c["n"], c["clean_correct"]) for c in results.values()}
+    if len(clean) > 1:  # not one clean pass over one set: evaluate_attacks' contract broken
+        raise ValueError(f"results: cells of one call differ in (n, clean_correct): {sorted(clean)}")
+    if clean:
+        ((out[f"{CLEAN}.n-count"], out[f"{CLEAN}.clean-correct"]),) = clean
+    for (label, eps), counts in results.items():
+        for field, value in counts.items():
+            if field == "clean_correct" or (field == "successes" and label not in targeted):
+                continue
+            out[f"{PREFIX}.{label}.eps={eps_name(eps)}.{_wire_field(field)}"] = value
+    return out
 
 
 def decode(metrics: Mapping[str, float]) -> dict[tuple[str, float], dict[str, float]]:
-    """Flat metrics (possibly summed over sites) -> {(attack, eps): {wire field: total}}."""
+    """Flat metrics (possibly summed over sites) -> {(attack, eps): {wire field: total}}.
+
+    Every cell gets the shared ``clean-correct``, and an untargeted cell (no ``successes``
+    sent) its ``successes = clean-correct - robust-correct`` (at least 0: under metric DP the
+    two are noised apart).
+    """
     out: dict[tuple[str, float], dict[str, float]] = {}
     for name, value in metrics.items():
         m = _NAME.match(name)
         if m:
             out.setdefault((m["label"], float(m["eps"])), {})[m["field"]] = float(value)
+    clean = float(metrics.get(f"{CLEAN}.clean-correct", 0))
+    for cell in out.values():
+        cell["clean-correct"] = clean
+        if "successes" not in cell:
+            cell["successes"] = max(0.0, clean - cell.get("robust-correct", 0.0))
     return out
 
 
