@@ -100,3 +100,33 @@ def test_split_makes_each_batch_when_it_is_drawn():
         sizes.append(len(batch))
         assert made == sizes  # this batch was made now, none ahead of it
     assert sizes == [256, 256, 112] and torch.equal(batches[-1], data.images[512:])
+
+
+@pytest.mark.parametrize("detector", ["mahalanobis", "kd-bu"])
+def test_defence_comparison_on_the_stored_split_gives_the_eager_figures(small_pneumonia, isolated_site, detector,
+                                                                         monkeypatch):
+    """Hardening table, detector histograms, routed transfer and adaptive rows: the same counts from the
+    stored split as from the split made whole; only the calibration subset (at most 256) is made whole."""
+    from fedaegis.client.defence_comparison import MAX_COMBINER_FIT, evaluate_defences
+
+    cfg = RunConfig(dataset=small_pneumonia, image_size=16, num_sites=2, defence_models="none,pgd-at",
+                    detector=detector, epsilons="8/255", attack_samples=32)
+    data = site_data(cfg, isolated_site)
+    torch.manual_seed(0)
+    model = build_task_model(model_meta(cfg))
+
+    made: list[int] = []
+    materialize = LazyImages.materialize
+
+    def recorded(self: LazyImages) -> torch.Tensor:
+        made.append(len(self))
+        return materialize(self)
+
+    monkeypatch.setattr(LazyImages, "materialize", recorded)
+    lazy = evaluate_defences(model, cfg, data.train, data.test, seed=3, node_config=isolated_site)
+    assert all(n <= MAX_COMBINER_FIT for n in made) and len(made) == (detector == "kd-bu")
+    monkeypatch.setattr(LazyImages, "materialize", materialize)
+    eager = evaluate_defences(model, cfg, data.train, data.test.eager(), seed=3, node_config=isolated_site)
+    assert lazy == eager
+    assert {"defence.adaptive.routed.n-count", "defence.transfer.routed.routed-count"} <= set(lazy)
+    assert any(k.startswith(f"detector.{detector}.eps=") for k in lazy)
