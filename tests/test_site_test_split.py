@@ -13,8 +13,8 @@ import torch
 from fedaegis.client.robustness import evaluate_robustness
 from fedaegis.client.site import evaluation_subset, site_data
 from fedaegis.shared.data.types import LazyImages
-from fedaegis.shared.results.robustness import decode
 from fedaegis.shared.models.tasks import build_task_model, model_meta
+from fedaegis.shared.results.robustness import decode
 from fedaegis.shared.run.config import RunConfig
 from fedaegis.shared.threats import backdoor_counts
 from fedaegis.shared.training import data_to, evaluate_local
