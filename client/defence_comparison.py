@@ -72,7 +72,8 @@ def _fit_detector(cfg: RunConfig, standard: nn.Module, train: ImageSet, calibrat
     from ..shared.attacks import build_attack
 
     # one share of the calibration images per evaluated budget: each score's orientation must hold at all
-    cal = calibration.subset(torch.arange(min(len(calibration), MAX_COMBINER_FIT)))
+    # at most MAX_COMBINER_FIT images, made whole: the combiner scores them and their examples together
+    cal = calibration.subset(torch.arange(min(len(calibration), MAX_COMBINER_FIT))).eager()
     shares = torch.arange(len(cal)).tensor_split(len(cfg.epsilon_values))
     x_adv = [build_attack("pgd", eps=e, steps=PGD_STEPS, seed=seed, early_stop=False).attack(
         standard, cal.images[s], cal.labels[s]).x_adv for e, s in zip(cfg.epsilon_values, shares) if len(s)]

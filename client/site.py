@@ -202,18 +202,9 @@ def site_data(cfg: RunConfig, node_config: Mapping[str, object]) -> SiteData:
         data = SiteData(*splits)
     for split in (data.train, data.test):
         check_against_config(split, cfg)
-    # the training split stays as stored (the memory that grows with the site); the test split, a
-    # share of it, is made whole: attacks, detectors and defences take it as one tensor
-    data = SiteData(augmented(data.train, cfg.seed) if cfg.augment else data.train, eager(data.test))
-    return data
-
-
-def eager(data: ImageSet) -> ImageSet:
-    """``data`` with its images as one float32 tensor (the same values as drawn batch by batch)."""
-    if not isinstance(data.images, LazyImages):
-        return data
-    return ImageSet(data.images.materialize(), data.labels, data.num_classes, data.source, dict(data.skipped),
-                    native_sides=data.native_sides, groups=data.groups)
+    # both splits stay as stored: evaluation, attacks, detectors and defences draw batches from the
+    # test split (a small subset, such as a detector's calibration images, may be made whole)
+    return SiteData(augmented(data.train, cfg.seed) if cfg.augment else data.train, data.test)
 
 
 def check_against_config(data: ImageSet, cfg: RunConfig) -> None:

@@ -399,9 +399,7 @@ def evaluate(
         _fail(str(exc))
     if verbose and quiet:
         _fail("--verbose and --quiet both set; give one")
-    from ..client.site import eager
-
-    subset = eager(attack_subset(data, samples, seed))  # the attack suite takes one tensor
+    subset = attack_subset(data, samples, seed)  # kept as stored: the suite draws its batches
     torch.manual_seed(seed)
     results = _attack_with_progress(lambda progress: evaluate_attacks(
         model, (subset.images, subset.labels), cfg.attack_suite, cfg.epsilon_values, progress=progress),

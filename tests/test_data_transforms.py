@@ -27,7 +27,7 @@ def test_embedded_default_is_kept_as_bytes_and_gives_the_same_inputs():
     assert torch.equal(data.images[:, 0][3], eager[3, 0]) and torch.equal(data.images[7], eager[7])
     sub = data.subset(idx)
     assert isinstance(sub.images, LazyImages) and sub.images.stored.shape == (3, 1, 28, 28)
-    assert torch.equal(torch.cat(sub.images.split(2)), eager[idx])
+    assert torch.equal(torch.cat(list(sub.images.split(2))), eager[idx])
 
 
 def test_a_larger_size_is_made_per_batch_never_held():

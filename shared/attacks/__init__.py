@@ -100,17 +100,18 @@ def build_attack(name: str, **params: Any) -> Attack:
     return cls(threat, **params)
 
 
-def _batches(data: Any, batch_size: int) -> Iterable[tuple[torch.Tensor, torch.Tensor]]:
-    """Accept (x, y) tensors, an object with ``images``/``labels``, or an iterable of batches."""
+def _source(data: Any) -> tuple[Any, Any] | list[tuple[torch.Tensor, torch.Tensor]]:
+    """``data`` in a form that can be walked more than once: an (images, labels) pair, or a list of batches.
+
+    Images kept as stored (:class:`~fedaegis.shared.data.types.LazyImages`) stay so: each batch is
+    made when it is drawn, so the set is never held whole as float32.
+    """
     if hasattr(data, "images") and hasattr(data, "labels"):
-        data = (data.images, data.labels)
-    if isinstance(data, (tuple, list)) and len(data) == 2 and hasattr(data[0], "materialize"):
-        data = (data[0].materialize(), data[1])  # images kept as stored (shared/data/types.py LazyImages)
-    if isinstance(data, (tuple, list)) and len(data) == 2 and isinstance(data[0], torch.Tensor):
-        x, y = data
-        for i in range(0, x.shape[0], batch_size):
-            yield x[i:i + batch_size], y[i:i + batch_size]
-        return
+        return data.images, data.labels
+    if isinstance(data, (tuple, list)) and len(data) == 2 and hasattr(data[0], "shape") and not isinstance(
+            data[0], (tuple, list)):
+        return data[0], data[1]
+    out = []
     for batch in data:
         if isinstance(batch, Mapping):
             xb = batch.get("image", batch.get("x"))
@@ -119,7 +120,19 @@ def _batches(data: Any, batch_size: int) -> Iterable[tuple[torch.Tensor, torch.T
                 raise ValueError("data: dict batches need 'image'/'label' (or 'x'/'y') keys")
         else:
             xb, yb = batch[0], batch[1]
-        yield xb, yb
+        out.append((xb, yb))
+    return out
+
+
+def _batches(data: Any, batch_size: int) -> Iterable[tuple[torch.Tensor, torch.Tensor]]:
+    """Accept (x, y) tensors or stored images, an object with ``images``/``labels``, or an iterable of batches."""
+    source = _source(data)
+    if isinstance(source, tuple):
+        x, y = source
+        for i in range(0, len(y), batch_size):
+            yield x[i:i + batch_size], y[i:i + batch_size]
+        return
+    yield from source
 
 
 def _spec(entry: str | Mapping[str, Any]) -> tuple[str, str, dict[str, Any], list[float] | None]:
@@ -182,7 +195,8 @@ def evaluate_attacks(
     """Run every attack of ``suite`` at every epsilon over ``data``; return summed counts only.
 
     ``data`` is ``(x, y)``, an ``ImageSet``-like object or an iterable of batches
-    (tuples or dicts). A suite entry is a name or ``{"name": ..., "label": ...,
+    (tuples or dicts); images kept as stored are drawn one batch at a time, and batches
+    move to the model's device as they are used. A suite entry is a name or ``{"name": ..., "label": ...,
     "eps": [...], **params}``; an entry's ``eps`` overrides ``epsilons``. The clean
     forward pass is made once per batch and shared; FMN yields all epsilons from
     one run; universal perturbations are fitted once on all data per epsilon, in
@@ -195,18 +209,25 @@ def evaluate_attacks(
     """
     plans = _plans(suite, epsilons)
     device = next((p.device for p in model.parameters()), torch.device("cpu"))
-    batches = [(xb.to(device), yb.to(device)) for xb, yb in _batches(data, batch_size)]
-    batches = [check_batch(xb, yb) for xb, yb in batches]
+    source = _source(data)
+
+    def batches() -> Iterable[tuple[torch.Tensor, torch.Tensor]]:
+        """Each batch on the model's device, made as it is drawn (one batch held at a time)."""
+        for xb, yb in _batches(source, batch_size):
+            yield check_batch(xb.to(device), yb.to(device))
+
     for _, name, attacks in plans:
-        if name == "universal":  # smallest budget first, each fit starting from the last one
-            prev = None
+        if name == "universal":  # smallest budget first, each fit starting from the last one (on all batches)
+            fitting, prev = list(batches()), None
             for e in sorted(attacks):
-                prev = attacks[e].fit(model, batches, init=prev)
+                prev = attacks[e].fit(model, fitting, init=prev)
+            del fitting
 
     totals: dict[tuple[str, float], AttackResult] = {}
     runs = sum(1 if name == "fmn" else len(attacks) for _, name, attacks in plans)
-    total, done = runs * sum(int(xb.shape[0]) for xb, _ in batches), 0
-    for xb, yb in batches:
+    n = len(source[1]) if isinstance(source, tuple) else sum(int(xb.shape[0]) for xb, _ in source)
+    total, done = runs * n, 0
+    for xb, yb in batches():
         with attack_mode(model), torch.inference_mode():
             clean = model(xb)
         clean = clean.clone()

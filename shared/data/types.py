@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -22,13 +22,18 @@ class LazyImages:
     """Images as stored (uint8, 16-bit, ...) that index like a float32 (N, C, *spatial) tensor.
 
     ``images[idx]`` and ``images.split(n)`` run ``pipeline`` (see :mod:`.transforms`) on just
-    those items, so a site never holds its whole set as float32. Anything else a tensor can
-    do works too, on the whole set made at once (meant for small sets, such as attack subsets).
+    those items, so a site never holds its whole set as float32; ``to(device)`` keeps the stored
+    images where they are and delivers each batch on ``device`` (the pipeline runs on the CPU, so
+    a batch's values do not depend on the device). Anything else a tensor can do works too, on the
+    whole set made at once: meant for small sets only, such as an attack subset; site code takes
+    such a subset (:meth:`take`) and calls :meth:`materialize` on it, never on a whole split.
     """
 
-    def __init__(self, stored: torch.Tensor, pipeline: Callable[[torch.Tensor], torch.Tensor]) -> None:
+    def __init__(self, stored: torch.Tensor, pipeline: Callable[[torch.Tensor], torch.Tensor],
+                 device: torch.device | str = "cpu") -> None:
         self.stored = stored
         self.pipeline = pipeline
+        self.device = torch.device(device)
         out = getattr(pipeline, "out_shape", None)
         self._item_shape = tuple(out(tuple(stored.shape[1:]))) if out else tuple(pipeline(stored[:1]).shape[1:])
 
@@ -37,7 +42,6 @@ class LazyImages:
         return torch.Size((int(self.stored.shape[0]), *self._item_shape))
 
     dtype = torch.float32
-    device = torch.device("cpu")
 
     def size(self, dim: int | None = None) -> torch.Size | int:
         return self.shape if dim is None else self.shape[dim]
@@ -54,18 +58,30 @@ class LazyImages:
         rest: tuple = ()
         if isinstance(index, tuple):
             index, rest = index[0], index[1:]
+        if isinstance(index, torch.Tensor) and index.device != self.stored.device:
+            index = index.to(self.stored.device)  # labels' masks and indices may live on the model's device
         if isinstance(index, int):
-            out = self.pipeline(self.stored[index : index + 1 if index != -1 else None])[0]
+            out = self._made(self.stored[index : index + 1 if index != -1 else None])[0]
             return out[rest] if rest else out
-        out = self.pipeline(self.stored[index])
+        out = self._made(self.stored[index])
         return out[(slice(None), *rest)] if rest else out
+
+    def _made(self, stored: torch.Tensor) -> torch.Tensor:
+        out = self.pipeline(stored)
+        return out if out.device == self.device else out.to(self.device)
 
     def take(self, index: Any) -> LazyImages:
         """The items at ``index``, still stored (for :meth:`ImageSet.subset`)."""
-        return LazyImages(self.stored[torch.as_tensor(index, dtype=torch.long)], self.pipeline)
+        index = torch.as_tensor(index, dtype=torch.long, device=self.stored.device)
+        return LazyImages(self.stored[index], self.pipeline, self.device)
 
-    def split(self, size: int) -> list[torch.Tensor]:
-        return [self[i : i + size] for i in range(0, len(self), size)]
+    def to(self, device: torch.device | str) -> LazyImages:
+        """These images with each batch delivered on ``device`` (the stored images stay put)."""
+        return self if torch.device(device) == self.device else LazyImages(self.stored, self.pipeline, device)
+
+    def split(self, size: int) -> Batches:
+        """Batches of ``size`` items, each made when it is drawn (``Tensor.split`` would hold them all)."""
+        return Batches(self, size)
 
     def __iter__(self) -> Iterator[torch.Tensor]:
         for batch in self.split(256):
@@ -73,9 +89,10 @@ class LazyImages:
 
     def materialize(self) -> torch.Tensor:
         """The whole set as one float32 tensor (what eager loading kept in memory)."""
-        if len(self) == 0:
-            return torch.empty(self.shape)
-        return torch.cat(self.split(256))
+        out = torch.empty(self.shape, device=self.device)
+        for i in range(0, len(self), 256):  # filled in place: never the whole set twice
+            out[i : i + 256] = self[i : i + 256]
+        return out
 
     def __array__(self, dtype: Any = None) -> Any:
         array = self.materialize().numpy()
@@ -93,12 +110,37 @@ class LazyImages:
         return func(*real(args), **{k: real(v) for k, v in (kwargs or {}).items()})
 
     def __getattr__(self, name: str) -> Any:
-        if name.startswith("__") or name in ("stored", "pipeline", "_item_shape"):
+        if name.startswith("__") or name in ("stored", "pipeline", "device", "_item_shape"):
             raise AttributeError(name)
         return getattr(self.materialize(), name)
 
     def __repr__(self) -> str:
         return f"LazyImages(stored={tuple(self.stored.shape)} {self.stored.dtype}, inputs={tuple(self.shape)})"
+
+
+class Batches(Sequence[torch.Tensor]):
+    """``LazyImages.split(size)``: a sequence of batches, each made from the stored images when it is drawn."""
+
+    def __init__(self, images: LazyImages, size: int) -> None:
+        if size < 1:
+            raise ValueError(f"size: must be >= 1, got {size}")
+        self.images, self.size = images, int(size)
+
+    def __len__(self) -> int:
+        return -(-len(self.images) // self.size)
+
+    def __getitem__(self, index: int) -> torch.Tensor:  # type: ignore[override]
+        if not isinstance(index, int):
+            raise TypeError("Batches: index with an int")
+        if index < 0:
+            index += len(self)
+        if not 0 <= index < len(self):
+            raise IndexError(index)
+        return self.images[index * self.size : (index + 1) * self.size]
+
+    def __iter__(self) -> Iterator[torch.Tensor]:
+        for start in range(0, len(self.images), self.size):
+            yield self.images[start : start + self.size]
 
 
 @dataclass
@@ -149,6 +191,16 @@ class ImageSet:
         images = self.images.take(idx) if isinstance(self.images, LazyImages) else self.images[idx]
         groups = tuple(self.groups[i] for i in idx.tolist()) if self.groups else ()
         return ImageSet(images, self.labels[idx], self.num_classes, self.source, dict(self.skipped), groups=groups)
+
+    def eager(self) -> ImageSet:
+        """These samples with their images as one float32 tensor (the same values as drawn batch by batch).
+
+        For small sets only (an attack's or a detector's calibration subset): a site's splits stay as stored.
+        """
+        if not isinstance(self.images, LazyImages):
+            return self
+        return ImageSet(self.images.materialize(), self.labels, self.num_classes, self.source, dict(self.skipped),
+                        native_sides=self.native_sides, groups=self.groups)
 
 
 # --- helpers shared by the loaders -------------------------------------------------------------

@@ -16,6 +16,7 @@ import torch
 from torch import nn
 
 from ..data import ImageSet
+from ..data.types import LazyImages
 
 Corner = Literal["bottom-right", "bottom-left", "top-right", "top-left"]
 
@@ -116,7 +117,7 @@ def poison_imageset(data: ImageSet, **kwargs: object) -> ImageSet:
 @torch.inference_mode()
 def backdoor_counts(
     model: nn.Module,
-    images: torch.Tensor,
+    images: torch.Tensor | LazyImages,
     labels: torch.Tensor,
     *,
     target_class: int,
@@ -130,9 +131,8 @@ def backdoor_counts(
     was_training = model.training
     model.eval()
     keep = labels != target_class
-    x = images[keep]
     hits = 0
-    for chunk in x.split(batch_size):
-        hits += int((model(stamp_trigger(chunk, trigger)).argmax(1) == target_class).sum())
+    for chunk in keep.nonzero().squeeze(1).split(batch_size):  # one batch made (or indexed) at a time
+        hits += int((model(stamp_trigger(images[chunk], trigger)).argmax(1) == target_class).sum())
     model.train(was_training)
     return {"backdoor.num-examples": int(keep.sum()), "backdoor.hit-count": hits}

@@ -14,6 +14,7 @@ from typing import TypeVar
 
 import torch
 
+from ..data.types import LazyImages
 from ..run.config import AMP_MODES
 
 T = TypeVar("T")
@@ -65,7 +66,11 @@ def to_cpu(state: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
 
 
 def data_to(data: T, device: torch.device) -> T:
-    """A copy of a dataset (ImageSet, SegmentationSet) with its tensors on ``device``; itself when already there."""
+    """A copy of a dataset (ImageSet, SegmentationSet) with its tensors on ``device``; itself when already there.
+
+    Images kept as stored (:class:`~fedaegis.shared.data.types.LazyImages`) stay where they are
+    and deliver each batch on ``device``: the split is never made whole to be moved.
+    """
     moved = {f.name: v.to(device) for f in dataclasses.fields(data)  # type: ignore[arg-type]
-             if isinstance(v := getattr(data, f.name), torch.Tensor) and v.device != device}
+             if isinstance(v := getattr(data, f.name), (torch.Tensor, LazyImages)) and v.device != device}
     return dataclasses.replace(data, **moved) if moved else data  # type: ignore[type-var]
