@@ -88,7 +88,7 @@ def _evaluate(data, model, args: argparse.Namespace) -> dict:
                     in_channels=args.channels, image_size=args.size, num_classes=data.num_classes)
     clean = evaluate_local(model, data)
     robust = evaluate_robustness(model, attack_subset(data, cfg.attack_samples, seed=0), cfg, seed=0)
-    attacked = sum(v for k, v in robust.items() if k.endswith(".n-count"))
+    attacked = sum(v for k, v in robust.items() if ".eps=" in k and k.endswith(".n-count"))  # per cell, not the clean count
     return {"clean_n": clean["num-examples"], "attacked": attacked, "pgd_steps": cfg.attack_pgd_steps}
 
 

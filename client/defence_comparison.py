@@ -90,8 +90,11 @@ def _predict(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
 
 def _transfer_and_detection(cfg: RunConfig, standard: nn.Module, hardened_name: str, hardened: nn.Module,
                             router: nn.Module, detector: nn.Module, data: ImageSet, seed: int,
-                            batch_size: int = 128) -> dict[str, int]:
+                            batch_size: int | None = None) -> dict[str, int]:
     """PGD-10 crafted once per eps on the standard member: detector histograms and the transfer table."""
+    from ..shared.data.types import batch_for
+
+    batch_size = batch_size or batch_for(data.images.shape[1:], 128)
     from ..shared.attacks import build_attack
     from ..shared.attacks.base import attack_mode
     from ..shared.detection import DEFAULT_BINS, encode_histograms

@@ -15,6 +15,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from ..data.types import batch_for
 from .apgd import APGD, APGDT
 from .base import Attack, AttackResult, ThreatModel, attack_mode, check_batch
 from .bim import BIM
@@ -189,7 +190,7 @@ def evaluate_attacks(
     suite: Sequence[str | Mapping[str, Any]],
     epsilons: Sequence[float] = DEFAULT_EPSILONS,
     *,
-    batch_size: int = 128,
+    batch_size: int | None = None,
     progress: Callable[[int, int, str], None] | None = None,
 ) -> dict[tuple[str, float], dict[str, int | float]]:
     """Run every attack of ``suite`` at every epsilon over ``data``; return summed counts only.
@@ -205,11 +206,14 @@ def evaluate_attacks(
     Keys are ``(label, eps)``; values hold n, clean_correct, robust_correct,
     successes, linf_sum, l2_sum, queries (and attack-specific counts).
     ``progress(done, total, label)`` is called after each attack's pass over a batch
-    (units: samples times attack runs, an FMN curve counting once).
+    (units: samples times attack runs, an FMN curve counting once). ``batch_size``: 128 images,
+    fewer for large inputs (:func:`~fedaegis.shared.data.types.batch_for`).
     """
     plans = _plans(suite, epsilons)
     device = next((p.device for p in model.parameters()), torch.device("cpu"))
     source = _source(data)
+    if batch_size is None:
+        batch_size = batch_for(source[0].shape[1:], 128) if isinstance(source, tuple) else 128
 
     def batches() -> Iterable[tuple[torch.Tensor, torch.Tensor]]:
         """Each batch on the model's device, made as it is drawn (one batch held at a time)."""

@@ -18,6 +18,21 @@ class DataValidationError(ValueError):
         super().__init__(f"{self.source}: {problem}")
 
 
+#: The most input values (channels x spatial size) one batch of model inputs holds at a site:
+#: 2**21, 8 MB of float32. A model's activations grow with it, so at large sizes fewer images go
+#: into each evaluation or attack batch (224 px: 41 images, so that PGD on the 32-channel CNN stays
+#: within the 2 GB a site actor is meant to need); at 128 px and below, single-channel, nothing changes.
+BATCH_VALUES = 2 ** 21
+
+
+def batch_for(item_shape: Sequence[int], cap: int) -> int:
+    """Images per batch: ``cap``, or fewer where ``cap`` inputs of ``item_shape`` would exceed :data:`BATCH_VALUES`."""
+    values = 1
+    for side in item_shape:
+        values *= max(1, int(side))
+    return max(1, min(int(cap), BATCH_VALUES // values))
+
+
 class LazyImages:
     """Images as stored (uint8, 16-bit, ...) that index like a float32 (N, C, *spatial) tensor.
 

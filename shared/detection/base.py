@@ -13,6 +13,7 @@ import torch
 from torch import nn
 
 from ..attacks.base import attack_mode
+from ..data.types import batch_for
 
 FeatureFn = Callable[[torch.Tensor], torch.Tensor]
 
@@ -27,8 +28,9 @@ def feature_fn(model: nn.Module, features: FeatureFn | None = None) -> FeatureFn
 
 
 def batched(fn: Callable[[torch.Tensor], torch.Tensor], model: nn.Module, x: torch.Tensor,
-            batch_size: int = 256) -> torch.Tensor:
-    """``fn`` over ``x`` in batches, with ``model`` in eval mode (restored afterwards)."""
+            batch_size: int | None = None) -> torch.Tensor:
+    """``fn`` over ``x`` in batches (256, fewer for large inputs), with ``model`` in eval mode (restored afterwards)."""
+    batch_size = batch_size or batch_for(x.shape[1:], 256)
     with attack_mode(model), torch.no_grad():
         return torch.cat([fn(xb) for xb in x.split(batch_size)]) if len(x) else fn(x[:0])
 

@@ -74,7 +74,7 @@ class KDBUDetector(nn.Module):
         self.register_buffer("weight", torch.tensor([1.0, 1.0]))
         self.register_buffer("bias", torch.zeros(()))
 
-    def fit(self, data: ImageSet | tuple[torch.Tensor, torch.Tensor], *, batch_size: int = 256) -> KDBUDetector:
+    def fit(self, data: ImageSet | tuple[torch.Tensor, torch.Tensor], *, batch_size: int | None = None) -> KDBUDetector:
         """Keep (up to ``max_per_class``) clean training features per class for the density."""
         x, y = (data.images, data.labels) if isinstance(data, ImageSet) else data
         gen = torch.Generator().manual_seed(self.seed)
@@ -104,7 +104,7 @@ class KDBUDetector(nn.Module):
         return torch.stack([log_kd.clamp_min(-1e4), bu], 1)
 
     def fit_combiner(self, x_clean: torch.Tensor, x_adv: torch.Tensor | Sequence[torch.Tensor], *,
-                     l2: float = 1e-2, batch_size: int = 256) -> KDBUDetector:
+                     l2: float = 1e-2, batch_size: int | None = None) -> KDBUDetector:
         """Orient each score on calibration data, then a logistic regression clean (0) vs
         adversarial (1) with non-negative weights on the oriented, z-scored scores.
 

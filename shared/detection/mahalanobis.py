@@ -31,7 +31,7 @@ class MahalanobisDetector(nn.Module):
         self.register_buffer("means", torch.empty(0))
         self.register_buffer("precision", torch.empty(0))
 
-    def fit(self, data: ImageSet | tuple[torch.Tensor, torch.Tensor], *, batch_size: int = 256
+    def fit(self, data: ImageSet | tuple[torch.Tensor, torch.Tensor], *, batch_size: int | None = None
             ) -> MahalanobisDetector:
         """Class means and tied covariance of the clean features; classes absent locally are skipped."""
         x, y = (data.images, data.labels) if isinstance(data, ImageSet) else data

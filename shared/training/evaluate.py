@@ -7,14 +7,17 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..data import ImageSet
+from ..data.types import batch_for
 
 
 @torch.inference_mode()
-def evaluate_local(model: nn.Module, data: ImageSet, batch_size: int = 256) -> dict[str, float | int]:
+def evaluate_local(model: nn.Module, data: ImageSet, batch_size: int | None = None) -> dict[str, float | int]:
     """Accuracy ingredients on the site's test split: n, correct, and summed cross-entropy.
 
-    Runs where the model is; batches move there one at a time.
+    Runs where the model is; batches move there one at a time (256 images, fewer for large
+    inputs: :func:`~fedaegis.shared.data.types.batch_for`).
     """
+    batch_size = batch_size or batch_for(data.images.shape[1:], 256)
     model.eval()
     device = next(iter(model.parameters())).device
     loss_sum, correct = 0.0, 0
