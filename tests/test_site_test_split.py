@@ -130,3 +130,25 @@ def test_defence_comparison_on_the_stored_split_gives_the_eager_figures(small_pn
     assert lazy == eager
     assert {"defence.adaptive.routed.n-count", "defence.transfer.routed.routed-count"} <= set(lazy)
     assert any(k.startswith(f"detector.{detector}.eps=") for k in lazy)
+
+
+def test_large_inputs_are_evaluated_and_attacked_in_smaller_batches():
+    """A batch's activations set a site's peak memory: at 224 px evaluation and attacks draw at
+    most 41 images a batch (2**21 input values), while 28 px keeps its 256 and 128."""
+    from fedaegis.shared.attacks import evaluate_attacks
+    from fedaegis.shared.data.types import BATCH_VALUES, ImageSet, batch_for
+    from fedaegis.shared.models import build_model
+
+    assert (batch_for((1, 28, 28), 256), batch_for((1, 28, 28), 128)) == (256, 128)
+    assert batch_for((1, 224, 224), 256) == 41 and batch_for((3, 224, 224), 128) == 13
+    assert batch_for((1, 224, 224), 256) * 224 * 224 <= BATCH_VALUES
+    stored = torch.randint(0, 256, (90, 1, 224, 224), dtype=torch.uint8)
+    data = ImageSet(LazyImages(stored, lambda x: x.float() / 255), torch.randint(0, 2, (90,)), 2, "synthetic")
+    model = build_model("cnn", in_channels=1, num_classes=2, norm="group", image_size=224)
+    seen: list[int] = []
+    model.register_forward_pre_hook(lambda _m, args: seen.append(int(args[0].shape[0])))
+    assert evaluate_local(model, data)["num-examples"] == 90
+    assert max(seen) == 41 and sum(seen) == 90
+    seen.clear()
+    (cell,) = evaluate_attacks(model, data, ["fgsm"], [2 / 255]).values()
+    assert cell["n"] == 90 and max(seen) == 41
