@@ -128,6 +128,23 @@ def test_fp16_without_cuda_is_refused_at_preflight_and_client_gpus_without_gpu()
             check_client_gpus(SimulationResources(client_gpus=gpus))
 
 
+@pytest.mark.parametrize("gpus", [0.0, pytest.param(0.25, marks=[pytest.mark.cuda, pytest.mark.skipif(
+    not torch.cuda.is_available(), reason="no CUDA device here")])])
+def test_client_gpus_reach_ray_and_zero_keeps_simulated_sites_on_the_cpu(tmp_path, gpus):
+    """``--client-gpus`` is each actor's Ray GPU share; at 0 the sites cannot see a GPU (else they
+    would take the default device, the first GPU, without Ray reserving any of it)."""
+    from fedaegis.orchestration.simulation import SimulationResources, _runtime_env, federation_config
+
+    resources = SimulationResources(num_cpus=2, client_gpus=gpus)
+    fed = federation_config(resources, 2)
+    assert fed["client-resources-num-gpus"] == gpus
+    env = _runtime_env(resources, tmp_path / "exchanges.log", None)
+    if gpus:
+        assert "init-args-num-gpus" not in fed and env.get("CUDA_VISIBLE_DEVICES") != ""
+    else:
+        assert fed["init-args-num-gpus"] == 0 and env["CUDA_VISIBLE_DEVICES"] == ""
+
+
 def test_a_site_trains_and_attacks_on_its_device_and_replies_in_cpu_tensors(device):
     """The node config's device is the site's; what comes back never depends on it."""
     site = {"partition-id": 0, "num-partitions": 8, "device": device}
