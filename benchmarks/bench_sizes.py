@@ -111,7 +111,7 @@ def measure(name: str, size: int, n: int, batch: int, repeats: int, device: torc
             with_autoattack: bool, warmup: bool = True) -> dict[str, float]:
     torch.manual_seed(0)
     x, y = images(n, size, device)
-    model = build_model(name, in_channels=1, num_classes=2, norm="batch").to(device)
+    model = build_model(name, in_channels=1, num_classes=2, norm="batch", image_size=size).to(device)  # the stem a site builds
     twin = copy.deepcopy(model)
     data = ImageSet(x, y, 2, f"pneumoniamnist@{size}")
     train = best_of({

@@ -51,3 +51,40 @@ def test_progress_is_throttled():
         logger.removeHandler(handler)
         logger.setLevel(level)
     assert len(seen) == 1 and seen[0].startswith("training: 10 of 10 (epoch)")
+
+
+def test_a_simulated_site_sends_its_work_to_the_display_and_a_real_site_does_not(capfd, monkeypatch):
+    """Work events go to the log stream ``fedaegis simulate`` relays, once a second at most and at the end."""
+    import json
+
+    from fedaegis.client import site_log
+    from fedaegis.shared.reply.protocol import EVENT_LEVEL, LOG_PREFIX, PROGRESS_ENV
+
+    def lines() -> list[dict]:
+        err = capfd.readouterr().err.splitlines()
+        return [json.loads(ln.split(EVENT_LEVEL, 1)[1]) for ln in err if ln.startswith(LOG_PREFIX + EVENT_LEVEL)]
+
+    saved = (list(site_log.log.handlers), site_log.log.level, list(site_log.work_log.handlers))
+    site_log.log.handlers, site_log.work_log.handlers = [], []  # as in a fresh site process
+    try:
+        site_log.relay_simulated_site_log({"data-path": "/data/cxr"}, 4242)  # a real site
+        real = progress("training")
+        for k in range(1, 4):
+            real(k, 3, "epoch")
+        assert lines() == []  # its own log only
+        site_log.relay_simulated_site_log({"partition-id": 1, "num-partitions": 2}, 4242)
+        progress("training")(1, 1, "epoch")
+        assert lines() == []  # no live display asked for them (flwr run, or simulate off a terminal)
+        monkeypatch.setenv(PROGRESS_ENV, "1")  # as fedaegis simulate sets it for its display
+        site_log.relay_simulated_site_log({"partition-id": 1, "num-partitions": 2}, 4242)
+        report = progress("training")
+        for k in range(1, 4):  # within a second: the first and the last
+            report(k, 3, "epoch")
+        events = lines()
+    finally:
+        for handler in {*site_log.log.handlers, *site_log.work_log.handlers} - {*saved[0], *saved[2]}:
+            handler.close()
+        site_log.log.handlers, site_log.log.level, site_log.work_log.handlers = saved[0], saved[1], saved[2]
+        site_log._NODE.set(None)
+    assert [(e["event"], e["site"], e["task"], e["done"], e["total"], e["unit"]) for e in events] == [
+        ("work", 4242, "training", 1, 3, "epoch"), ("work", 4242, "training", 3, 3, "epoch")]
