@@ -183,3 +183,30 @@ def test_segmentation_trains_on_the_device(device):
     out = train_segmenter(model, data, batch_size=3, adversarial=AdversarialTraining(steps=1), device=device)
     assert check_metrics(out) == [] and out["seg.train.adversarial-count"] == 6
     assert all(p.device.type == device for p in model.parameters())
+
+
+@pytest.mark.parametrize("detector", ["mahalanobis", "kd-bu"])
+def test_detectors_defence_members_and_inversion_audits_run_on_the_device(device, detector):
+    """The rest of a site's work on its device: hardened members, a detector and its router, the audit."""
+    from fedaegis.client.classification_round import _audit, train_members
+    from fedaegis.client.defence_comparison import evaluate_defences
+    from fedaegis.shared.models.tasks import build_task_model, model_meta
+    from fedaegis.shared.training import data_to
+
+    cfg = RunConfig.from_flower({"in-channels": 1, "num-classes": 3, "image-size": 12, "local-epochs": 1,
+                                 "defence-models": "none,pgd-at", "detector": detector, "hardening-steps": 1,
+                                 "epsilons": "8/255", "attack-samples": 12, "inversion-audit": "idlg",
+                                 "inversion-iterations": 5})
+    on = torch.device(device)
+    torch.manual_seed(0)
+    model = build_task_model(model_meta(cfg)).to(on)
+    train, test = data_to(_toy(), on), data_to(_toy(30, seed=1), on)
+    assert check_metrics(train_members(model, cfg, train, seed=0, device=on)) == []
+    assert all(p.device.type == device for p in model.parameters())
+    counts = {"num-examples": len(test), **evaluate_defences(model, cfg, train, test, seed=0)}
+    assert check_metrics(counts) == [] and all(isinstance(v, (int, float)) for v in counts.values())
+    from fedaegis.shared.detection.roc import PREFIX
+
+    assert any(k.startswith(f"{PREFIX}.{detector}.eps=") and "-bin" in k for k in counts)  # its histograms
+    audit = {"num-examples": len(train), **_audit(model.members["none"], cfg, train, seed=0)}  # type: ignore[index]
+    assert len(audit) > 1 and check_metrics(audit) == [] and all(isinstance(v, (int, float)) for v in audit.values())
