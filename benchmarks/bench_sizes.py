@@ -14,7 +14,8 @@ with each other interleaved:
 * ``autoattack-fast`` (ours; its work depends on how many images stay robust, so on the
   weights) in images per second, and its time in PGD-10s of torchattacks.
 
-Models are freshly initialised (seeded): step times do not depend on the weights; attack
+Models are built as a site builds them for the size (the ResNets' stem: small below 64 px,
+MONAI's own from 64 px up) and freshly initialised (seeded): step times do not depend on the weights; attack
 times of PGD-10 neither (no early stopping), those of AutoAttack do, so they are indicative.
 ``densenet121`` is MONAI's DenseNet121 (registered in ``fedaegis.shared.models``; 28 px inputs
 are lifted to 32 px inside the model).
