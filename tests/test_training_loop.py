@@ -170,7 +170,7 @@ def test_dp_sgd_and_hardening_run_on_the_device(device):
         assert all(p.device.type == device for p in model.parameters())
 
 
-def test_segmentation_trains_on_the_device(device):
+def test_segmentation_trains_and_is_attacked_on_the_device(device):
     from fedaegis.shared.segmentation import AdversarialTraining, SegmentationSet, build_segmenter
     from fedaegis.shared.training import train_segmenter
 
@@ -179,10 +179,19 @@ def test_segmentation_trains_on_the_device(device):
     data = SegmentationSet(images=x, masks=(x > 0.6).long()[:, 0], volume_index=torch.arange(6) // 2,
                            patient_ids=("a", "b", "c"), num_classes=2)
     torch.manual_seed(0)
-    model = build_segmenter("unet", channels=(4, 8), num_res_units=0)
+    model = build_segmenter("unet", num_classes=2, channels=(4, 8), num_res_units=0)
     out = train_segmenter(model, data, batch_size=3, adversarial=AdversarialTraining(steps=1), device=device)
     assert check_metrics(out) == [] and out["seg.train.adversarial-count"] == 6
     assert all(p.device.type == device for p in model.parameters())
+    # and its evaluation under every segmentation attack, on the device's copy of the volumes
+    from fedaegis.shared.segmentation.evaluation import DEFAULT_ATTACKS, evaluate_segmentation
+    from fedaegis.shared.training import data_to
+
+    counts = evaluate_segmentation(model, data_to(data, torch.device(device)), DEFAULT_ATTACKS, [8 / 255], steps=2,
+                                   target="remove:1")  # two classes: the targeted attacks erase the foreground
+    assert check_metrics({"num-examples": 6, **counts}) == []
+    assert all(isinstance(v, (int, float)) for v in counts.values())
+    assert all(any(f".{a}." in k for k in counts) for a in DEFAULT_ATTACKS), sorted(counts)[:8]
 
 
 @pytest.mark.parametrize("detector", ["mahalanobis", "kd-bu"])
