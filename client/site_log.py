@@ -87,7 +87,8 @@ def progress(task: str, every_s: float = 15.0) -> Callable[[int, int, str], None
     For the hospital's staff watching their SuperNode (or, in a simulation, the simulated sites'
     log file): how far training or an attack evaluation is, the time spent and an estimate of
     the time left. At most one line per ``every_s`` seconds, and one when it is done. It goes to
-    the site's log only: nothing of it is in any reply.
+    the site's log (and, for a simulated site under the live display, to it as ``work`` events,
+    at most one per :data:`WORK_EVENT_S`): nothing of it is in any reply.
     """
     start = time.monotonic()
     last, last_event = [start], [start - WORK_EVENT_S]
