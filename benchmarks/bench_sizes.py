@@ -11,11 +11,14 @@ with each other interleaved:
   copy of the same model: seconds per image and the ratio ours / bare;
 * PGD-10 (Linf 8/255, ours without early stopping, so both do the same 10 steps on every image)
   against torchattacks' PGD (same step size and random start): images per second and the ratio;
-* ``autoattack-fast`` (ours; its work depends on how many images stay robust, so on the
-  weights) in images per second, and its time in PGD-10s of torchattacks.
+* AutoAttack, ``--autoattack fast`` (the default: ``autoattack-fast``) or ``standard``
+  (``autoattack``, the reference budgets), ours (its work depends on how many images stay
+  robust, so on the weights), in images per second and its time in torchattacks PGD-10s.
 
-Models are freshly initialised (seeded): step times do not depend on the weights; attack
-times of PGD-10 neither (no early stopping), those of AutoAttack do, so they are indicative.
+Models are built as a site builds them for the size (the ResNets' stem: small below 64 px,
+MONAI's own from 64 px up) and freshly initialised (seeded): step times do not depend on the
+weights; attack times of PGD-10 neither (no early stopping), those of AutoAttack do, so they
+are indicative.
 ``densenet121`` is MONAI's DenseNet121 (registered in ``fedaegis.shared.models``; 28 px inputs
 are lifted to 32 px inside the model).
 """
@@ -43,6 +46,7 @@ from fedaegis.shared.models import build_model
 
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "pneumoniamnist" / "pneumoniamnist.npz"
 EPS = 8 / 255
+AUTOATTACK = {"fast": "autoattack-fast", "standard": "autoattack"}  # --autoattack: the registry's presets
 warnings.filterwarnings("ignore")
 
 
@@ -108,10 +112,10 @@ def torchattacks_pgd(model: nn.Module) -> Callable[[torch.Tensor, torch.Tensor],
 
 
 def measure(name: str, size: int, n: int, batch: int, repeats: int, device: torch.device,
-            with_autoattack: bool, warmup: bool = True) -> dict[str, float]:
+            autoattack: str | None, warmup: bool = True) -> dict[str, float]:
     torch.manual_seed(0)
     x, y = images(n, size, device)
-    model = build_model(name, in_channels=1, num_classes=2, norm="batch").to(device)
+    model = build_model(name, in_channels=1, num_classes=2, norm="batch", image_size=size).to(device)  # the stem a site builds
     twin = copy.deepcopy(model)
     data = ImageSet(x, y, 2, f"pneumoniamnist@{size}")
     train = best_of({
@@ -125,9 +129,9 @@ def measure(name: str, size: int, n: int, batch: int, repeats: int, device: torc
         "pgd": lambda: [ours_pgd.attack(model, x[i:i + batch], y[i:i + batch]) for i in range(0, n, batch)],
         "ta-pgd": lambda: [theirs(x[i:i + batch], y[i:i + batch]) for i in range(0, n, batch)],
     }
-    if with_autoattack:
-        fast = build_attack("autoattack-fast", eps=EPS)
-        fns["aa-fast"] = lambda: [fast.attack(model, x[i:i + batch], y[i:i + batch]) for i in range(0, n, batch)]
+    if autoattack:
+        aa = build_attack(AUTOATTACK[autoattack], eps=EPS)
+        fns["aa"] = lambda: [aa.attack(model, x[i:i + batch], y[i:i + batch]) for i in range(0, n, batch)]
     with attack_mode(model):
         attack = best_of(fns, repeats, device, warmup)
     return {"train": train["ours"] / n, "bare": train["bare"] / n, **{k: n / v for k, v in attack.items()}}
@@ -142,7 +146,9 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=32)
     parser.add_argument("--repeats", type=int, default=2)
     parser.add_argument("--threads", type=int, default=1, help="torch CPU threads")
-    parser.add_argument("--no-autoattack", action="store_true", help="skip autoattack-fast (the slowest column)")
+    parser.add_argument("--autoattack", choices=sorted(AUTOATTACK), default="fast",
+                        help="the AutoAttack preset timed: fast (autoattack-fast) or standard (autoattack)")
+    parser.add_argument("--no-autoattack", action="store_true", help="skip AutoAttack (the slowest column)")
     parser.add_argument("--no-warmup", action="store_true", help="time the first run (large models on a slow CPU)")
     parser.add_argument("--quick", action="store_true", help="8 images, 28 and 64 px, one repeat")
     args = parser.parse_args()
@@ -155,18 +161,21 @@ def main() -> None:
     print(f"device {device}, {args.threads} CPU thread(s), {args.images} images, batch {args.batch}, "
           f"best of {args.repeats}")
     head = (f"{'model':12} {'px':>4} {'train s/img':>11} {'bare s/img':>10} {'ours/bare':>9} {'PGD img/s':>9} "
-            f"{'TA img/s':>9} {'TA/ours t':>9} {'AAfast img/s':>12} {'AAf/TA-PGD t':>12}")
+            f"{'TA img/s':>9} {'TA/ours t':>9} {'AA img/s':>12} {'AA/TA-PGD t':>12}")
+    if not args.no_autoattack:
+        print(f"AA: {AUTOATTACK[args.autoattack]}")
     print(head)
     for name in args.models.split(","):
         for size in (int(s) for s in args.sizes.split(",")):
-            r = measure(name, size, args.images, args.batch, args.repeats, device, not args.no_autoattack,
+            r = measure(name, size, args.images, args.batch, args.repeats, device,
+                        None if args.no_autoattack else args.autoattack,
                         not args.no_warmup)
-            aa = (f"{r['aa-fast']:12.3g} {r['ta-pgd'] / r['aa-fast']:12.2f}" if "aa-fast" in r
+            aa = (f"{r['aa']:12.3g} {r['ta-pgd'] / r['aa']:12.2f}" if "aa" in r
                   else f"{'-':>12} {'-':>12}")
             print(f"{name:12} {size:4d} {r['train']:11.4f} {r['bare']:10.4f} {r['train'] / r['bare']:9.2f} "
                   f"{r['pgd']:9.3g} {r['ta-pgd']:9.3g} {r['pgd'] / r['ta-pgd']:9.2f} {aa}", flush=True)
     print("ours/bare: training time ratio (1.00 = no overhead); TA/ours t: torchattacks' PGD-10 time over ours "
-          "(above 1: ours faster); AAf/TA-PGD t: autoattack-fast's time in torchattacks PGD-10s.")
+          "(above 1: ours faster); AA/TA-PGD t: the AutoAttack preset's time in torchattacks PGD-10s.")
 
 
 if __name__ == "__main__":

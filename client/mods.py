@@ -84,7 +84,7 @@ def site_guard(msg: Message, context: Context, call_next: ClientAppCallable, *,
     ``Error(SITE_ERROR, "site error")``. Exception text, paths and file names go to the
     site's own log only (Flower would otherwise send the exception text to the server).
     """
-    relay_simulated_site_log(context.node_config)
+    relay_simulated_site_log(context.node_config, context.node_id)
     try:
         if _is_request(msg):
             policy = site_policy(context.node_config)

@@ -361,6 +361,7 @@ def evaluate(
     as_json: Annotated[bool, typer.Option("--json", help="Machine-readable output.")] = False,
     verbose: Annotated[bool, typer.Option(help="A line per attack and batch done, with elapsed and remaining time.")] = False,
     quiet: Annotated[bool, typer.Option(help="No progress display (it shows on terminals only).")] = False,
+    device: Annotated[str, typer.Option(help="Where the attacks run: cuda, cuda:N or cpu (default: the first CUDA device if there is one, as at a site).", show_default=False)] = "",
 ) -> None:
     """Attack a stored run's global model on a local dataset (one site, no federation)."""
     import torch
@@ -372,9 +373,11 @@ def evaluate(
     from ..shared.results.robustness import derive, encode, decode
 
     from ..shared.run.preflight import dataset_facts
+    from ..shared.training import resolve_device
 
     store = _open_store(db_url)
     try:
+        on = resolve_device(device)  # named before any data is read: a missing GPU is a one-line error
         cfg = RunConfig.from_flower({"attacks": attacks, "epsilons": epsilons, "attack-samples": samples})
         stored = store.get_run(run)
         dataset = dataset or str(stored["config"].get("dataset") or "")
@@ -399,7 +402,8 @@ def evaluate(
         _fail(str(exc))
     if verbose and quiet:
         _fail("--verbose and --quiet both set; give one")
-    subset = attack_subset(data, samples, seed)  # kept as stored: the suite draws its batches
+    subset = attack_subset(data, samples, seed)  # kept as stored: the suite draws its batches onto the model's device
+    model = model.to(on)
     torch.manual_seed(seed)
     results = _attack_with_progress(lambda progress: evaluate_attacks(
         model, (subset.images, subset.labels), cfg.attack_suite, cfg.epsilon_values, progress=progress),

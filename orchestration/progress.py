@@ -1,9 +1,11 @@
 """The live progress display of ``fedaegis simulate`` and ``fedaegis evaluate`` (Rich).
 
 A run's progress arrives as events (:mod:`fedaegis.server.progress`): a train or evaluate
-step was sent to some sites, each site's reply came back (or failed), the step ended.
-:class:`RunProgress` folds them into the run's state and renders it: the round, which
-sites have answered in the current step, elapsed time and an estimate of the time left
+step was sent to some sites, each site's reply came back (or failed), the step ended; in a
+simulation also each site's own ``work`` events (:mod:`fedaegis.client.site_log`: how far its
+training or attacks are). :class:`RunProgress` folds them into the run's state and renders it:
+the round, which sites have answered in the current step and how far the others are, elapsed
+time and an estimate of the time left
 (the mean time of a finished round times the rounds left, shown once a round has ended;
 the final round, where attacks run by default, takes longer). It is pure: events in, a renderable out, so tests feed it recorded
 events without a terminal. :func:`live` shows it only on a terminal and unless asked to be
@@ -51,6 +53,7 @@ class RunProgress:
     round_ended: dict[int, float] = field(default_factory=dict)
     sites: dict[int, str] = field(default_factory=dict)  # node -> waiting | ok | failed, in this step
     names: dict[int, int] = field(default_factory=dict)  # node -> 1, 2, ... in order of first request
+    work: dict[int, str] = field(default_factory=dict)  # node -> "training 2/5 epoch", in this step (simulation)
     finished: bool = False
 
     def update(self, event: dict[str, Any]) -> None:
@@ -64,6 +67,10 @@ class RunProgress:
             for node in event.get("sites", []):
                 self.names.setdefault(int(node), len(self.names) + 1)
             self.sites = {int(node): "waiting" for node in event.get("sites", [])}
+            self.work = {}
+        elif kind == "work" and int(event.get("site", -1)) in self.sites:
+            self.work[int(event["site"])] = (f"{event.get('task', '')} {event.get('done', 0)}/{event.get('total', 0)}"
+                                             f" {event.get('unit', '')}".strip())
         elif kind == "reply":
             node = int(event.get("site", 0))
             self.names.setdefault(node, len(self.names) + 1)
@@ -102,9 +109,11 @@ class RunProgress:
         row = []
         for node in sorted(self.sites, key=lambda n: self.names.get(n, 0)):
             mark, style = MARKS[self.sites[node]]
-            row.append(Text(f"site {self.names.get(node, '?')} {mark}", style=style))
-        for i in range(0, len(row), 8):
-            table.add_row(*row[i:i + 8])
+            doing = f" {self.work[node]}" if self.sites[node] == "waiting" and node in self.work else ""
+            row.append(Text(f"site {self.names.get(node, '?')} {mark}{doing}", style=style))
+        per_row = 4 if self.work else 8
+        for i in range(0, len(row), per_row):
+            table.add_row(*row[i:i + per_row])
         summary = Text(f"{answered}/{len(self.sites)} sites answered the {self.phase} request"
                        + (f" ({sum(s == 'failed' for s in self.sites.values())} failed)"
                           if any(s == "failed" for s in self.sites.values()) else ""), style="dim")

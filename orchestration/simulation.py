@@ -217,6 +217,11 @@ def _runtime_env(resources: SimulationResources, exchange_log: Path, live_grid: 
         # workers, so those only took CPU (importing Ray) while the sites started (4 workers -> 2)
         env.setdefault("RAY_prestart_worker_first_driver", "0")
         env.setdefault("RAY_enable_worker_prestart", "0")
+        if not resources.client_gpus:
+            # --client-gpus 0: the sites run on the CPU. Ray leaves a zero-GPU actor's
+            # CUDA_VISIBLE_DEVICES alone (RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO=0, above), so without
+            # this every site would take the default device, the first GPU, unreserved by Ray.
+            env["CUDA_VISIBLE_DEVICES"] = ""
     return env
 
 

@@ -26,11 +26,9 @@ from typing import Any
 from flwr.app import Message, MessageType
 from flwr.serverapp import Grid
 
-from ..shared.reply.protocol import ROUND_KEY
+from ..shared.reply.protocol import EVENT_LEVEL, PROGRESS_ENV, ROUND_KEY
 from .grid import DelegatingGrid
 
-PROGRESS_ENV = "FEDAEGIS_PROGRESS"
-EVENT_LEVEL = "EVENT"  # the level field of an event line: ``[fedaegis] EVENT {json}``
 progress_log = logging.getLogger("fedaegis.progress")
 PHASES = {MessageType.TRAIN: "train", MessageType.EVALUATE: "evaluate"}
 

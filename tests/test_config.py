@@ -151,6 +151,15 @@ def test_unknown_key_suggests_the_near_one():
         RunConfig.from_flower({"attack.pgd.step": 3})
 
 
+def test_a_site_key_in_the_run_config_says_where_it_belongs():
+    """``-c device=cuda`` was an unknown key with no hint: the device is the site's choice."""
+    with pytest.raises(ConfigError, match=r"^run config 'device': unknown key; a site chooses its own device in "
+                                          r"its node config .* fedaegis simulate --client-gpus$"):
+        RunConfig.from_flower({"device": "cuda"})
+    with pytest.raises(ConfigError, match="names its own data in its node config"):
+        RunConfig.from_flower({"data-path": "/data"})
+
+
 def test_registries_lists_are_read_not_copied():
     from fedaegis.shared.run.aggregations import AGGREGATIONS
     from fedaegis.shared.hardening import HARDENINGS

@@ -152,7 +152,8 @@ def test_version_and_fast_start(tmp_path):
     assert res.stdout.strip() == "[]", res.stdout + res.stderr
 
 
-def test_evaluate_refuses_data_that_does_not_fit_the_model(tmp_path, shared_data):
+def _stored_breast_run(tmp_path, shared_data):
+    """A run on the real BreastMNIST file with a stored final model: (database URL, run id, its config)."""
     from fedaegis.server.app import RunRecorder
     from fedaegis.server.recording import RoundOutcome
     from fedaegis.shared.run.config import RunConfig
@@ -160,13 +161,18 @@ def test_evaluate_refuses_data_that_does_not_fit_the_model(tmp_path, shared_data
     from flwr.app import ArrayRecord, MetricRecord
 
     db = f"sqlite:///{tmp_path / 'runs.db'}"
-    blood = str(shared_data / "bloodmnist" / "bloodmnist.npz")
     cfg = RunConfig(dataset=str(shared_data / "breastmnist" / "breastmnist.npz"), db_url=db, run_uuid="u1")
     store = RunStore(db)
     run_id = store.create_run(uuid="u1", name="breast", config=cfg.to_flower(), num_rounds=1)
     recorder = RunRecorder(store, run_id, "u1", cfg)
     recorder(RoundOutcome(1, started_at=None, arrays=ArrayRecord(build_task_model(model_meta(cfg)).state_dict()),
                           evaluate_metrics=MetricRecord({"accuracy": 0.5}), train_replies=2, evaluate_replies=2))
+    return db, run_id, cfg
+
+
+def test_evaluate_refuses_data_that_does_not_fit_the_model(tmp_path, shared_data):
+    db, run_id, cfg = _stored_breast_run(tmp_path, shared_data)
+    blood = str(shared_data / "bloodmnist" / "bloodmnist.npz")
     res = runner.invoke(app, ["evaluate", str(run_id), "--db-url", db, "--dataset", blood, "--samples", "8",
                               "--attacks", "fgsm", "--epsilons", "8/255"])
     assert res.exit_code == 2
@@ -180,6 +186,26 @@ def test_evaluate_refuses_data_that_does_not_fit_the_model(tmp_path, shared_data
 
     shown = json.loads(res.stdout)
     assert shown["schema"] == 1 and shown["dataset"] == cfg.dataset and shown["samples"] == 8
+
+
+def test_evaluate_attacks_on_the_chosen_device_with_the_same_counts(tmp_path, shared_data, device):
+    """``--device`` moves the model and images, as a site's node config does; the counts are the CPU's."""
+    import json
+
+    db, run_id, _ = _stored_breast_run(tmp_path, shared_data)
+    args = ["evaluate", str(run_id), "--db-url", db, "--samples", "16", "--attacks", "fgsm,pgd",
+            "--epsilons", "8/255", "--json"]
+    cells = {}
+    for on in ("cpu", device):
+        res = runner.invoke(app, [*args, "--device", on])
+        assert res.exit_code == 0, res.output
+        cells[on] = {(c["attack"], round(c["epsilon"] * 255)): c for c in json.loads(res.stdout)["results"]}
+    assert cells["cpu"].keys() == cells[device].keys() == {("fgsm", 8), ("pgd", 8)}
+    for key, cell in cells["cpu"].items():  # the same images: the same clean count on any device
+        assert cells[device][key]["n_count"] == cell["n_count"] == 16
+        assert cells[device][key]["clean_correct"] == cell["clean_correct"]
+    res = runner.invoke(app, [*args, "--device", "cuda:99"])
+    assert res.exit_code == 2 and "device: 'cuda:99' is not available here" in " ".join(res.output.split())
 
 
 def test_privacy_without_audited_runs_says_so(tmp_path):

@@ -56,6 +56,25 @@ def test_the_display_shows_round_sites_elapsed_and_time_left():
     assert "site 1 ✓" in text and "site 2 …" in text and "site 3 …" in text and "7301" not in text
 
 
+def test_a_simulated_sites_work_is_shown_until_it_answers():
+    state = RunProgress()
+    events = [{"event": "sent", "t": 0.0, "phase": "train", "round": 1, "rounds": 3, "sites": sorted(SITES)},
+              {"event": "work", "t": 1.0, "site": 7301, "task": "training", "done": 2, "total": 5, "unit": "epoch"},
+              {"event": "work", "t": 2.0, "site": 42, "task": "training", "done": 1, "total": 5, "unit": "epoch"},
+              {"event": "work", "t": 3.0, "site": 42, "task": "training", "done": 3, "total": 5, "unit": "epoch"},
+              {"event": "reply", "t": 4.0, "phase": "train", "round": 1, "site": 999, "ok": True},
+              {"event": "work", "t": 4.5, "site": 5, "task": "training", "done": 1, "total": 5, "unit": "epoch"}]
+    for event in events:
+        state.update(event)
+    text = _text(state, 5.0)
+    # sites 1, 2, 3 are nodes 42, 999, 7301 (the order the server listed them); 42 at its latest report
+    assert "site 1 … training 3/5 epoch" in text and "site 3 … training 2/5 epoch" in text
+    assert "site 2 ✓" in text and "1/3 sites answered" in text and "site 4" not in text  # node 5 was not asked
+    state.update({"event": "reply", "t": 6.0, "phase": "train", "round": 1, "site": 42, "ok": True})
+    state.update({"event": "sent", "t": 7.0, "phase": "evaluate", "round": 1, "rounds": 3, "sites": sorted(SITES)})
+    assert "training" not in _text(state, 8.0)  # a new step starts with no site's work
+
+
 def test_failed_replies_and_no_estimate_before_a_round_has_ended():
     state = RunProgress()
     for event in _round(1, 0.0, [10.0, 20.0, 30.0], [(35.0, True), (40.0, False)]):

@@ -124,7 +124,8 @@ def test_evaluate_command_attacks_the_stored_model(federated_run):
 def test_progress_events_follow_the_run_and_carry_no_site_values(federated_run):
     from fedaegis.orchestration.progress import RunProgress
 
-    *_, events = federated_run
+    *_, everything = federated_run
+    events = [e for e in everything if e["event"] != "work"]  # the server's; the sites' own below
     steps = [(e["event"], e["phase"], e["round"]) for e in events if e["event"] != "reply"]
     assert steps == [("sent", "train", 1), ("done", "train", 1), ("sent", "evaluate", 1), ("done", "evaluate", 1),
                      ("sent", "train", 2), ("done", "train", 2), ("sent", "evaluate", 2), ("done", "evaluate", 2)]
@@ -134,7 +135,13 @@ def test_progress_events_follow_the_run_and_carry_no_site_values(federated_run):
     # only the clock, the round and which node answered: nothing a site computed
     assert {k for e in events for k in e} <= {"event", "t", "phase", "round", "rounds", "sites", "site", "ok",
                                               "replies", "sent"}
+    # each simulated site's own progress, for the display: its training epochs, its attacks (final round)
+    work = [e for e in everything if e["event"] == "work"]
+    assert {k for e in work for k in e} == {"event", "t", "site", "task", "done", "total", "unit"}
+    assert {e["site"] for e in work if e["task"] == "training"} == set(events[0]["sites"])
+    assert {(e["total"], e["unit"]) for e in work if e["task"] == "training"} == {(1, "epoch")}
+    assert {e["total"] for e in work if e["task"] == "attacks"} == {32 * 2 * 2}  # samples x (fgsm, pgd) x 2 eps
     state = RunProgress()
-    for event in events:
+    for event in everything:
         state.update(event)
     assert state.finished and state.round == state.rounds == 2 and state.remaining(events[-1]["t"]) == 0

@@ -128,6 +128,23 @@ def test_fp16_without_cuda_is_refused_at_preflight_and_client_gpus_without_gpu()
             check_client_gpus(SimulationResources(client_gpus=gpus))
 
 
+@pytest.mark.parametrize("gpus", [0.0, pytest.param(0.25, marks=[pytest.mark.cuda, pytest.mark.skipif(
+    not torch.cuda.is_available(), reason="no CUDA device here")])])
+def test_client_gpus_reach_ray_and_zero_keeps_simulated_sites_on_the_cpu(tmp_path, gpus):
+    """``--client-gpus`` is each actor's Ray GPU share; at 0 the sites cannot see a GPU (else they
+    would take the default device, the first GPU, without Ray reserving any of it)."""
+    from fedaegis.orchestration.simulation import SimulationResources, _runtime_env, federation_config
+
+    resources = SimulationResources(num_cpus=2, client_gpus=gpus)
+    fed = federation_config(resources, 2)
+    assert fed["client-resources-num-gpus"] == gpus
+    env = _runtime_env(resources, tmp_path / "exchanges.log", None)
+    if gpus:
+        assert "init-args-num-gpus" not in fed and env.get("CUDA_VISIBLE_DEVICES") != ""
+    else:
+        assert fed["init-args-num-gpus"] == 0 and env["CUDA_VISIBLE_DEVICES"] == ""
+
+
 def test_a_site_trains_and_attacks_on_its_device_and_replies_in_cpu_tensors(device):
     """The node config's device is the site's; what comes back never depends on it."""
     site = {"partition-id": 0, "num-partitions": 8, "device": device}
@@ -153,7 +170,7 @@ def test_dp_sgd_and_hardening_run_on_the_device(device):
         assert all(p.device.type == device for p in model.parameters())
 
 
-def test_segmentation_trains_on_the_device(device):
+def test_segmentation_trains_and_is_attacked_on_the_device(device):
     from fedaegis.shared.segmentation import AdversarialTraining, SegmentationSet, build_segmenter
     from fedaegis.shared.training import train_segmenter
 
@@ -162,7 +179,43 @@ def test_segmentation_trains_on_the_device(device):
     data = SegmentationSet(images=x, masks=(x > 0.6).long()[:, 0], volume_index=torch.arange(6) // 2,
                            patient_ids=("a", "b", "c"), num_classes=2)
     torch.manual_seed(0)
-    model = build_segmenter("unet", channels=(4, 8), num_res_units=0)
+    model = build_segmenter("unet", num_classes=2, channels=(4, 8), num_res_units=0)
     out = train_segmenter(model, data, batch_size=3, adversarial=AdversarialTraining(steps=1), device=device)
     assert check_metrics(out) == [] and out["seg.train.adversarial-count"] == 6
     assert all(p.device.type == device for p in model.parameters())
+    # and its evaluation under every segmentation attack, on the device's copy of the volumes
+    from fedaegis.shared.segmentation.evaluation import DEFAULT_ATTACKS, evaluate_segmentation
+    from fedaegis.shared.training import data_to
+
+    counts = evaluate_segmentation(model, data_to(data, torch.device(device)), DEFAULT_ATTACKS, [8 / 255], steps=2,
+                                   target="remove:1")  # two classes: the targeted attacks erase the foreground
+    assert check_metrics({"num-examples": 6, **counts}) == []
+    assert all(isinstance(v, (int, float)) for v in counts.values())
+    assert all(any(f".{a}." in k for k in counts) for a in DEFAULT_ATTACKS), sorted(counts)[:8]
+
+
+@pytest.mark.parametrize("detector", ["mahalanobis", "kd-bu"])
+def test_detectors_defence_members_and_inversion_audits_run_on_the_device(device, detector):
+    """The rest of a site's work on its device: hardened members, a detector and its router, the audit."""
+    from fedaegis.client.classification_round import _audit, train_members
+    from fedaegis.client.defence_comparison import evaluate_defences
+    from fedaegis.shared.models.tasks import build_task_model, model_meta
+    from fedaegis.shared.training import data_to
+
+    cfg = RunConfig.from_flower({"in-channels": 1, "num-classes": 3, "image-size": 12, "local-epochs": 1,
+                                 "defence-models": "none,pgd-at", "detector": detector, "hardening-steps": 1,
+                                 "epsilons": "8/255", "attack-samples": 12, "inversion-audit": "idlg",
+                                 "inversion-iterations": 5})
+    on = torch.device(device)
+    torch.manual_seed(0)
+    model = build_task_model(model_meta(cfg)).to(on)
+    train, test = data_to(_toy(), on), data_to(_toy(30, seed=1), on)
+    assert check_metrics(train_members(model, cfg, train, seed=0, device=on)) == []
+    assert all(p.device.type == device for p in model.parameters())
+    counts = {"num-examples": len(test), **evaluate_defences(model, cfg, train, test, seed=0)}
+    assert check_metrics(counts) == [] and all(isinstance(v, (int, float)) for v in counts.values())
+    from fedaegis.shared.detection.roc import PREFIX
+
+    assert any(k.startswith(f"{PREFIX}.{detector}.eps=") and "-bin" in k for k in counts)  # its histograms
+    audit = {"num-examples": len(train), **_audit(model.members["none"], cfg, train, seed=0)}  # type: ignore[index]
+    assert len(audit) > 1 and check_metrics(audit) == [] and all(isinstance(v, (int, float)) for v in audit.values())

@@ -27,6 +27,8 @@ SITE_ERROR = 7311  # anything else went wrong at the site (details in the site's
 SITE_CODES = {PROTOCOL_VIOLATION: "protocol", POLICY_REFUSAL: "refusal", SITE_ERROR: "site-error"}
 REFUSAL_PREFIX = "site policy: "
 LOG_PREFIX = "[fedaegis] "  # how fedaegis' lines start in Flower's log stream (simulate picks them out)
+EVENT_LEVEL = "EVENT"  # the level field of a progress event line: ``[fedaegis] EVENT {json}``
+PROGRESS_ENV = "FEDAEGIS_PROGRESS"  # set where progress events are wanted (``fedaegis simulate``'s live display)
 
 ARRAYS_KEY = "arrays"
 METRICS_KEY = "metrics"

@@ -659,7 +659,8 @@ class RunConfig(SegmentationSection, SecureAggregationSection, AggregationSectio
         for key, value in run_config.items():
             if key not in ATTRS:
                 close = difflib.get_close_matches(key, ATTRS, n=3)
-                hint = f"did you mean {' or '.join(close)}?" if close else f"known keys are {sorted(ATTRS)}"
+                hint = (SITE_KEYS[key] if key in SITE_KEYS else f"did you mean {' or '.join(close)}?" if close
+                        else f"known keys are {sorted(ATTRS)}")
                 raise ConfigError(f"run config '{key}': unknown key; {hint}")
             values[ATTRS[key]] = _coerce(key, value, FIELDS[ATTRS[key]].type)
         return cls(**values)
@@ -668,6 +669,15 @@ class RunConfig(SegmentationSection, SecureAggregationSection, AggregationSectio
         """The flat dict Flower's records and ``--run-config`` use (kebab-case and dotted keys)."""
         return {key: getattr(self, attr) for key, attr in ATTRS.items()}
 
+
+#: Keys a site sets for itself in its node config, never the coordinator's run config: refused
+#: there with where they belong.
+SITE_KEYS = {
+    "device": "a site chooses its own device in its node config (--node-config \"device='cuda:1'\"); "
+              "simulated sites get a GPU share with fedaegis simulate --client-gpus",
+    "data-path": "a site names its own data in its node config (--node-config \"data-path='/data/cxr'\"); "
+                 "simulated sites share --dataset",
+}
 
 SECTIONS: tuple[type[Section], ...] = tuple(reversed(RunConfig.__bases__))
 FIELDS: dict[str, dataclasses.Field] = {f.name: f for f in fields(RunConfig)}
