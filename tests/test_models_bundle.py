@@ -207,6 +207,8 @@ def site_env(monkeypatch, tmp_path):
 
 def test_a_hand_written_request_for_code_is_refused_at_the_site(site_env, shared_data, caplog):
     """The real ClientApp at a real PneumoniaMNIST site: the request never gets a network outside nets."""
+    from fedaegis.client.site_log import relay_simulated_site_log
+
     real = {"data-path": str(shared_data / "pneumoniamnist" / "pneumoniamnist.npz")}
     state = {"w": torch.zeros(1)}  # the coordinator's arrays: never reached
     for model in ("monai:os.system", "monai:../x"):
@@ -214,10 +216,19 @@ def test_a_hand_written_request_for_code_is_refused_at_the_site(site_env, shared
         assert reply.error.code == POLICY_REFUSAL and reply.error.reason == "site policy: allow.models"
         # a site that listed the name by mistake (or a simulated site) still builds nothing
         listed = {**real, "policy": site_env(f'[allow]\nmodels = ["{model}"]\n')}
-        for node_config in (listed, {"partition-id": 0, "num-partitions": 2}):
+        simulated = {"partition-id": 0, "num-partitions": 2}
+        # caplog's handler on the site's own logger, after the simulated site's log is routed (which
+        # sets that logger's handlers once per process; the CLI's console may stop its propagation)
+        relay_simulated_site_log(simulated)
+        site_log = logging.getLogger("fedaegis.site")
+        for node_config in (listed, simulated):
             caplog.clear()
-            with caplog.at_level(logging.ERROR, logger="fedaegis.site"):
-                reply = ask(client_app, "train", {"model": model, "local-epochs": 1}, node_config, state)
+            site_log.addHandler(caplog.handler)
+            try:
+                with caplog.at_level(logging.ERROR, logger="fedaegis.site"):
+                    reply = ask(client_app, "train", {"model": model, "local-epochs": 1}, node_config, state)
+            finally:
+                site_log.removeHandler(caplog.handler)
             assert reply.error.code == SITE_ERROR and reply.error.reason == "site error"
             assert "is not a MONAI network" in caplog.text
 
