@@ -63,7 +63,10 @@ def test_ctrl_c_stops_the_superlink_and_all_it_started(tmp_path):
     cmd = [str(BIN / "fedaegis"), "simulate", "--sites", "2", "--rounds", "20", "--local-epochs", "1",
            "--attacks", "", "--num-cpus", "2", "--db-url", f"sqlite:///{tmp_path / 'runs.db'}"]
     with log.open("w") as out:
-        proc = subprocess.Popen(cmd, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+        # SIGINT as at a terminal: a pytest started in the background (`cmd &`) hands its children
+        # SIGINT ignored, and Python keeps an inherited SIG_IGN (as tests/test_run_status.py does)
+        proc = subprocess.Popen(cmd, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True,
+                                preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     try:
         deadline = time.monotonic() + 180
         while time.monotonic() < deadline and "round 1/20" not in log.read_text():  # sites are training
