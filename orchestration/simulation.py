@@ -125,7 +125,7 @@ def _start_ray(resources: SimulationResources) -> None:
         ray.init(
             address="local",  # never join a cluster found in RAY_TMPDIR (use ray_address for that)
             num_cpus=resources.num_cpus or os.cpu_count(),
-            num_gpus=0,
+            num_gpus=None if resources.client_gpus else 0,  # GPUs only when asked for: Ray finds them
             _node_ip_address="127.0.0.1",
             _temp_dir=os.environ["RAY_TMPDIR"],
             **common,

@@ -8,6 +8,7 @@ CONFIG is a TOML file with three tables::
     parallel = 2         # runs at once
     cpus-per-run = 1     # CPUs of each run's own Ray instance (its sites share them)
     client-cpus = 1      # whole CPUs per simulated site inside a run
+    client-gpus = 0      # GPU share per simulated site (0: the CPU; a run reserves its sites' shares)
     ray-address = ""     # "": a local Ray on 127.0.0.1; else join this cluster
 
     [config]             # the base run config: [tool.flwr.app.config] keys
@@ -25,6 +26,8 @@ Scheduling is in :mod:`fedaegis.orchestration.sweep_run`, the command in
 """
 
 from __future__ import annotations
+
+import math
 
 import hashlib
 import itertools
@@ -54,7 +57,14 @@ class SweepOptions:
     parallel: int = 1
     cpus_per_run: int = 1
     client_cpus: float = 1.0
+    client_gpus: float = 0.0  # GPU share per simulated site, as simulate's --client-gpus
     ray_address: str = ""
+
+    @property
+    def gpus_per_run(self) -> float:
+        """GPUs a point's Ray task reserves for its sites: their shares together (whole GPUs above one)."""
+        total = self.num_sites * self.client_gpus
+        return total if total <= 1 else float(math.ceil(total))
 
 
 @dataclass(frozen=True)
@@ -78,7 +88,7 @@ class Sweep:
 
 _OPTION_TYPES: dict[str, tuple[type, ...]] = {
     "name": (str,), "num-sites": (int,), "parallel": (int,), "cpus-per-run": (int,),
-    "client-cpus": (int, float), "ray-address": (str,),
+    "client-cpus": (int, float), "client-gpus": (int, float), "ray-address": (str,),
 }
 
 
@@ -158,6 +168,13 @@ def _options(table: dict[str, Any], default_name: str) -> SweepOptions:
     for key, ok, why in checks:
         if not ok:
             raise SweepConfigError(f"[sweep] '{key}' = {getattr(opts, key.replace('-', '_'))!r}: {why}")
+    from .simulation import SimulationResources, check_client_gpus
+
+    try:  # the same rule as simulate's --client-gpus; a cluster's GPUs are Ray's to find
+        check_client_gpus(SimulationResources(ray_address=opts.ray_address or None, client_gpus=opts.client_gpus))
+    except ValueError as exc:
+        raise SweepConfigError(f"[sweep] 'client-gpus' = {opts.client_gpus!r}: "
+                               + str(exc).split(": ", 1)[-1]) from None
     return opts
 
 

@@ -72,8 +72,8 @@ def _schedule(plan: Sweep, todo: list[SweepPoint], store: RunStore) -> dict[int,
     _quiet_environment()
     started_here = not ray.is_initialized()
     _start_ray(SimulationResources(ray_address=opts.ray_address or None,
-                                   num_cpus=opts.parallel * opts.cpus_per_run))
-    task = ray.remote(num_cpus=opts.cpus_per_run, max_retries=0)(run_point)
+                                   num_cpus=opts.parallel * opts.cpus_per_run, client_gpus=opts.client_gpus))
+    task = ray.remote(num_cpus=opts.cpus_per_run, num_gpus=opts.gpus_per_run, max_retries=0)(run_point)
     logs = private_dir(under(fedaegis_home(), "sweeps", opts.name))
     queue = list(todo)
     in_flight: dict[Any, tuple[SweepPoint, str]] = {}  # Ray ObjectRef -> (point, its run's uuid)
@@ -85,7 +85,8 @@ def _schedule(plan: Sweep, todo: list[SweepPoint], store: RunStore) -> dict[int,
                 run_uuid = uuidlib.uuid4().hex
                 spec = {"config": {**point.config, "db-url": plan.db_url, "run-name": point.run_name(opts.name),
                                    "run-uuid": run_uuid},
-                        "num-sites": opts.num_sites, "num-cpus": opts.cpus_per_run, "client-cpus": opts.client_cpus}
+                        "num-sites": opts.num_sites, "num-cpus": opts.cpus_per_run, "client-cpus": opts.client_cpus,
+                        "client-gpus": opts.client_gpus}
                 in_flight[task.remote(spec)] = (point, run_uuid)
                 log.info("sweep %s: queued point %d (%s)", opts.name, point.index, describe(point.values))
             ready, _ = ray.wait(list(in_flight), num_returns=1)
@@ -196,7 +197,8 @@ def _main() -> int:
 
     try:
         simulate(spec["config"], spec["num-sites"],
-                 SimulationResources(num_cpus=spec["num-cpus"], client_cpus=spec["client-cpus"]))
+                 SimulationResources(num_cpus=spec["num-cpus"], client_cpus=spec["client-cpus"],
+                                     client_gpus=spec.get("client-gpus", 0.0)))
     except (RunFailed, RuntimeFailure) as exc:  # stored as failed, with its site errors: one line, not a traceback
         print(f"error: {str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__}", file=sys.stderr)
         return 1

@@ -48,6 +48,7 @@ def _doc(**tables):
         (_doc(sweep={"num-sites": 0}), "[sweep] 'num-sites' = 0: must be >= 1"),
         (_doc(sweep={"client-cpus": 2.0}), "[sweep] 'client-cpus' = 2.0: must be a whole number in [1, cpus-per-run]"),
         (_doc(sweep={"client-cpus": 0.5}), "[sweep] 'client-cpus' = 0.5: must be a whole number"),
+        (_doc(sweep={"client-gpus": 1.5}), "[sweep] 'client-gpus' = 1.5: must be a share of one GPU"),
         (_doc(config={"learning-rat": 0.1}), "[config] 'learning-rat': unknown run-config key"),
         (_doc(config={"run-name": "x"}), "[config] 'run-name': set by the sweep"),
         (_doc(grid={"modle": ["cnn"]}), "[grid] 'modle': unknown run-config key"),
@@ -142,3 +143,19 @@ def test_tiny_sweep_runs_then_resumes(tmp_path, db_url, small_pneumonia):
     assert res.exit_code == 0, res.output
     assert "0 completed, 2 skipped, 0 failed" in res.stdout, res.stdout
     assert len(RunStore(db_url).list_runs()) == 2
+
+
+def test_client_gpus_are_reserved_per_run_and_checked_against_this_machine():
+    """[sweep] client-gpus: each point's Ray task reserves its sites' shares; no GPU here: refused at load."""
+    import torch
+
+    from fedaegis.orchestration.sweep import SweepOptions
+
+    assert SweepOptions("s", num_sites=2, client_gpus=0.25).gpus_per_run == 0.5
+    assert SweepOptions("s", num_sites=3, client_gpus=0.5).gpus_per_run == 2.0  # Ray: whole GPUs above one
+    assert SweepOptions("s", num_sites=3).gpus_per_run == 0.0
+    if torch.cuda.is_available():
+        pytest.skip("this machine has a GPU: a share of it is accepted")
+    with pytest.raises(SweepConfigError) as exc:
+        build_sweep(_doc(sweep={"client-gpus": 0.25}))
+    assert str(exc.value).startswith("[sweep] 'client-gpus' = 0.25: this machine has 0 CUDA GPU(s)")
