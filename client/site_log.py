@@ -60,6 +60,7 @@ def relay_simulated_site_log(node_config: Mapping[str, object], node_id: int | N
     ``node_id`` (the Flower node the server addresses) names the site in its work events.
     """
     if not is_simulated(node_config):
+        _NODE.set(None)  # a real site's progress stays in its own log, whatever ran before in this process
         return
     _SITE.set(str(node_config.get("partition-id")))
     _NODE.set(node_id)

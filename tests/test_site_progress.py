@@ -82,6 +82,11 @@ def test_a_simulated_site_sends_its_work_to_the_display_and_a_real_site_does_not
         for k in range(1, 4):  # within a second: the first and the last
             report(k, 3, "epoch")
         events = lines()
+        # the site's own config decides, not the environment: a real site under the same
+        # variable, after a simulated one in this process, still keeps its progress to itself
+        site_log.relay_simulated_site_log({"data-path": "/data/cxr"}, 4242)
+        progress("training")(1, 1, "epoch")
+        assert lines() == []
     finally:
         for handler in {*site_log.log.handlers, *site_log.work_log.handlers} - {*saved[0], *saved[2]}:
             handler.close()
