@@ -34,6 +34,7 @@ from torch import nn
 
 from ..shared.run.config import RunConfig
 from ..shared.data import ImageSet
+from ..shared.data.types import batch_for
 from ..shared.models.members import MemberSet
 from ..shared.results.base import eps_name
 
@@ -92,8 +93,6 @@ def _transfer_and_detection(cfg: RunConfig, standard: nn.Module, hardened_name: 
                             router: nn.Module, detector: nn.Module, data: ImageSet, seed: int,
                             batch_size: int | None = None) -> dict[str, int]:
     """PGD-10 crafted once per eps on the standard member: detector histograms and the transfer table."""
-    from ..shared.data.types import batch_for
-
     batch_size = batch_size or batch_for(data.images.shape[1:], 128)
     from ..shared.attacks import build_attack
     from ..shared.attacks.base import attack_mode

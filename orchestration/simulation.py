@@ -148,17 +148,20 @@ def _cluster_nodes(resources: SimulationResources) -> list[tuple[float, float]]:
         ray.shutdown()
 
 
-def check_client_gpus(resources: SimulationResources) -> None:
-    """``client_gpus``: a share of one GPU (0 to 1) or whole GPUs, which a private Ray must have."""
+def check_client_gpus(resources: SimulationResources, option: str = "--client-gpus") -> None:
+    """``client_gpus``: a share of one GPU (0 to 1) or whole GPUs, which a private Ray must have.
+
+    ``option``: how the error names the setting (a sweep file's ``[sweep] 'client-gpus' =``).
+    """
     gpus = resources.client_gpus
     if gpus < 0 or (gpus > 1 and gpus != int(gpus)):
-        raise ValueError(f"--client-gpus {gpus:g}: must be a share of one GPU (0 to 1) or a whole number of GPUs")
+        raise ValueError(f"{option} {gpus:g}: must be a share of one GPU (0 to 1) or a whole number of GPUs")
     if gpus and resources.ray_address is None:
         import torch
 
         count = torch.cuda.device_count() if torch.cuda.is_available() else 0
         if count < math.ceil(gpus):
-            raise ValueError(f"--client-gpus {gpus:g}: this machine has {count} CUDA GPU(s); "
+            raise ValueError(f"{option} {gpus:g}: this machine has {count} CUDA GPU(s); "
                              "omit it to run the sites on the CPU")
 
 

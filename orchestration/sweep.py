@@ -171,10 +171,10 @@ def _options(table: dict[str, Any], default_name: str) -> SweepOptions:
     from .simulation import SimulationResources, check_client_gpus
 
     try:  # the same rule as simulate's --client-gpus; a cluster's GPUs are Ray's to find
-        check_client_gpus(SimulationResources(ray_address=opts.ray_address or None, client_gpus=opts.client_gpus))
+        check_client_gpus(SimulationResources(ray_address=opts.ray_address or None, client_gpus=opts.client_gpus),
+                          option="[sweep] 'client-gpus' =")
     except ValueError as exc:
-        raise SweepConfigError(f"[sweep] 'client-gpus' = {opts.client_gpus!r}: "
-                               + str(exc).split(": ", 1)[-1]) from None
+        raise SweepConfigError(str(exc)) from None
     return opts
 
 

@@ -153,10 +153,6 @@ class Batches(Sequence[torch.Tensor]):
             raise IndexError(index)
         return self.images[index * self.size : (index + 1) * self.size]
 
-    def __iter__(self) -> Iterator[torch.Tensor]:
-        for start in range(0, len(self.images), self.size):
-            yield self.images[start : start + self.size]
-
 
 @dataclass
 class ImageSet:
