@@ -9,7 +9,7 @@ from sklearn.linear_model import LogisticRegression
 from torch import nn
 
 from fedaegis.shared.models.defence_systems import DetectorGatedRouter, LogitEnsemble
-from fedaegis.shared.detection import KDBUDetector, MahalanobisDetector, fit_logistic
+from fedaegis.shared.detection import KDBUDetector, MahalanobisDetector, fit_logistic, threshold_at_fpr
 from fedaegis.shared.hardening import (
     HARDENINGS,
     build_hardening,
@@ -138,7 +138,24 @@ def test_router_outputs_the_hard_routing_and_passes_gradients_through_the_gate()
     hard(xh).sum().backward()
     assert not torch.allclose(xg.grad, xh.grad)  # the straight-through gate adds the gate's gradient
     calibrated = DetectorGatedRouter.calibrated(_Score(), standard, hardened, x, fpr=0.25)
-    assert int(calibrated.route(x).sum()) == 3
+    # the conformal cut is the ceil(13 * 0.75) = 10th of 12 scores: 2 lie above it, and a new clean
+    # input with probability 3/13 <= 0.25 (the plain 0.75 quantile would route 3 of 12 and 4/13 > 0.25)
+    assert int(calibrated.route(x).sum()) == 2
+
+
+def test_the_threshold_keeps_the_false_positive_rate_on_new_clean_inputs_at_most_fpr() -> None:
+    """20,000 sites each calibrate on 120 clean scores and route 120 new ones: on average at most
+    ``fpr`` of the new ones are routed (the plain 0.9 quantile routes about 0.107 of them)."""
+    g = torch.Generator().manual_seed(0)
+    cal, new = torch.rand(20_000, 120, generator=g), torch.rand(20_000, 120, generator=g)
+    conformal = torch.tensor([threshold_at_fpr(c, 0.1) for c in cal])
+    plain = torch.quantile(cal.double(), 0.9, dim=1).float()
+    assert (new > conformal[:, None]).float().mean() <= 0.1 + 0.001  # (120 - 109 + 1) / 121 = 0.0992 expected
+    assert (new > plain[:, None]).float().mean() > 0.104
+    assert threshold_at_fpr(torch.tensor([3.0, 1.0, 2.0]), 0.1) == 3.0  # too few scores: the largest
+    assert threshold_at_fpr(torch.tensor([3.0, 1.0, 2.0]), 1.0) == 1.0
+    with pytest.raises(ValueError, match="scores"):
+        threshold_at_fpr(torch.tensor([]), 0.1)
 
 
 def test_detectors_score_and_fit_on_a_toy_model() -> None:

@@ -58,6 +58,24 @@ def test_each_fact_leaves_once_and_the_server_derives_the_rest():
     assert any(c["successes"] < c["clean_correct"] - c["robust_correct"] for c in targeted)
 
 
+def test_noised_counts_never_show_a_robust_accuracy_above_the_clean_one():
+    """Metric DP noises the clean and robust counts apart (the main job once showed robust 0.917 over
+    clean 0.891 at 1/255); the derived ratios are clamped, as any post-processing of DP counts may be."""
+    noised = {"n-count": 624, "clean-correct": 556.0, "robust-correct": 572.0, "successes": 0.0}
+    derived = robustness.derive(noised)
+    assert derived["robust-accuracy"] == derived["clean-accuracy"] == 556 / 624
+    exact = robustness.derive({"n-count": 624, "clean-correct": 556, "robust-correct": 500, "successes": 56})
+    assert exact["robust-accuracy"] == 500 / 624  # exact counts are untouched
+    from fedaegis.shared.results import defence_report
+
+    noised_table = {"defence.transfer.routed.n-count": 240, "defence.transfer.routed.clean-correct": 250.4,
+                    "defence.transfer.routed.routed-count": -3.0, "defence.transfer.routed.eps=0.03137.n-count": 240,
+                    "defence.transfer.routed.eps=0.03137.robust-correct": 180.0}
+    (row,) = defence_report.derive(noised_table)
+    assert row["values"]["clean-accuracy"] == 1.0 and row["values"]["clean-routed-fraction"] == 0.0
+    assert row["values"]["robust-accuracy"] == 180 / 240
+
+
 def test_the_reply_schema_is_the_families_declarations():
     assert reply_schema.FAMILIES == declared(FAMILIES)
     phases = [p for f in FAMILIES for p in f.phases]

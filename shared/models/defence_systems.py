@@ -44,7 +44,9 @@ class DetectorGatedRouter(nn.Module):
     def calibrated(cls, detector: nn.Module, standard: nn.Module, hardened: nn.Module,
                    x_clean: torch.Tensor, *, fpr: float = 0.05, gate: str = "straight-through",
                    batch_size: int = 256) -> DetectorGatedRouter:
-        """A router whose threshold sends a fraction ``fpr`` of the site's clean inputs to ``hardened``.
+        """A router that sends at most a fraction ``fpr`` of new clean inputs to ``hardened`` (in expectation).
+
+        The threshold is the split-conformal cut of ``x_clean``'s scores (:func:`threshold_at_fpr`).
 
         The temperature is a tenth of the clean scores' interquartile range, so the
         surrogate gate is steep but still has a usable gradient near the threshold.

@@ -26,6 +26,12 @@ from .eps import eps_display, eps_name  # noqa: F401 - the families' epsilon for
 if TYPE_CHECKING:
     from ..run.config import RunConfig
 
+def unit_ratio(ratio: float) -> float:
+    """A ratio of summed counts clamped to [0, 1]: metric DP's noise can push a count past its group's size,
+    and clamping is post-processing (it costs no privacy)."""
+    return min(1.0, max(0.0, ratio))
+
+
 EPS_PATTERN = r"[0-9.e+\-]+"  # an epsilon as written by eps_name
 NAME_PATTERN = r"[a-z0-9_\-+]+"  # an attack, system, detector or member label
 

@@ -23,6 +23,7 @@ from __future__ import annotations
 import re
 from collections.abc import Iterable, Mapping, Sequence
 
+from .base import unit_ratio
 from .eps import eps_name
 
 PREFIX = "defence"
@@ -78,13 +79,15 @@ def derive(metrics: Mapping[str, float]) -> list[dict[str, object]]:
             continue
         base = cells.get((table, system, None), {})
         values: dict[str, float] = {"n-count": totals.get("n-count", 0.0)}
+        # noised counts (metric DP) are clamped as in robustness.derive: ratios in [0, 1], robust <= clean
         if base.get("n-count"):
-            values["clean-accuracy"] = base.get("clean-correct", 0.0) / base["n-count"]
+            values["clean-accuracy"] = unit_ratio(base.get("clean-correct", 0.0) / base["n-count"])
             if "routed-count" in base:
-                values["clean-routed-fraction"] = base["routed-count"] / base["n-count"]
+                values["clean-routed-fraction"] = unit_ratio(base["routed-count"] / base["n-count"])
         if totals.get("n-count"):
-            values["robust-accuracy"] = totals.get("robust-correct", 0.0) / totals["n-count"]
+            robust = unit_ratio(totals.get("robust-correct", 0.0) / totals["n-count"])
+            values["robust-accuracy"] = min(robust, values.get("clean-accuracy", 1.0))
             if "routed-count" in totals:
-                values["adv-routed-fraction"] = totals["routed-count"] / totals["n-count"]
+                values["adv-routed-fraction"] = unit_ratio(totals["routed-count"] / totals["n-count"])
         rows.append({"phase": PHASES[table], "system": system, "epsilon": eps, "values": values})
     return rows

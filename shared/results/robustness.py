@@ -23,6 +23,7 @@ from __future__ import annotations
 import re
 from collections.abc import Collection, Mapping
 
+from .base import unit_ratio
 from .eps import eps_name
 
 PREFIX = "attack"
@@ -88,10 +89,6 @@ def decode(metrics: Mapping[str, float]) -> dict[tuple[str, float], dict[str, fl
     return out
 
 
-def _unit(ratio: float) -> float:
-    return min(1.0, max(0.0, ratio))
-
-
 def derive(totals: Mapping[str, float], *, sums_withheld: bool = False) -> dict[str, float]:
     """Ratios from one (attack, eps) cell's totals; a ratio with a zero denominator is left out.
 
@@ -101,13 +98,14 @@ def derive(totals: Mapping[str, float], *, sums_withheld: bool = False) -> dict[
     n, clean, robust = totals.get("n-count", 0), totals.get("clean-correct", 0), totals.get("robust-correct", 0)
     succ = totals.get("successes", 0)
     out: dict[str, float] = {}
-    if n:  # noisy counts (metric DP) can leave [0, n]: a ratio is clamped to [0, 1] (post-processing)
-        out["clean-accuracy"] = _unit(clean / n)
-        out["robust-accuracy"] = _unit(robust / n)
+    if n:  # noisy counts (metric DP) can leave [0, n]: a ratio is clamped to [0, 1] (post-processing),
+        # and robust accuracy to the clean one: an attack only ever turns correct answers wrong
+        out["clean-accuracy"] = unit_ratio(clean / n)
+        out["robust-accuracy"] = min(unit_ratio(robust / n), out["clean-accuracy"])
         if "queries" in totals and not sums_withheld:
             out["mean-queries"] = totals["queries"] / n
     if clean > 0:
-        out["success-rate"] = _unit(succ / clean)
+        out["success-rate"] = unit_ratio(succ / clean)
     if succ and not sums_withheld:
         out["mean-linf"] = totals.get("linf-sum", 0) / succ
         out["mean-l2"] = totals.get("l2-sum", 0) / succ
