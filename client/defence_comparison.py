@@ -9,8 +9,9 @@ Evaluation, on at most ``attack-samples`` test images (the *evaluation* images):
 
 * every member: clean accuracy and PGD-10 robust accuracy per epsilon, attacked on itself;
 * with ``detector``: the detector is fitted on the standard member's penultimate
-  features of the site's own training images and thresholded at ``detector-fpr`` on
-  the site's other test images (the *calibration* images, never evaluated on); the
+  features of the site's own training images and thresholded on the site's other test
+  images (the *calibration* images, never evaluated on) so that at most ``detector-fpr``
+  of new clean images are routed (a split-conformal cut, :func:`fedaegis.shared.detection.threshold_at_fpr`); the
   site reports binned histograms of its scores on clean and on PGD-10 adversarial
   evaluation images (crafted on the standard member; Lee et al.'s protocol: clean
   inputs classified correctly, adversarial ones that fool the model), so the server
