@@ -56,7 +56,9 @@ def test_noise_is_integer_with_the_declared_scale(kind):
     assert draws.dtype.kind == "i"  # discrete: no floating-point artefacts reveal the count
     expected = mech.noise_std(3)  # correct, skipped, robust-correct share the release
     assert draws.mean() == pytest.approx(150, abs=5 * expected / math.sqrt(len(draws)))
-    assert draws.std() == pytest.approx(expected, rel=0.08)
+    # OpenDP's noise is unseeded: the sample std of 3,000 Laplace draws varies by 2% (kurtosis 6), so 10% is
+    # 5 of those (a wrong scale, e.g. noise split over 2 counts instead of 3, is off by 33%)
+    assert draws.std() == pytest.approx(expected, rel=0.10)
 
 
 def test_sums_without_a_bound_are_withheld_counts_clamped():

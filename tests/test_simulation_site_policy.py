@@ -33,7 +33,9 @@ def test_default_policy_keeps_the_figures_and_records_refusals(db_url, tmp_path,
     assert privacy["epsilon-spent"] == 1.0 and privacy["noise-std"] > 0
     n = exact["metrics"]["evaluate.num-examples"]
     assert noisy["metrics"]["evaluate.num-examples"] == n == 624
-    half = 4 * privacy["noise-std"] * 2**0.5 / n  # two sites' noise on the correct count, 4 std
+    # two sites' Laplace noise on the correct count: 6 std of the sum (12 of its scale b) is exceeded with
+    # probability e^-12 (1 + 12/2) = 4e-5; 4 std, as before, 1.7e-3 (heavy tails: this is no Gaussian)
+    half = 6 * privacy["noise-std"] * 2**0.5 / n
     assert abs(noisy["metrics"]["evaluate.accuracy"] - exact["metrics"]["evaluate.accuracy"]) <= half
     cell = {r["name"]: r["value"] for r in noisy["metric_rows"] if r["phase"] == "attack"}
     ref = {r["name"]: r["value"] for r in exact["metric_rows"] if r["phase"] == "attack"}
