@@ -9,6 +9,10 @@ python3.11 -m venv .venv
 .venv/bin/pip install -q torch==2.13.0
 .venv/bin/pip install -q -c constraints.txt -e ".[dev]"
 .venv/bin/pip install -q --no-deps torchattacks==3.5.1
+# The project's own bytecode, once: every test starts Python processes that import fedaegis (Flower's
+# simulation process, Ray actors, SuperNodes), and where PYTHONDONTWRITEBYTECODE is set each would
+# compile it again (pip compiles the installed packages, not an editable project).
+.venv/bin/python -m compileall -q -x '/\.venv/' . >/dev/null
 if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null && [ ! -x /usr/bin/chromium ]; then
     apt-get update -qq
     DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends chromium fonts-dejavu-core
