@@ -27,11 +27,10 @@ Scheduling is in :mod:`fedaegis.orchestration.sweep_run`, the command in
 
 from __future__ import annotations
 
-import math
-
 import hashlib
 import itertools
 import json
+import math
 import tomllib
 from dataclasses import dataclass
 from pathlib import Path

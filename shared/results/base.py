@@ -26,6 +26,7 @@ from .eps import eps_display, eps_name  # noqa: F401 - the families' epsilon for
 if TYPE_CHECKING:
     from ..run.config import RunConfig
 
+
 def unit_ratio(ratio: float) -> float:
     """A ratio of summed counts clamped to [0, 1]: metric DP's noise can push a count past its group's size,
     and clamping is post-processing (it costs no privacy)."""
